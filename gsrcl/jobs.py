@@ -1,0 +1,278 @@
+"""Jobs: one dataset × one fold × one method (or the baselines), their ids, seeds and bodies.
+
+A SimCLR job trains one encoder that serves every cell-type task (each task keeps its own best
+checkpoint); a SupCon job trains one encoder per task; the baseline job fits every configured
+baseline classifier on the expression.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from gsrcl import data, preprocess, train
+from gsrcl.augment import augmentation
+from gsrcl.encoder import ContrastiveModel
+from gsrcl.evaluate import FoldClassifier, binary_scores
+from gsrcl.results import safe_name, write_csv, write_json
+from gsrcl.settings import Classifier, Dataset, Experiment, Method
+from gsrcl.splits import Folds, load_folds
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Job:
+    dataset: str
+    method: str  # a Method's name, or BASELINE
+    fold: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.method}/fold-{self.fold}"
+
+
+def plan(experiment: Experiment) -> list[Job]:
+    """Every job of the experiment; the cheap baseline jobs of a dataset come first."""
+    methods = [BASELINE] + [m.name for m in experiment.methods]
+    return [
+        Job(d.name, method, fold)
+        for d in experiment.datasets
+        for method in methods
+        for fold in range(experiment.split.folds)
+    ]
+
+
+def job_dir(run_dir: Path, job: Job) -> Path:
+    return run_dir / "jobs" / job.dataset / job.method / f"fold-{job.fold}"
+
+
+def splits_path(run_dir: Path, dataset: str) -> Path:
+    return run_dir / "splits" / f"{dataset}.json"
+
+
+def job_seed(experiment: Experiment, job: Job) -> int:
+    """A seed of its own for each job, derived from the experiment seed and the job id."""
+    digest = hashlib.sha256(f"{experiment.seed}/{job.id}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def fingerprint(experiment: Experiment, job: Job) -> str:
+    """Everything a job's numbers depend on; a finished job is redone when it changes."""
+    inputs = {
+        "dataset": asdict(_dataset(experiment, job.dataset)),
+        "method": asdict(_method(experiment, job.method)) if job.method != BASELINE else BASELINE,
+        "contrastive": asdict(experiment.contrastive),
+        "split": asdict(experiment.split),
+        "evaluation": asdict(experiment.evaluation),
+        "seed": experiment.seed,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _dataset(experiment: Experiment, name: str) -> Dataset:
+    return next(d for d in experiment.datasets if d.name == name)
+
+
+def _method(experiment: Experiment, name: str) -> Method:
+    return next(m for m in experiment.methods if m.name == name)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_dataset(spec: Dataset) -> ad.AnnData:
+    """Each worker process reads a dataset once and keeps it for all its jobs."""
+    return data.load_dataset(spec)
+
+
+def split_meta(spec: Dataset, experiment: Experiment, adata: ad.AnnData) -> dict:
+    """What a saved split must match to be reused."""
+    labels = "\n".join(adata.obs_names) + "\n" + "\n".join(adata.obs[data.LABEL])
+    return {
+        "dataset": spec.name,
+        "seed": experiment.seed,
+        "split": asdict(experiment.split),
+        "cell_types": spec.cell_types,
+        "cells_and_labels": hashlib.sha256(labels.encode()).hexdigest(),
+    }
+
+
+# ---- the body of a job ----
+
+
+@dataclass
+class FoldData:
+    """A dataset seen from one fold: the cells of each part and their labels."""
+
+    adata: ad.AnnData
+    values: str
+    labels: np.ndarray
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    tasks: list[str]
+
+
+def run_job(job: Job, experiment: Experiment, run_dir: Path, device: str) -> None:
+    """Compute a job and write its files into its (already cleared) folder."""
+    seed = job_seed(experiment, job)
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    spec = _dataset(experiment, job.dataset)
+    adata = cached_dataset(spec)
+    folds = load_folds(splits_path(run_dir, spec.name), split_meta(spec, experiment, adata))
+    if folds is None:
+        raise RuntimeError(f"the splits of {spec.name} are missing or stale; rerun the runner")
+    fold = _fold_data(adata, spec, folds, job.fold)
+    out = job_dir(run_dir, job)
+    if job.method == BASELINE:
+        rows, predictions = run_baselines(fold, experiment, device)
+    else:
+        method = _method(experiment, job.method)
+        rows, predictions = run_contrastive(fold, method, experiment, device, seed, out)
+    for row in rows:
+        row.update(dataset=job.dataset, fold=job.fold)
+    write_csv(out / "predictions.csv", pd.DataFrame(predictions))
+    write_json(out / "metrics.json", {"job": job.id, "rows": rows})
+
+
+def _fold_data(adata: ad.AnnData, spec: Dataset, folds: Folds, fold: int) -> FoldData:
+    return FoldData(
+        adata=adata,
+        values=spec.values,
+        labels=adata.obs[data.LABEL].to_numpy(dtype=str),
+        train=folds.train(fold),
+        validation=folds.validation(),
+        test=folds.test(fold),
+        tasks=folds.scored_tasks,
+    )
+
+
+def _score_rows(fold: FoldData, method: str, task: str, predicted, score, extra: dict):
+    """One metrics row and the per-cell predictions of a task on the test fold."""
+    positive = fold.labels[fold.test] == task
+    row = {"task": task, "method": method, **binary_scores(positive, predicted, score), **extra}
+    cells = fold.adata.obs_names[fold.test]
+    predictions = [
+        {"cell": c, "task": task, "method": method, "positive": p, "predicted": bool(q), "score": s}
+        for c, p, q, s in zip(cells, positive, predicted, score, strict=True)
+    ]
+    return row, predictions
+
+
+def run_baselines(fold: FoldData, experiment: Experiment, device: str):
+    rows, predictions = [], []
+    evaluation = experiment.evaluation
+    for spec in evaluation.baselines:
+        x = _baseline_features(fold, spec)
+        classifier = FoldClassifier(spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device)
+        prepared = classifier.prepare(x[fold.test])
+        shared = classifier.fit(fold.labels[fold.train]) if spec.multiclass else None
+        for task in fold.tasks:
+            if shared is None:
+                model, positive_class = classifier.fit(fold.labels[fold.train] == task), True
+            else:
+                model, positive_class = shared, task
+            predicted, score = classifier.task_outputs(model, prepared, positive_class)
+            row, cells = _score_rows(fold, f"{BASELINE}-{spec.name}", task, predicted, score, {})
+            rows.append(row)
+            predictions += cells
+    return rows, predictions
+
+
+def _baseline_features(fold: FoldData, spec: Classifier) -> np.ndarray:
+    if spec.features == "lognorm":
+        return preprocess.fit_lognorm(fold.adata[fold.train], fold.values).transform(fold.adata)
+    return preprocess.fit_log1p(fold.values).transform(fold.adata)
+
+
+def run_contrastive(
+    fold: FoldData, method: Method, experiment: Experiment, device: str, seed: int, out: Path
+):
+    fitted = _method_features(fold, method)
+    x = torch.as_tensor(fitted.transform(fold.adata), device=device)
+    x_train, x_val, x_test = x[fold.train], x[fold.validation], x[fold.test]
+    generator = torch.Generator(device=device).manual_seed(seed)
+    evaluation, contrastive = experiment.evaluation, experiment.contrastive
+    # one training for SimCLR (all tasks); one per task for SupCon (it needs the task's labels)
+    groups = [fold.tasks] if method.loss == "simclr" else [[t] for t in fold.tasks]
+    rows, predictions, losses, validation = [], [], [], []
+    for tasks in groups:
+        model = ContrastiveModel(
+            x.shape[1], method.encoder, method.head,
+            batchnorm=len(x_train) > contrastive.batch_size, init_std=contrastive.init_std,
+        ).to(device)
+        labels = None
+        if method.loss == "supcon":
+            labels = torch.as_tensor(fold.labels[fold.train] == tasks[0], device=device)
+        task_labels = {
+            t: (fold.labels[fold.train] == t, fold.labels[fold.validation] == t) for t in tasks
+        }
+        scorer = train.validation_scorer(
+            x_train, x_val, task_labels, evaluation.classifier, evaluation.inner_folds, evaluation.metric
+        )
+        result = train.train(
+            model, x_train, augmentation(method, generator), contrastive,
+            contrastive.epochs[method.loss], scorer, generator, labels,
+        )
+        curve_task = "" if method.loss == "simclr" else tasks[0]
+        losses += [{"task": curve_task, "epoch": e + 1, "loss": v} for e, v in enumerate(result.losses)]
+        validation += result.validation
+        for task in tasks:
+            row, cells = _evaluate_checkpoint(fold, method, experiment, model, result.best[task], task, x_train, x_test)
+            rows.append(row)
+            predictions += cells
+            _save_encoder(out, task, model, result.best[task], fitted, fold, method)
+    write_csv(out / "loss.csv", pd.DataFrame(losses, columns=["task", "epoch", "loss"]))
+    write_csv(out / "validation.csv", pd.DataFrame(validation, columns=["epoch", "task", "score"]))
+    return rows, predictions
+
+
+def _method_features(fold: FoldData, method: Method) -> preprocess.Fitted:
+    if method.augmentation == "masking":
+        return preprocess.fit_masking(fold.adata[fold.train], fold.values, method.n_genes)
+    return preprocess.fit_log1p(fold.values)
+
+
+def _evaluate_checkpoint(fold, method, experiment, model, checkpoint, task, x_train, x_test):
+    """Score a task's chosen encoder on the test fold: classifier fitted on training embeddings."""
+    evaluation = experiment.evaluation
+    encoder = train.encoder_with(model, checkpoint)
+    classifier = FoldClassifier(
+        evaluation.classifier, train.embed(encoder, x_train), evaluation.inner_folds,
+        evaluation.metric, str(x_train.device),
+    )
+    model_fit = classifier.fit(fold.labels[fold.train] == task)
+    predicted, score = classifier.task_outputs(model_fit, classifier.prepare(train.embed(encoder, x_test)))
+    extra = {"epoch": checkpoint.epoch, "validation_score": checkpoint.score}
+    return _score_rows(fold, method.name, task, predicted, score, extra)
+
+
+def _save_encoder(out, task, model, checkpoint, fitted, fold, method) -> None:
+    genes = fold.adata.var_names if fitted.genes is None else fold.adata.var_names[fitted.genes]
+    torch.save(
+        {
+            "state_dict": checkpoint.state,
+            "kwargs": model.kwargs,
+            "genes": list(genes),
+            "method": asdict(method),
+            "preprocess": {
+                "values": fitted.values,
+                "target_sum": fitted.target_sum,
+                "mean": None if fitted.mean is None else torch.from_numpy(fitted.mean),
+                "std": None if fitted.std is None else torch.from_numpy(fitted.std),
+            },
+            "epoch": checkpoint.epoch,
+            "validation_score": checkpoint.score,
+        },
+        out / f"encoder-{safe_name(task)}.pt",
+    )

@@ -1,0 +1,111 @@
+"""Exact `GridSearchCV(SVC(kernel="rbf"))` on precomputed kernels.
+
+An RBF kernel is exp(-gamma · squared distance). The squared distances among the training cells are
+computed once (one float64 matrix product) and reused for every gamma, C, inner split and cell-type
+task; `SVC(kernel="precomputed")` then fits the same model libsvm would fit on the raw features.
+`gamma="scale"` keeps scikit-learn's meaning: 1 / (n_features · var(X)) of the rows being fitted.
+Candidates are searched in `ParameterGrid` order and ties go to the first, as `GridSearchCV` does.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import ParameterGrid
+from sklearn.svm import SVC
+
+
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """||a_i - b_j||² for all pairs, as libsvm computes it: |a|² + |b|² - 2 a·b."""
+    sq_a = (a * a).sum(dim=1)
+    sq_b = (b * b).sum(dim=1)
+    return (sq_a[:, None] + sq_b[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
+
+
+@dataclass
+class KernelSVM:
+    """A fitted SVC on a precomputed RBF kernel; it predicts from distances to its training rows."""
+
+    svc: SVC
+    gamma: float
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.svc.classes_
+
+    def decision_function(self, distances: np.ndarray) -> np.ndarray:
+        return self.svc.decision_function(np.exp(-self.gamma * distances))
+
+    def predict(self, distances: np.ndarray) -> np.ndarray:
+        return self.svc.predict(np.exp(-self.gamma * distances))
+
+
+class PrecomputedRBF:
+    """The training cells of one fold: their distance matrix, shared by every fit on them."""
+
+    def __init__(self, x_train: np.ndarray, device: str = "cpu") -> None:
+        self.x = torch.as_tensor(np.asarray(x_train), dtype=torch.float64, device=device)
+        self.x_np = self.x.cpu().numpy()
+        self.train_distances = squared_distances(self.x, self.x).cpu().numpy()
+        np.fill_diagonal(self.train_distances, 0.0)
+
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        """Squared distances from other cells (rows) to the training cells (columns)."""
+        other = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=self.x.device)
+        return squared_distances(other, self.x).cpu().numpy()
+
+    def gamma(self, value: Any, rows: np.ndarray | slice = slice(None)) -> float:
+        if value == "scale":
+            var = self.x_np[rows].var()
+            return 1.0 / (self.x_np.shape[1] * var) if var != 0 else 1.0
+        if value == "auto":
+            return 1.0 / self.x_np.shape[1]
+        return float(value)
+
+    def search(
+        self,
+        y: np.ndarray,
+        grid: dict[str, list],
+        params: dict[str, Any],
+        splits: list[tuple[np.ndarray, np.ndarray]],
+        score,
+    ) -> dict[str, Any]:
+        """The best candidate of `grid` by mean inner-CV score (`score(y, model, distances)`)."""
+        candidates = list(ParameterGrid(grid))
+        scores = np.full((len(candidates), len(splits)), np.nan)
+        for s, (train, test) in enumerate(splits):
+            kernels: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+            for c, candidate in enumerate(candidates):
+                gamma = self.gamma(candidate.get("gamma", params.get("gamma", "scale")), train)
+                if gamma not in kernels:  # one kernel per gamma, shared by every C
+                    kernels[gamma] = (
+                        np.exp(-gamma * self.train_distances[np.ix_(train, train)]),
+                        self.train_distances[np.ix_(test, train)],
+                    )
+                fit_kernel, test_distances = kernels[gamma]
+                model = self._fit(fit_kernel, y[train], gamma, {**params, **candidate})
+                if model is not None:
+                    scores[c, s] = score(y[test], model, test_distances)
+        means = scores.mean(axis=1)
+        best = int(np.argmax(np.where(np.isnan(means), -np.inf, means)))
+        return candidates[best]
+
+    def fit(self, y: np.ndarray, params: dict[str, Any]) -> KernelSVM:
+        gamma = self.gamma(params.get("gamma", "scale"))
+        model = self._fit(np.exp(-gamma * self.train_distances), y, gamma, params)
+        if model is None:
+            raise ValueError("the training cells hold a single class")
+        return model
+
+    @staticmethod
+    def _fit(kernel: np.ndarray, y: np.ndarray, gamma: float, params: dict) -> KernelSVM | None:
+        svc_params = {k: v for k, v in params.items() if k not in ("gamma", "kernel")}
+        if len(np.unique(y)) < 2:  # GridSearchCV records such a fit as failed (NaN)
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return KernelSVM(SVC(kernel="precomputed", **svc_params).fit(kernel, y), gamma)

@@ -1,0 +1,304 @@
+"""Typed, validated experiment settings.
+
+Every number of the paper's protocol is a field here; the defaults are the paper's values
+(`gsrcl.presets.PAPER` gathers them). `Experiment.validate()` checks types and ranges and names the
+offending field, so a mistyped config stops before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gsrcl.errors import UserError
+
+LOSSES = ("simclr", "supcon")
+METRICS = ("mcc", "f1", "ap")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One labelled dataset: where it is, where its labels are, and what its values are."""
+
+    name: str
+    path: str  # a file, or "scanpy:pbmc68k_reduced" for scanpy's bundled dataset
+    labels: str = "cell_type"  # the obs column holding the cell type
+    labels_file: str | None = None  # a one-column CSV of labels, one row per cell
+    values: Literal["counts", "log"] = "counts"  # raw counts, or already log-normalised
+    use_raw: bool = False  # read `.raw` instead of `X` (pbmc68k_reduced keeps log values there)
+    cell_types: tuple[str, ...] | None = None  # the tasks; None = every cell type
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.name or "/" in self.name:
+            problems.append("name must be a non-empty string without '/'")
+        if self.cell_types is not None and not self.cell_types:
+            problems.append("cell_types must list at least one type, or be None for all")
+        return problems
+
+
+@dataclass(frozen=True)
+class Split:
+    """Stratified hold-out for checkpoint selection, then k-fold CV on the rest."""
+
+    validation_fraction: float = 0.2
+    folds: int = 5
+
+    def check(self) -> list[str]:
+        problems = []
+        if not 0 < self.validation_fraction < 1:
+            problems.append("validation_fraction must be between 0 and 1")
+        if self.folds < 2:
+            problems.append("folds must be at least 2")
+        return problems
+
+
+@dataclass(frozen=True)
+class Method:
+    """A contrastive method: loss × augmentation, with its encoder and head widths."""
+
+    loss: Literal["simclr", "supcon"]
+    augmentation: Literal["noise", "masking"]
+    noise_sigma: float = 1.0  # Gaussian noise: std of the noise added to each view
+    mask_p: float = 0.9  # masking: input dropout probability
+    n_genes: int | None = None  # masking: top highly variable genes; None = all genes
+    encoder: tuple[int, ...] = (4096, 4096, 4096, 2048)
+    head: tuple[int, ...] = (512, 128)
+
+    @property
+    def name(self) -> str:
+        genes = f"-{self.n_genes}" if self.n_genes else ""
+        return f"{self.loss}-{self.augmentation}{genes}"
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.noise_sigma <= 0:
+            problems.append("noise_sigma must be > 0")
+        if not 0 <= self.mask_p < 1:
+            problems.append("mask_p must be in [0, 1)")
+        if self.n_genes is not None and self.n_genes < 2:
+            problems.append("n_genes must be at least 2, or None for all genes")
+        if self.augmentation == "masking" and self.n_genes is None:
+            problems.append("masking needs n_genes (the number of highly variable genes)")
+        if not self.encoder or min(self.encoder) < 1:
+            problems.append("encoder must list positive layer widths")
+        if not self.head or min(self.head) < 1:
+            problems.append("head must list positive layer widths")
+        return problems
+
+
+@dataclass(frozen=True)
+class Contrastive:
+    """Training of the contrastive encoder, shared by every method."""
+
+    epochs: dict[str, int] = field(default_factory=lambda: {"simclr": 3000, "supcon": 1000})
+    validate_every: int = 50  # epochs between checkpoint scorings on the validation cells
+    batch_size: int = 8192  # full batch when the training cells fit, BatchNorm otherwise
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    temperature: float = 0.07
+    init_std: float = 0.02  # weights ~ N(0, init_std), biases 0
+
+    def __post_init__(self) -> None:
+        # `epochs=20` (e.g. from --set) means the same number for every loss.
+        if isinstance(self.epochs, int) and not isinstance(self.epochs, bool):
+            object.__setattr__(self, "epochs", dict.fromkeys(LOSSES, self.epochs))
+
+    def check(self) -> list[str]:
+        problems = []
+        if isinstance(self.epochs, dict):
+            unknown = set(self.epochs) - set(LOSSES)
+            if unknown:
+                problems.append(f"epochs has unknown losses {sorted(unknown)}; use {list(LOSSES)}")
+            if any(e < 1 for e in self.epochs.values()):
+                problems.append("epochs must be at least 1")
+        if self.validate_every < 1:
+            problems.append("validate_every must be at least 1")
+        if self.batch_size < 2:
+            problems.append("batch_size must be at least 2")
+        for name in ("lr", "temperature", "init_std"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        if self.weight_decay < 0:
+            problems.append("weight_decay must be >= 0")
+        return problems
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A scikit-learn estimator with fixed params and a grid searched by inner CV."""
+
+    name: str
+    estimator: str = "sklearn.svm.SVC"  # import path
+    params: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(
+        default_factory=lambda: {"gamma": ["scale", 1e-4, 1e-3, 1e-2], "C": [0.1, 1, 10, 100]}
+    )
+    # Baselines only: fit once on the multi-class labels, then score each type one-vs-rest.
+    multiclass: bool = False
+    # Baselines only: "log1p" = log(x + 1) of all genes (the paper); "lognorm" = per-cell
+    # normalised to the median total count, then log1p.
+    features: Literal["log1p", "lognorm"] = "log1p"
+
+    def check(self) -> list[str]:
+        problems = []
+        if "." not in self.estimator:
+            problems.append("estimator must be an import path such as 'sklearn.svm.SVC'")
+        if any(not isinstance(v, list | tuple) or not v for v in self.grid.values()):
+            problems.append("grid values must be non-empty lists")
+        return problems
+
+
+def _paper_svm() -> Classifier:
+    return Classifier(name="svm")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How embeddings and baselines are classified and scored."""
+
+    classifier: Classifier = field(default_factory=_paper_svm)  # on the learnt embeddings
+    baselines: tuple[Classifier, ...] = field(default_factory=lambda: (_paper_svm(),))
+    metric: Literal["mcc", "f1", "ap"] = "mcc"  # inner CV and checkpoint selection
+    inner_folds: int = 5
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.inner_folds < 2:
+            problems.append("inner_folds must be at least 2")
+        if self.classifier.multiclass:
+            problems.append("classifier.multiclass applies to baselines only")
+        names = [b.name for b in self.baselines]
+        if len(set(names)) != len(names):
+            problems.append(f"baselines need distinct names, got {names}")
+        return problems
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where jobs run."""
+
+    devices: str | tuple[int, ...] = "auto"  # "auto" (all GPUs, else CPU), "cpu", or GPU indices
+    workers_per_device: int = 1
+    cpu_workers: int = 1
+    threads: int | None = None  # torch / BLAS threads per CPU worker; None = cores / workers
+
+    def check(self) -> list[str]:
+        problems = []
+        if isinstance(self.devices, str) and self.devices not in ("auto", "cpu"):
+            problems.append("devices must be 'auto', 'cpu' or a list of GPU indices")
+        if self.workers_per_device < 1 or self.cpu_workers < 1:
+            problems.append("workers_per_device and cpu_workers must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            problems.append("threads must be at least 1, or None")
+        return problems
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: datasets × methods × folds, plus the baselines."""
+
+    name: str
+    datasets: tuple[Dataset, ...]
+    methods: tuple[Method, ...] = ()
+    contrastive: Contrastive = field(default_factory=Contrastive)
+    split: Split = field(default_factory=Split)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    compute: Compute = field(default_factory=Compute)
+    seed: int = 0
+    results_dir: str = "results"
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.name or "/" in self.name:
+            problems.append("name must be a non-empty string without '/'")
+        if not self.datasets:
+            problems.append("datasets must list at least one dataset")
+        for kind, items in (("datasets", self.datasets), ("methods", self.methods)):
+            names = [item.name for item in items]
+            if len(set(names)) != len(names):
+                problems.append(f"{kind} need distinct names, got {names}")
+        return problems
+
+    def validate(self) -> Experiment:
+        """Raise a UserError naming every wrong field; return self for chaining."""
+        problems = _problems(self, "experiment")
+        if problems:
+            raise UserError("invalid config:\n  " + "\n  ".join(problems))
+        return self
+
+
+# ---- generic validation of dataclass fields against their type hints ----
+
+
+def _problems(obj: Any, path: str) -> list[str]:
+    problems = []
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        where = f"{path}.{f.name}"
+        if not _conforms(value, hints[f.name]):
+            problems.append(f"{where} must be {_describe(hints[f.name])}, got {value!r}")
+            continue
+        for item_path, item in _nested(value, where):
+            problems += _problems(item, item_path)
+    if not problems:  # ranges are only meaningful once the types are right
+        problems += [f"{path}: {p}" for p in obj.check()]
+    return problems
+
+
+def _nested(value: Any, where: str) -> list[tuple[str, Any]]:
+    if dataclasses.is_dataclass(value):
+        return [(where, value)]
+    if isinstance(value, tuple | list):
+        return [(f"{where}[{i}]", v) for i, v in enumerate(value) if dataclasses.is_dataclass(v)]
+    return []
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if origin is tuple:
+        element = args[0] if args else Any
+        return isinstance(value, tuple | list) and all(_conforms(v, element) for v in value)
+    if origin is list or hint is list:
+        return isinstance(value, list | tuple)
+    if origin is dict:
+        key, val = args
+        return isinstance(value, dict) and all(
+            _conforms(k, key) and _conforms(v, val) for k, v in value.items()
+        )
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}"
+    if origin is dict:
+        return f"a dict of {_describe(args[0])} to {_describe(args[1])}"
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,131 @@
+"""The validation hold-out and the CV folds of a dataset, and which cell-type tasks they can score.
+
+Made once per dataset from the experiment seed, stratified on the multi-class cell type, saved with
+the results and reused by every job, so all methods and baselines are scored on the same cells.
+
+Rule for rare cell types: a task (type vs rest) is scored only if the validation part and every test
+fold hold at least one cell of the type and every training fold at least two (inner CV needs two);
+otherwise it is skipped and the reason is written to the splits file and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from gsrcl.errors import UserError
+from gsrcl.results import write_json
+from gsrcl.settings import Split
+
+VALIDATION = -1  # fold number of the validation (checkpoint selection) cells
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # the cell type, positive class of this binary task
+    cells: int
+    scored: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Folds:
+    """Cell ids with their fold number (`VALIDATION` for the hold-out), and the tasks."""
+
+    cells: list[str]
+    assignment: np.ndarray
+    tasks: list[Task]
+
+    def train(self, fold: int) -> np.ndarray:
+        return np.flatnonzero((self.assignment != VALIDATION) & (self.assignment != fold))
+
+    def test(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(self.assignment == fold)
+
+    def validation(self) -> np.ndarray:
+        return np.flatnonzero(self.assignment == VALIDATION)
+
+    @property
+    def scored_tasks(self) -> list[str]:
+        return [t.name for t in self.tasks if t.scored]
+
+
+def make_folds(
+    cells: list[str], labels: np.ndarray, split: Split, seed: int, cell_types: tuple | None
+) -> Folds:
+    strata = _strata(labels, split.folds)
+    index = np.arange(len(labels))
+    cv_part, validation = train_test_split(
+        index, test_size=split.validation_fraction, stratify=strata, random_state=seed
+    )
+    assignment = np.full(len(labels), VALIDATION)
+    kfold = StratifiedKFold(split.folds, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(kfold.split(cv_part, strata[cv_part])):
+        assignment[cv_part[test]] = fold
+    folds = Folds(list(cells), assignment, [])
+    return Folds(folds.cells, assignment, plan_tasks(labels, folds, split.folds, cell_types))
+
+
+def _strata(labels: np.ndarray, n_folds: int) -> np.ndarray:
+    """Cell types too small to spread over the folds share one stratum, so splitting never fails."""
+    types, counts = np.unique(labels, return_counts=True)
+    rare = set(types[counts <= n_folds])
+    strata = np.array(["\0rare" if label in rare else label for label in labels], dtype=object)
+    if (strata == "\0rare").sum() == 1:  # a stratum of one cannot be split: join the largest
+        strata[strata == "\0rare"] = types[np.argmax(counts)]
+    return strata
+
+
+def plan_tasks(
+    labels: np.ndarray, folds: Folds, n_folds: int, cell_types: tuple | None
+) -> list[Task]:
+    present, counts = np.unique(labels, return_counts=True)
+    sizes = dict(zip(present.tolist(), counts.tolist(), strict=True))
+    wanted = list(cell_types) if cell_types else sorted(sizes, key=lambda t: (-sizes[t], t))
+    unknown = [t for t in wanted if t not in sizes]
+    if unknown:
+        raise UserError(f"cell_types {unknown} are not in the labels; the types are {sorted(sizes)}")
+    if len(sizes) < 2:
+        raise UserError(f"the labels hold one cell type ({list(sizes)}); tasks need two or more")
+    return [Task(t, sizes[t], *_scorable(labels == t, folds, n_folds)) for t in wanted]
+
+
+def _scorable(positive: np.ndarray, folds: Folds, n_folds: int) -> tuple[bool, str]:
+    in_validation = positive[folds.validation()].sum()
+    in_test = [positive[folds.test(k)].sum() for k in range(n_folds)]
+    in_train = [positive[folds.train(k)].sum() for k in range(n_folds)]
+    if in_validation < 1 or min(in_test) < 1 or min(in_train) < 2:
+        return False, (
+            f"too few cells for the split: {positive.sum()} in all, {in_validation} in validation, "
+            f"{min(in_test)} in the smallest test fold, {min(in_train)} in the smallest "
+            "training fold (needs 1, 1 and 2)"
+        )
+    return True, ""
+
+
+def save_folds(folds: Folds, path: Path, meta: dict) -> None:
+    write_json(
+        path,
+        {
+            **meta,
+            "cells": folds.cells,
+            "assignment": folds.assignment.tolist(),
+            "tasks": [asdict(t) for t in folds.tasks],
+        },
+    )
+
+
+def load_folds(path: Path, meta: dict) -> Folds | None:
+    """The saved folds if they were made with the same `meta` (seed, split settings, cells)."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if any(saved.get(k) != v for k, v in meta.items()):
+        return None
+    return Folds(
+        saved["cells"], np.array(saved["assignment"]), [Task(**t) for t in saved["tasks"]]
+    )

@@ -1,0 +1,43 @@
+"""python3 runner.py [--config FILE] [--set section.field=value ...] [--resume | --force]"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from gsrcl.errors import UserError
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run a GsRCL experiment defined in a config file.")
+    parser.add_argument("--config", default="config.py", help="config file (default: config.py)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set contrastive.epochs=20 (repeatable)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="skip finished jobs (the default)")
+    mode.add_argument("--force", action="store_true", help="rerun every job")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        from gsrcl.configfile import load_experiment
+        from gsrcl.pipeline import run_experiment
+
+        experiment = load_experiment(args.config, args.overrides)
+        return run_experiment(experiment, force=args.force)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished jobs are kept; rerun to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
