@@ -8,10 +8,9 @@ paper's protocol (see configs/paper.py).
 
 from dataclasses import replace
 
-from gsrcl.presets import PAPER, SMALL_MASKING_ENCODER
-from gsrcl.settings import Classifier, Compute, Dataset, Evaluation, Experiment, Method
+from gsrcl.presets import PAPER, SMALL_MASKING_ENCODER, STRONG_EVALUATION
+from gsrcl.settings import Compute, Dataset, Experiment, Method
 
-SVM_GRID = PAPER.evaluation.classifier.grid
 
 EXPERIMENT = Experiment(
     name="pbmc68k_reduced",
@@ -27,18 +26,7 @@ EXPERIMENT = Experiment(
     ),
     contrastive=replace(PAPER.contrastive, epochs={"simclr": 100, "supcon": 50}, validate_every=25,
                         lr=1e-3),
-    evaluation=Evaluation(
-        classifier=Classifier(name="svm-balanced", grid={**SVM_GRID, "class_weight": [None, "balanced"]}),
-        baselines=(
-            Classifier(name="svm", grid=SVM_GRID),  # the paper's baseline
-            Classifier(name="svm-balanced", grid={**SVM_GRID, "class_weight": [None, "balanced"]}),
-            Classifier(
-                name="logreg", estimator="sklearn.linear_model.LogisticRegression",
-                params={"class_weight": "balanced", "max_iter": 1000}, grid={"C": [0.01, 0.1, 1]},
-                multiclass=True, features="lognorm",
-            ),
-        ),
-    ),
+    evaluation=STRONG_EVALUATION,
     compute=Compute(devices="auto", cpu_workers=1),
     seed=0,
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import sklearn
 import torch
 from sklearn.model_selection import ParameterGrid
 from sklearn.svm import SVC
@@ -74,7 +75,7 @@ class PrecomputedRBF:
         splits: list[tuple[np.ndarray, np.ndarray]],
         score,
     ) -> dict[str, Any]:
-        """The best candidate of `grid` by mean inner-CV score (`score(y, model, distances)`)."""
+        """The best candidate of `grid` by mean inner-CV score (`score(y, svc, test kernel)`)."""
         candidates = list(ParameterGrid(grid))
         scores = np.full((len(candidates), len(splits)), np.nan)
         for s, (train, test) in enumerate(splits):
@@ -84,12 +85,12 @@ class PrecomputedRBF:
                 if gamma not in kernels:  # one kernel per gamma, shared by every C
                     kernels[gamma] = (
                         np.exp(-gamma * self.train_distances[np.ix_(train, train)]),
-                        self.train_distances[np.ix_(test, train)],
+                        np.exp(-gamma * self.train_distances[np.ix_(test, train)]),
                     )
-                fit_kernel, test_distances = kernels[gamma]
+                fit_kernel, test_kernel = kernels[gamma]
                 model = self._fit(fit_kernel, y[train], gamma, {**params, **candidate})
                 if model is not None:
-                    scores[c, s] = score(y[test], model, test_distances)
+                    scores[c, s] = score(y[test], model.svc, test_kernel)
         means = scores.mean(axis=1)
         best = int(np.argmax(np.where(np.isnan(means), -np.inf, means)))
         return candidates[best]
@@ -106,6 +107,9 @@ class PrecomputedRBF:
         svc_params = {k: v for k, v in params.items() if k not in ("gamma", "kernel")}
         if len(np.unique(y)) < 2:  # GridSearchCV records such a fit as failed (NaN)
             return None
-        with warnings.catch_warnings():
+        # the inputs are ours and already checked: skip scikit-learn's per-call validation
+        with warnings.catch_warnings(), sklearn.config_context(
+            assume_finite=True, skip_parameter_validation=True
+        ):
             warnings.simplefilter("ignore")
             return KernelSVM(SVC(kernel="precomputed", **svc_params).fit(kernel, y), gamma)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gsrcl.settings import Contrastive, Evaluation, Method, Split
+from gsrcl.settings import Classifier, Contrastive, Evaluation, Method, Split
 
 SMALL_MASKING_ENCODER = (384, 256, 128, 64)  # masking with 500 or 1000 genes
 LARGE_MASKING_ENCODER = (2048, 1024, 512, 128)  # masking with 3000 or 5000 genes
@@ -34,3 +34,26 @@ class Protocol:
 
 
 PAPER = Protocol()
+
+
+def svm(balanced: bool = False) -> Classifier:
+    """The paper's RBF SVM grid; `balanced` adds class_weight="balanced" as a grid choice."""
+    grid = PAPER.evaluation.classifier.grid
+    if balanced:
+        return Classifier(name="svm-balanced", grid={**grid, "class_weight": [None, "balanced"]})
+    return Classifier(name="svm", grid=grid)
+
+
+# A class-balanced multi-class logistic regression on log-normalised expression: the kind of
+# classifier users pick today, scored one-vs-rest per cell type.
+LOGISTIC = Classifier(
+    name="logreg",
+    estimator="sklearn.linear_model.LogisticRegression",
+    params={"class_weight": "balanced", "max_iter": 1000, "tol": 1e-3},
+    grid={"C": [0.01, 0.1, 1]},
+    multiclass=True,
+    features="lognorm",
+)
+
+# GsRCL is always shown beside the strongest simple alternatives, not only the paper's SVM.
+STRONG_EVALUATION = Evaluation(classifier=svm(balanced=True), baselines=(svm(), svm(True), LOGISTIC))
