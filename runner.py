@@ -13,7 +13,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run a GsRCL experiment defined in a config file.")
     parser.add_argument("--config", default="config.py", help="config file (default: config.py)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config field, e.g. --set contrastive.epochs=20 (repeatable)",
     )
     mode = parser.add_mutually_exclusive_group()

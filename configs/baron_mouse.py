@@ -11,17 +11,19 @@ from dataclasses import replace
 from gsrcl.presets import PAPER, STRONG_EVALUATION, masking
 from gsrcl.settings import Dataset, Experiment, Method
 
-
 EXPERIMENT = Experiment(
     name="baron_mouse",
-    datasets=(Dataset(name="baron_mouse", path="../shared/data/baron_mouse.h5ad", labels="cell_type"),),
+    datasets=(
+        Dataset(name="baron_mouse", path="../shared/data/baron_mouse.h5ad", labels="cell_type"),
+    ),
     methods=(
         Method(loss="simclr", augmentation="noise", encoder=(512, 256), head=(256, 128)),
         Method(loss="supcon", augmentation="noise", encoder=(512, 256), head=(256, 128)),
         masking(1000),
     ),
-    contrastive=replace(PAPER.contrastive, epochs={"simclr": 100, "supcon": 30}, validate_every=25,
-                        lr=1e-3),
+    contrastive=replace(
+        PAPER.contrastive, epochs={"simclr": 100, "supcon": 30}, validate_every=25, lr=1e-3
+    ),
     evaluation=STRONG_EVALUATION,
     seed=0,
 )

@@ -10,7 +10,9 @@ from gsrcl.settings import Dataset, Experiment
 
 EXPERIMENT = Experiment(
     name="paper",
-    datasets=(Dataset(name="baron_mouse", path="../shared/data/baron_mouse.h5ad", labels="cell_type"),),
+    datasets=(
+        Dataset(name="baron_mouse", path="../shared/data/baron_mouse.h5ad", labels="cell_type"),
+    ),
     methods=PAPER.methods,
     contrastive=PAPER.contrastive,
     split=PAPER.split,

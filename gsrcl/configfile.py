@@ -26,6 +26,10 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         namespace = runpy.run_path(str(path))
     except TypeError as error:
         raise UserError(f"{path}: {_explain_type_error(error)}") from None
+    except SyntaxError as error:
+        raise UserError(f"{path}, line {error.lineno}: {error.msg}") from None
+    except (NameError, ImportError, AttributeError, ValueError) as error:
+        raise UserError(f"{path}: {type(error).__name__}: {error}") from None
     experiment = namespace.get("EXPERIMENT")
     if not isinstance(experiment, Experiment):
         raise UserError(f"{path} must define EXPERIMENT = Experiment(...)")
@@ -45,7 +49,9 @@ def apply_override(experiment: Experiment, override: str) -> Experiment:
 def _replace_path(obj: Any, parts: list[str], value: Any, key: str) -> Any:
     names = [f.name for f in dataclasses.fields(obj)]
     if parts[0] not in names:
-        raise UserError(f"--set {key}: {type(obj).__name__} has no field {parts[0]!r}; fields: {names}")
+        raise UserError(
+            f"--set {key}: {type(obj).__name__} has no field {parts[0]!r}; fields: {names}"
+        )
     if len(parts) > 1:
         child = getattr(obj, parts[0])
         if not dataclasses.is_dataclass(child):

@@ -44,7 +44,10 @@ def _one_line(error: BaseException) -> str:
 
 
 def run_serial(
-    todo: list[Job], experiment: Experiment, run_dir: Path, device: str,
+    todo: list[Job],
+    experiment: Experiment,
+    run_dir: Path,
+    device: str,
     report: Callable[[Outcome], None],
 ) -> list[Outcome]:
     """Every job in this process, one after another."""

@@ -64,9 +64,13 @@ def estimator_for(spec: Classifier) -> Any:
         cls = getattr(importlib.import_module(module_name), class_name)
         estimator = cls(**spec.params)
     except (ImportError, AttributeError) as error:
-        raise UserError(f"classifier {spec.name}: cannot import {spec.estimator} ({error})") from None
+        raise UserError(
+            f"classifier {spec.name}: cannot import {spec.estimator} ({error})"
+        ) from None
     except (TypeError, ValueError) as error:
-        raise UserError(f"classifier {spec.name}: bad params for {spec.estimator}: {error}") from None
+        raise UserError(
+            f"classifier {spec.name}: bad params for {spec.estimator}: {error}"
+        ) from None
     unknown = sorted(set(spec.grid) - set(estimator.get_params()))
     if unknown:
         raise UserError(f"classifier {spec.name}: {spec.estimator} has no parameters {unknown}")
@@ -92,7 +96,11 @@ class FoldClassifier:
     """The configured classifier on one set of training features, fitted once per label vector."""
 
     def __init__(
-        self, spec: Classifier, x_train: np.ndarray, inner_folds: int, metric: str,
+        self,
+        spec: Classifier,
+        x_train: np.ndarray,
+        inner_folds: int,
+        metric: str,
         device: str = "cpu",
     ) -> None:
         self.spec, self.inner_folds, self.metric = spec, inner_folds, metric

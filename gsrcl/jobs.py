@@ -174,7 +174,9 @@ def run_baselines(fold: FoldData, experiment: Experiment, device: str):
     evaluation = experiment.evaluation
     for spec in evaluation.baselines:
         x = _baseline_features(fold, spec)
-        classifier = FoldClassifier(spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device)
+        classifier = FoldClassifier(
+            spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device
+        )
         prepared = classifier.prepare(x[fold.test])
         shared = classifier.fit(fold.labels[fold.train]) if spec.multiclass else None
         for task in fold.tasks:
@@ -208,8 +210,11 @@ def run_contrastive(
     rows, predictions, losses, validation = [], [], [], []
     for tasks in groups:
         model = ContrastiveModel(
-            x.shape[1], method.encoder, method.head,
-            batchnorm=len(x_train) > contrastive.batch_size, init_std=contrastive.init_std,
+            x.shape[1],
+            method.encoder,
+            method.head,
+            batchnorm=len(x_train) > contrastive.batch_size,
+            init_std=contrastive.init_std,
         ).to(device)
         labels = None
         if method.loss == "supcon":
@@ -218,17 +223,32 @@ def run_contrastive(
             t: (fold.labels[fold.train] == t, fold.labels[fold.validation] == t) for t in tasks
         }
         scorer = train.validation_scorer(
-            x_train, x_val, task_labels, evaluation.classifier, evaluation.inner_folds, evaluation.metric
+            x_train,
+            x_val,
+            task_labels,
+            evaluation.classifier,
+            evaluation.inner_folds,
+            evaluation.metric,
         )
         result = train.train(
-            model, x_train, augmentation(method, generator), contrastive,
-            contrastive.epochs[method.loss], scorer, generator, labels,
+            model,
+            x_train,
+            augmentation(method, generator),
+            contrastive,
+            contrastive.epochs[method.loss],
+            scorer,
+            generator,
+            labels,
         )
         curve_task = "" if method.loss == "simclr" else tasks[0]
-        losses += [{"task": curve_task, "epoch": e + 1, "loss": v} for e, v in enumerate(result.losses)]
+        losses += [
+            {"task": curve_task, "epoch": e + 1, "loss": v} for e, v in enumerate(result.losses)
+        ]
         validation += result.validation
         for task in tasks:
-            row, cells = _evaluate_checkpoint(fold, method, experiment, model, result.best[task], task, x_train, x_test)
+            row, cells = _evaluate_checkpoint(
+                fold, method, experiment, model, result.best[task], task, x_train, x_test
+            )
             rows.append(row)
             predictions += cells
             _save_encoder(out, task, model, result.best[task], fitted, fold, method)
@@ -248,11 +268,16 @@ def _evaluate_checkpoint(fold, method, experiment, model, checkpoint, task, x_tr
     evaluation = experiment.evaluation
     encoder = train.encoder_with(model, checkpoint)
     classifier = FoldClassifier(
-        evaluation.classifier, train.embed(encoder, x_train), evaluation.inner_folds,
-        evaluation.metric, str(x_train.device),
+        evaluation.classifier,
+        train.embed(encoder, x_train),
+        evaluation.inner_folds,
+        evaluation.metric,
+        str(x_train.device),
     )
     model_fit = classifier.fit(fold.labels[fold.train] == task)
-    predicted, score = classifier.task_outputs(model_fit, classifier.prepare(train.embed(encoder, x_test)))
+    predicted, score = classifier.task_outputs(
+        model_fit, classifier.prepare(train.embed(encoder, x_test))
+    )
     extra = {"epoch": checkpoint.epoch, "validation_score": checkpoint.score}
     return _score_rows(fold, method.name, task, predicted, score, extra)
 

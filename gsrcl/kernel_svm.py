@@ -108,8 +108,9 @@ class PrecomputedRBF:
         if len(np.unique(y)) < 2:  # GridSearchCV records such a fit as failed (NaN)
             return None
         # the inputs are ours and already checked: skip scikit-learn's per-call validation
-        with warnings.catch_warnings(), sklearn.config_context(
-            assume_finite=True, skip_parameter_validation=True
+        with (
+            warnings.catch_warnings(),
+            sklearn.config_context(assume_finite=True, skip_parameter_validation=True),
         ):
             warnings.simplefilter("ignore")
             return KernelSVM(SVC(kernel="precomputed", **svc_params).fit(kernel, y), gamma)

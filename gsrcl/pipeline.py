@@ -1,4 +1,4 @@
-"""An experiment from validated settings to `summary.csv`: record, split, plan, dispatch, summarise."""
+"""An experiment from validated settings to `summary.csv`: record, split, plan, run, summarise."""
 
 from __future__ import annotations
 
@@ -45,8 +45,10 @@ def prepare(experiment: Experiment, log: Callable[[str], None]) -> Path:
             )
             splits.save_folds(folds, path, meta)
         scored = len(folds.scored_tasks)
-        log(f"{spec.name}: {adata.n_obs} cells × {adata.n_vars} genes, {scored} of "
-            f"{len(folds.tasks)} cell types scored")
+        log(
+            f"{spec.name}: {adata.n_obs} cells × {adata.n_vars} genes, {scored} of "
+            f"{len(folds.tasks)} cell types scored"
+        )
         for task in folds.tasks:
             if not task.scored:
                 log(f"  {task.name} ({task.cells} cells) not scored: {task.reason}")
@@ -57,7 +59,10 @@ def environment_record(experiment: Experiment) -> dict:
     return {
         "config": asdict(experiment),
         "seed": experiment.seed,
-        "versions": {"python": platform.python_version(), **{p: metadata.version(p) for p in PACKAGES}},
+        "versions": {
+            "python": platform.python_version(),
+            **{p: metadata.version(p) for p in PACKAGES},
+        },
         "devices": devices(experiment),
         "host": platform.node(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -84,16 +89,20 @@ def run_experiment(
     run_dir = prepare(experiment, log)
     planned = jobs.plan(experiment)
     todo = [
-        job for job in planned
-        if force or not results.is_done(jobs.job_dir(run_dir, job), jobs.fingerprint(experiment, job))
+        job
+        for job in planned
+        if force
+        or not results.is_done(jobs.job_dir(run_dir, job), jobs.fingerprint(experiment, job))
     ]
     log(f"{len(planned)} jobs planned, {len(planned) - len(todo)} already done, {len(todo)} to run")
     counter = iter(range(1, len(todo) + 1))
 
     def report(outcome: dispatch.Outcome) -> None:
         note = f"  {outcome.error}" if outcome.error else ""
-        log(f"[{next(counter)}/{len(todo)}] {outcome.job}: {outcome.status} in "
-            f"{outcome.seconds:.1f} s on {outcome.device}{note}")
+        log(
+            f"[{next(counter)}/{len(todo)}] {outcome.job}: {outcome.status} in "
+            f"{outcome.seconds:.1f} s on {outcome.device}{note}"
+        )
 
     outcomes = dispatch.run_serial(todo, experiment, run_dir, devices(experiment)[0], report)
     write_manifest(run_dir, planned, outcomes)
@@ -106,7 +115,9 @@ def run_experiment(
     return 1 if failed else 0
 
 
-def write_manifest(run_dir: Path, planned: list[jobs.Job], outcomes: list[dispatch.Outcome]) -> None:
+def write_manifest(
+    run_dir: Path, planned: list[jobs.Job], outcomes: list[dispatch.Outcome]
+) -> None:
     """One row per planned job; jobs not run now keep the row of the run that did them."""
     path = run_dir / "manifest.csv"
     rows = {}
@@ -114,7 +125,9 @@ def write_manifest(run_dir: Path, planned: list[jobs.Job], outcomes: list[dispat
         rows = {r["job"]: r for r in pd.read_csv(path, keep_default_na=False).to_dict("records")}
     rows.update({o.job: asdict(o) for o in outcomes})
     ordered = [rows.get(j.id, {"job": j.id, "status": "not run"}) for j in planned]
-    results.write_csv(path, pd.DataFrame(ordered, columns=["job", "status", "device", "seconds", "error"]))
+    results.write_csv(
+        path, pd.DataFrame(ordered, columns=["job", "status", "device", "seconds", "error"])
+    )
 
 
 def write_summary(experiment: Experiment, run_dir: Path, planned: list[jobs.Job]) -> pd.DataFrame:

@@ -56,4 +56,6 @@ LOGISTIC = Classifier(
 )
 
 # GsRCL is always shown beside the strongest simple alternatives, not only the paper's SVM.
-STRONG_EVALUATION = Evaluation(classifier=svm(balanced=True), baselines=(svm(), svm(True), LOGISTIC))
+STRONG_EVALUATION = Evaluation(
+    classifier=svm(balanced=True), baselines=(svm(), svm(True), LOGISTIC)
+)

@@ -108,7 +108,9 @@ def summarize(run_dir: Path, job_dirs: Iterable[Path], method_order: list[str]) 
     summary = summary.reset_index()
     tasks = _tasks(run_dir)
     summary = tasks.merge(summary, on=["dataset", "task"], how="left")
+    unscored = summary["method"].isna()
     summary["method"] = summary["method"].fillna("")
+    summary.loc[unscored & (summary["note"] == ""), "note"] = "no finished job"
     order = {m: i for i, m in enumerate(method_order)}
     summary["_order"] = summary["method"].map(order).fillna(len(order))
     summary = summary.sort_values(["_dataset", "_task", "_order"], kind="stable")
@@ -122,8 +124,14 @@ def _tasks(run_dir: Path) -> pd.DataFrame:
         saved = json.loads(path.read_text())
         for t, task in enumerate(saved["tasks"]):
             rows.append(
-                {"dataset": saved["dataset"], "task": task["name"], "cells": task["cells"],
-                 "note": task["reason"], "_dataset": d, "_task": t}
+                {
+                    "dataset": saved["dataset"],
+                    "task": task["name"],
+                    "cells": task["cells"],
+                    "note": task["reason"],
+                    "_dataset": d,
+                    "_task": t,
+                }
             )
     return pd.DataFrame(rows)
 

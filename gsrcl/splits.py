@@ -11,6 +11,7 @@ otherwise it is skipped and the reason is written to the splits file and the sum
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,8 +65,10 @@ def make_folds(
     )
     assignment = np.full(len(labels), VALIDATION)
     kfold = StratifiedKFold(split.folds, shuffle=True, random_state=seed)
-    for fold, (_, test) in enumerate(kfold.split(cv_part, strata[cv_part])):
-        assignment[cv_part[test]] = fold
+    with warnings.catch_warnings():  # a rare stratum smaller than k is expected; see plan_tasks
+        warnings.filterwarnings("ignore", message="The least populated class")
+        for fold, (_, test) in enumerate(kfold.split(cv_part, strata[cv_part])):
+            assignment[cv_part[test]] = fold
     folds = Folds(list(cells), assignment, [])
     return Folds(folds.cells, assignment, plan_tasks(labels, folds, split.folds, cell_types))
 
@@ -88,7 +91,9 @@ def plan_tasks(
     wanted = list(cell_types) if cell_types else sorted(sizes, key=lambda t: (-sizes[t], t))
     unknown = [t for t in wanted if t not in sizes]
     if unknown:
-        raise UserError(f"cell_types {unknown} are not in the labels; the types are {sorted(sizes)}")
+        raise UserError(
+            f"cell_types {unknown} are not in the labels; the types are {sorted(sizes)}"
+        )
     if len(sizes) < 2:
         raise UserError(f"the labels hold one cell type ({list(sizes)}); tasks need two or more")
     return [Task(t, sizes[t], *_scorable(labels == t, folds, n_folds)) for t in wanted]
@@ -124,8 +129,7 @@ def load_folds(path: Path, meta: dict) -> Folds | None:
     if not path.exists():
         return None
     saved = json.loads(path.read_text())
+    meta = json.loads(json.dumps(meta))  # compare as saved (tuples become lists)
     if any(saved.get(k) != v for k, v in meta.items()):
         return None
-    return Folds(
-        saved["cells"], np.array(saved["assignment"]), [Task(**t) for t in saved["tasks"]]
-    )
+    return Folds(saved["cells"], np.array(saved["assignment"]), [Task(**t) for t in saved["tasks"]])

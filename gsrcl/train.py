@@ -1,9 +1,9 @@
 """One contrastive training with checkpoint selection.
 
-Every `validate_every` epochs (and before the first and after the last) the frozen encoder embeds the
-training and validation cells, a classifier is fitted on the training embeddings of each task and
-scored on the validation cells; each task keeps the encoder state of its best score (the earliest on
-ties). Only those states are held, in memory, one copy per distinct epoch.
+Every `validate_every` epochs (and before the first and after the last) the frozen encoder embeds
+the training and validation cells, a classifier is fitted on the training embeddings of each task
+and scored on the validation cells; each task keeps the encoder state of its best score (the
+earliest on ties). Only those states are held, in memory, one copy per distinct epoch.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def train(
     labels: torch.Tensor | None = None,
 ) -> TrainingResult:
     """Train on `x` (already on its device); `labels` switches SimCLR to SupCon."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
     checkpoints = set(validation_epochs(epochs, settings.validate_every))
     result = TrainingResult(losses=[])
     epoch_losses = []

@@ -1,0 +1,80 @@
+import json
+
+import pandas as pd
+import torch
+
+from gsrcl.encoder import build_encoder
+from gsrcl.pipeline import run_experiment
+from tests.conftest import tiny_experiment
+
+TASKS = ["CD19+ B", "CD34+", "Dendritic"]  # the order of the config's cell_types
+
+
+def _run(experiment, **kwargs):
+    lines = []
+    status = run_experiment(experiment, log=lines.append, **kwargs)
+    return status, "\n".join(lines)
+
+
+def test_tiny_run_writes_the_results_layout_with_real_numbers(tmp_path):
+    experiment = tiny_experiment(tmp_path)
+    status, log = _run(experiment)
+    assert status == 0, log
+    run_dir = tmp_path / "results" / "tiny"
+
+    record = json.loads((run_dir / "experiment.json").read_text())
+    assert record["seed"] == 0 and "torch" in record["versions"] and record["devices"] == ["cpu"]
+    splits = json.loads((run_dir / "splits" / "pbmc68k_reduced.json").read_text())
+    assert len(splits["cells"]) == 700 and [t["name"] for t in splits["tasks"]] == TASKS
+
+    summary = pd.read_csv(run_dir / "summary.csv")
+    methods = ["baseline-svm", "simclr-noise", "supcon-noise", "simclr-masking-200"]
+    assert list(summary["task"].unique()) == TASKS
+    assert sorted(zip(summary["task"], summary["method"], strict=True)) == sorted(
+        (t, m) for t in TASKS for m in methods
+    )
+    assert (summary["folds"] == 3).all()
+    easy = summary.set_index(["task", "method"]).loc[("CD19+ B", "baseline-svm")]
+    assert easy["mcc_mean"] > 0.8 and easy["ap_mean"] > 0.8
+
+    manifest = pd.read_csv(run_dir / "manifest.csv")
+    assert len(manifest) == 12 and (manifest["status"] == "done").all()
+
+    job = run_dir / "jobs" / "pbmc68k_reduced" / "simclr-noise" / "fold-0"
+    assert {"DONE", "metrics.json", "predictions.csv", "loss.csv", "validation.csv"} <= {
+        p.name for p in job.iterdir()
+    }
+    loss = pd.read_csv(job / "loss.csv")
+    assert len(loss) == 4 and loss["loss"].notna().all()
+    validation = pd.read_csv(job / "validation.csv")
+    assert sorted(validation["epoch"].unique()) == [0, 2, 4] and set(validation["task"]) == set(
+        TASKS
+    )
+
+    checkpoint = torch.load(job / "encoder-CD19+_B.pt", weights_only=True)
+    encoder = build_encoder(**checkpoint["kwargs"])
+    encoder.load_state_dict(checkpoint["state_dict"])
+    assert len(checkpoint["genes"]) == 765
+    assert encoder(torch.zeros(2, 765)).shape == (2, 32)
+    masking = torch.load(
+        job.parent.parent / "simclr-masking-200" / "fold-0" / "encoder-CD34+.pt", weights_only=True
+    )
+    assert len(masking["genes"]) == 200 and masking["preprocess"]["mean"].shape == (200,)
+
+
+def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_path):
+    experiment = tiny_experiment(tmp_path, methods=tiny_experiment(tmp_path).methods[:1])
+    assert _run(experiment)[0] == 0
+    summary_path = tmp_path / "results" / "tiny" / "summary.csv"
+    first = summary_path.read_text()
+
+    status, log = _run(experiment)
+    assert status == 0 and "6 already done, 0 to run" in log
+    assert summary_path.read_text() == first
+
+    again = tiny_experiment(tmp_path / "again", methods=experiment.methods)
+    assert _run(again)[0] == 0
+    assert (tmp_path / "again" / "results" / "tiny" / "summary.csv").read_text() == first
+
+    status, log = _run(experiment, force=True)
+    assert "0 already done, 6 to run" in log and summary_path.read_text() == first

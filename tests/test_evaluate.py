@@ -1,0 +1,95 @@
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scanpy as sc
+from sklearn.metrics import matthews_corrcoef
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.svm import SVC
+
+from gsrcl.errors import UserError
+from gsrcl.evaluate import FoldClassifier, binary_scores, estimator_for, fast_mcc
+from gsrcl.presets import LOGISTIC, PAPER, svm
+from gsrcl.settings import Classifier
+from tests.conftest import shared_file
+
+
+def test_fast_mcc_equals_scikit_learn_exactly():
+    rng = np.random.default_rng(0)
+    cases = [
+        (rng.random(n) < p, rng.random(n) < q)
+        for n in (5, 37, 400)
+        for p in (0.1, 0.5)
+        for q in (0.0, 0.2, 0.9)
+    ]
+    cases += [(np.array([True, True, False]), np.array([True, True, True]))]
+    for y, pred in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert fast_mcc(y, pred) == matthews_corrcoef(y, pred)
+
+
+def test_binary_scores_use_hard_predictions_for_mcc_and_scores_for_ap():
+    y = np.array([True, True, False, False, False])
+    # a perfect ranking with a wrong threshold: MCC 0 (all predicted negative) but AP 1
+    scores = binary_scores(y, np.zeros(5, dtype=bool), np.array([0.9, 0.8, 0.3, 0.2, 0.1]))
+    assert scores["mcc"] == 0 and scores["f1"] == 0 and scores["ap"] == 1
+
+
+def _assert_same_as_grid_search(x, labels, task, spec):
+    y = labels == task
+    train, test = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y, random_state=0)
+    ours = FoldClassifier(spec, x[train], inner_folds=5, metric="mcc")
+    model = ours.fit(y[train])
+    predicted, score = ours.task_outputs(model, ours.prepare(x[test]))
+    splits = list(StratifiedKFold(5).split(x[train], y[train]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = GridSearchCV(SVC(), spec.grid, scoring="matthews_corrcoef", cv=splits).fit(
+            x[train], y[train]
+        )
+    chosen = {**{k: model.svc.get_params()[k] for k in spec.grid if k != "gamma"}}
+    assert chosen == {k: v for k, v in reference.best_params_.items() if k != "gamma"}
+    assert model.gamma == pytest.approx(reference.best_estimator_._gamma, rel=1e-12)
+    assert np.array_equal(predicted, reference.predict(x[test]))
+    assert np.allclose(score, reference.decision_function(x[test]), atol=1e-9)
+
+
+def test_precomputed_kernel_search_equals_gridsearchcv_on_pbmc():
+    adata = sc.datasets.pbmc68k_reduced().raw.to_adata()
+    x = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X, dtype=np.float64)
+    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
+    _assert_same_as_grid_search(x, labels, "CD56+ NK", svm(balanced=True))
+
+
+def test_precomputed_kernel_search_equals_gridsearchcv_on_baron_mouse():
+    adata = ad.read_h5ad(shared_file("baron_mouse.h5ad"))
+    rng = np.random.default_rng(0)
+    cells = np.sort(rng.choice(adata.n_obs, 500, replace=False))
+    x = np.log1p(adata.X[cells].toarray().astype(np.float64))
+    x = x[:, x.var(axis=0).argsort()[-3000:]]
+    labels = adata.obs["cell_type"].astype(str).to_numpy()[cells]
+    for task in ("delta", "endothelial"):
+        _assert_same_as_grid_search(x, labels, task, PAPER.evaluation.classifier)
+
+
+def test_multiclass_baseline_scores_each_type_one_vs_rest():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, size=(3, 20))
+    labels = np.repeat(np.array(["a", "b", "c"]), 40)
+    x = np.abs(centres[np.repeat(np.arange(3), 40)] + rng.normal(size=(120, 20)))
+    classifier = FoldClassifier(LOGISTIC, x[::2], inner_folds=3, metric="mcc")
+    model = classifier.fit(labels[::2])
+    prepared = classifier.prepare(x[1::2])
+    for task in "abc":
+        predicted, score = classifier.task_outputs(model, prepared, task)
+        assert binary_scores(labels[1::2] == task, predicted, score)["mcc"] > 0.9
+        assert score.min() >= 0 and score.max() <= 1  # class probabilities
+
+
+def test_bad_estimator_settings_are_user_errors():
+    with pytest.raises(UserError, match="cannot import sklearn.svm.SVX"):
+        estimator_for(Classifier(name="x", estimator="sklearn.svm.SVX"))
+    with pytest.raises(UserError, match="no parameters \\['Cee'\\]"):
+        estimator_for(Classifier(name="x", grid={"Cee": [1]}))

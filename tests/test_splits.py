@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from gsrcl.errors import UserError
+from gsrcl.settings import Split
+from gsrcl.splits import VALIDATION, load_folds, make_folds, save_folds
+
+
+def _labels():
+    counts = {"a": 300, "b": 120, "c": 40, "d": 12, "e": 4}
+    return np.array([t for t, n in counts.items() for _ in range(n)])
+
+
+def test_split_is_stratified_disjoint_and_reproducible():
+    labels = _labels()
+    cells = [f"c{i}" for i in range(len(labels))]
+    folds = make_folds(cells, labels, Split(0.2, 5), seed=3, cell_types=None)
+    again = make_folds(cells, labels, Split(0.2, 5), seed=3, cell_types=None)
+    other = make_folds(cells, labels, Split(0.2, 5), seed=4, cell_types=None)
+    assert np.array_equal(folds.assignment, again.assignment)
+    assert not np.array_equal(folds.assignment, other.assignment)
+    validation = folds.validation()
+    assert abs(len(validation) - 0.2 * len(labels)) <= 1
+    for k in range(5):
+        train, test = set(folds.train(k)), set(folds.test(k))
+        assert not train & test and not train & set(validation) and not test & set(validation)
+        assert len(train) + len(test) + len(validation) == len(labels)
+        # stratified: each fold holds the large type in proportion
+        share = np.mean(labels[folds.test(k)] == "a")
+        assert abs(share - 300 / len(labels)) < 0.03
+    assert set(np.unique(folds.assignment)) == {VALIDATION, 0, 1, 2, 3, 4}
+
+
+def test_rare_type_is_skipped_with_a_reason_not_dropped():
+    labels = _labels()
+    folds = make_folds([str(i) for i in range(len(labels))], labels, Split(0.2, 5), 0, None)
+    tasks = {t.name: t for t in folds.tasks}
+    assert set(tasks) == {"a", "b", "c", "d", "e"}
+    assert tasks["a"].scored and tasks["d"].scored
+    assert not tasks["e"].scored and "too few cells" in tasks["e"].reason
+    assert "e" not in folds.scored_tasks
+
+
+def test_unknown_cell_type_is_a_clear_error():
+    labels = _labels()
+    with pytest.raises(UserError, match="'zzz'"):
+        make_folds([str(i) for i in range(len(labels))], labels, Split(), 0, ("a", "zzz"))
+
+
+def test_saved_folds_are_reused_only_when_settings_match(tmp_path):
+    labels = _labels()
+    folds = make_folds([str(i) for i in range(len(labels))], labels, Split(), 0, None)
+    path = tmp_path / "splits.json"
+    save_folds(folds, path, {"seed": 0})
+    loaded = load_folds(path, {"seed": 0})
+    assert np.array_equal(loaded.assignment, folds.assignment) and loaded.tasks == folds.tasks
+    assert load_folds(path, {"seed": 1}) is None
