@@ -1,4 +1,4 @@
-"""python3 runner.py [--config FILE] [--set section.field=value ...] [--resume | --force]"""
+"""python3 runner.py [--config FILE] [--set section.field=value ...] [--resume | --force | --rerun-failed]"""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip finished jobs (the default)")
     mode.add_argument("--force", action="store_true", help="rerun every job")
+    mode.add_argument("--rerun-failed", action="store_true", help="rerun only the failed jobs")
     return parser.parse_args(argv)
 
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         from gsrcl.pipeline import run_experiment
 
         experiment = load_experiment(args.config, args.overrides)
-        return run_experiment(experiment, force=args.force)
+        mode = "force" if args.force else "failed" if args.rerun_failed else "resume"
+        return run_experiment(experiment, mode=mode)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import torch
 from gsrcl import dispatch, jobs, results, splits
 from gsrcl.data import LABEL
 from gsrcl.evaluate import estimator_for
+from gsrcl.progress import Progress
 from gsrcl.settings import Experiment
 
 PACKAGES = ("torch", "scikit-learn", "scanpy", "anndata", "numpy", "pandas", "scipy")
@@ -80,39 +81,52 @@ def devices(experiment: Experiment) -> list[str]:
 
 
 def run_experiment(
-    experiment: Experiment, force: bool = False, log: Callable[[str], None] = print
+    experiment: Experiment, mode: str = "resume", log: Callable[[str], None] = print
 ) -> int:
-    """Run what is not yet done; return the exit status (1 when a job failed)."""
+    """Run the jobs `mode` selects; return the exit status (1 when a job failed).
+
+    resume: every job not finished with the current settings; force: every job;
+    failed: only jobs whose last attempt failed."""
     check_classifiers(experiment)
-    if experiment.compute.threads:
-        torch.set_num_threads(experiment.compute.threads)
     run_dir = prepare(experiment, log)
     planned = jobs.plan(experiment)
-    todo = [
-        job
-        for job in planned
-        if force
-        or not results.is_done(jobs.job_dir(run_dir, job), jobs.fingerprint(experiment, job))
-    ]
-    log(f"{len(planned)} jobs planned, {len(planned) - len(todo)} already done, {len(todo)} to run")
-    counter = iter(range(1, len(todo) + 1))
-
-    def report(outcome: dispatch.Outcome) -> None:
-        note = f"  {outcome.error}" if outcome.error else ""
-        log(
-            f"[{next(counter)}/{len(todo)}] {outcome.job}: {outcome.status} in "
-            f"{outcome.seconds:.1f} s on {outcome.device}{note}"
-        )
-
-    outcomes = dispatch.run_serial(todo, experiment, run_dir, devices(experiment)[0], report)
+    todo = [job for job in planned if _selected(job, experiment, run_dir, mode)]
+    log(f"{len(planned)} jobs planned, {len(planned) - len(todo)} skipped, {len(todo)} to run")
+    outcomes = run_jobs(experiment, run_dir, todo, log)
     write_manifest(run_dir, planned, outcomes)
     summary = write_summary(experiment, run_dir, planned)
     log("\n" + results.mcc_table(summary))
     log(f"\nresults in {run_dir}")
     failed = [o for o in outcomes if o.status == "failed"]
-    for outcome in failed:
-        log(f"FAILED {outcome.job}: {outcome.error} (traceback in its error.txt)")
+    if failed:
+        table = pd.DataFrame(failed)[["job", "device", "error"]].to_string(index=False)
+        log(f"\n{len(failed)} jobs failed (tracebacks in their error.txt):\n{table}")
     return 1 if failed else 0
+
+
+def _selected(job: jobs.Job, experiment: Experiment, run_dir: Path, mode: str) -> bool:
+    folder = jobs.job_dir(run_dir, job)
+    if mode == "force":
+        return True
+    if mode == "failed":
+        return (folder / "error.txt").exists()
+    return not results.is_done(folder, jobs.fingerprint(experiment, job))
+
+
+def run_jobs(
+    experiment: Experiment, run_dir: Path, todo: list[jobs.Job], log: Callable[[str], None]
+) -> list[dispatch.Outcome]:
+    compute = experiment.compute
+    slots = dispatch.plan_slots(
+        devices(experiment), compute.workers_per_device, compute.cpu_workers, compute.threads
+    )
+    progress = Progress(len(todo), log)
+    try:
+        return dispatch.Pool(slots, experiment, run_dir).run(
+            todo, progress.started, progress.finished
+        )
+    finally:
+        progress.close()
 
 
 def write_manifest(

@@ -69,12 +69,12 @@ def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_pat
     first = summary_path.read_text()
 
     status, log = _run(experiment)
-    assert status == 0 and "6 already done, 0 to run" in log
+    assert status == 0 and "6 skipped, 0 to run" in log
     assert summary_path.read_text() == first
 
     again = tiny_experiment(tmp_path / "again", methods=experiment.methods)
     assert _run(again)[0] == 0
     assert (tmp_path / "again" / "results" / "tiny" / "summary.csv").read_text() == first
 
-    status, log = _run(experiment, force=True)
-    assert "0 already done, 6 to run" in log and summary_path.read_text() == first
+    status, log = _run(experiment, mode="force")
+    assert "0 skipped, 6 to run" in log and summary_path.read_text() == first

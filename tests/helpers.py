@@ -1,0 +1,31 @@
+"""A test-only estimator that fails once, in whichever worker first claims its trigger file."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from sklearn.linear_model import LogisticRegression
+
+
+class FailsOnce(LogisticRegression):
+    """LogisticRegression whose first prediction, in any process, raises or kills its process."""
+
+    def __init__(self, trigger: str = "", how: str = "raise", C: float = 1.0, max_iter: int = 200):
+        super().__init__(C=C, max_iter=max_iter)
+        self.trigger, self.how = trigger, how
+
+    def predict_proba(self, X):  # called on the test fold, outside the grid search
+        if self.trigger and _claim(self.trigger):
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("injected failure")
+        return super().predict_proba(X)
+
+
+def _claim(path: str) -> bool:
+    try:
+        os.rename(path, path + ".claimed")  # atomic: exactly one process wins
+    except FileNotFoundError:
+        return False
+    return True

@@ -1,0 +1,159 @@
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gsrcl.dispatch import plan_slots
+from gsrcl.pipeline import run_experiment
+from gsrcl.settings import Classifier, Compute, Evaluation
+from tests.conftest import tiny_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+SVM = Classifier(name="svm", grid={"C": [1, 10]})
+
+
+def _baseline_only(tmp_path, workers=1, baselines=(SVM,), **changes):
+    return tiny_experiment(
+        tmp_path,
+        methods=(),
+        evaluation=Evaluation(classifier=SVM, baselines=baselines, inner_folds=3),
+        compute=Compute(devices="cpu", cpu_workers=workers, threads=1),
+        **changes,
+    )
+
+
+def _run(experiment, mode="resume"):
+    lines = []
+    return run_experiment(experiment, mode=mode, log=lines.append), "\n".join(lines)
+
+
+def _starts(run_dir: Path) -> collections.Counter:
+    """How often each job was started, from the workers' logs."""
+    counts = collections.Counter()
+    for log in (run_dir / "logs").glob("worker-*.log"):
+        for line in log.read_text().splitlines():
+            if " start " in line:
+                counts[line.split(" start ")[1].split(" on ")[0]] += 1
+    return counts
+
+
+def test_slots_cover_every_device_and_share_the_cores():
+    slots = plan_slots(["cuda:0", "cuda:1", "cuda:2"], 2, 1, None)
+    assert [s.device for s in slots] == ["cuda:0", "cuda:1", "cuda:2"] * 2
+    cpu = plan_slots(["cpu"], 4, 2, None)
+    assert len(cpu) == 2 and all(s.threads == max(1, (os.cpu_count() or 1) // 2) for s in cpu)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_every_job_runs_exactly_once(tmp_path, workers):
+    experiment = _baseline_only(
+        tmp_path, workers, split=tiny_experiment(tmp_path).split.__class__(folds=4)
+    )
+    status, log = _run(experiment)
+    assert status == 0, log
+    starts = _starts(tmp_path / "results" / "tiny")
+    assert sorted(starts) == [f"pbmc68k_reduced/baseline/fold-{k}" for k in range(4)]
+    assert set(starts.values()) == {1}
+
+
+def test_a_job_that_raises_is_isolated_and_rerun_failed_mends_it(tmp_path):
+    trigger = tmp_path / "trigger"
+    trigger.touch()
+    failing = Classifier(
+        name="fails",
+        estimator="tests.helpers.FailsOnce",
+        params={"trigger": str(trigger)},
+        grid={"C": [1.0]},
+        multiclass=True,
+    )
+    experiment = _baseline_only(tmp_path, 2, baselines=(SVM, failing))
+    status, log = _run(experiment)
+    assert status == 1 and "injected failure" in log
+    run_dir = tmp_path / "results" / "tiny"
+    failed = [p.parent.name for p in run_dir.glob("jobs/*/*/*/error.txt")]
+    done = [p.parent.name for p in run_dir.glob("jobs/*/*/*/DONE")]
+    assert (
+        len(failed) == 1
+        and len(done) == 2
+        and "ValueError" in open(next(run_dir.glob("jobs/*/*/*/error.txt"))).read()
+    )
+    status, log = _run(experiment, mode="failed")
+    assert status == 0 and "2 skipped, 1 to run" in log
+    assert len(list(run_dir.glob("jobs/*/*/*/DONE"))) == 3
+
+
+def test_a_killed_worker_is_replaced_and_the_other_jobs_finish(tmp_path):
+    trigger = tmp_path / "trigger"
+    trigger.touch()
+    killer = Classifier(
+        name="kills",
+        estimator="tests.helpers.FailsOnce",
+        params={"trigger": str(trigger), "how": "kill"},
+        grid={"C": [1.0]},
+        multiclass=True,
+    )
+    experiment = _baseline_only(tmp_path, 2, baselines=(SVM, killer))
+    status, log = _run(experiment)
+    assert status == 1 and "worker process died" in log
+    run_dir = tmp_path / "results" / "tiny"
+    assert len(list(run_dir.glob("jobs/*/*/*/DONE"))) == 2
+    assert len(list(run_dir.glob("jobs/*/*/*/error.txt"))) == 1
+
+
+def test_one_and_two_workers_give_the_same_summary(tmp_path):
+    one = tiny_experiment(
+        tmp_path / "one",
+        methods=tiny_experiment(tmp_path).methods[:1],
+        compute=Compute(devices="cpu", cpu_workers=1),
+    )
+    two = tiny_experiment(
+        tmp_path / "two", methods=one.methods, compute=Compute(devices="cpu", cpu_workers=2)
+    )
+    assert _run(one)[0] == 0 and _run(two)[0] == 0
+    summary = "results/tiny/summary.csv"
+    assert (tmp_path / "one" / summary).read_text() == (tmp_path / "two" / summary).read_text()
+
+
+CONFIG = """
+from gsrcl.settings import *
+from tests.conftest import tiny_experiment
+from pathlib import Path
+EXPERIMENT = tiny_experiment(Path({root!r}), methods=tiny_experiment(Path({root!r})).methods[:1],
+                             compute=Compute(devices="cpu", cpu_workers=1))
+"""
+
+
+def test_a_runner_killed_mid_way_resumes_to_the_same_results(tmp_path):
+    for name in ("killed", "whole"):
+        (tmp_path / f"{name}.py").write_text(CONFIG.format(root=str(tmp_path / name)))
+    command = [sys.executable, str(ROOT / "runner.py"), "--config"]
+    runner = subprocess.Popen(
+        [*command, str(tmp_path / "killed.py")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    jobs_dir = tmp_path / "killed" / "results" / "tiny" / "jobs"
+    deadline = time.time() + 120
+    while not list(jobs_dir.glob("*/*/*/DONE")) and time.time() < deadline:
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    finished = len(list(jobs_dir.glob("*/*/*/DONE")))
+    assert 1 <= finished < 6
+    resumed = subprocess.run(
+        [*command, str(tmp_path / "killed.py")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{finished} skipped" in resumed.stdout or f"{finished + 1} skipped" in resumed.stdout
+    whole = subprocess.run(
+        [*command, str(tmp_path / "whole.py")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert whole.returncode == 0, whole.stderr
+    summary = "results/tiny/summary.csv"
+    assert (tmp_path / "killed" / summary).read_text() == (tmp_path / "whole" / summary).read_text()
