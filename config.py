@@ -34,6 +34,7 @@ EXPERIMENT = Experiment(
         PAPER.contrastive, epochs={"simclr": 100, "supcon": 50}, validate_every=25, lr=1e-3
     ),
     evaluation=STRONG_EVALUATION,
-    compute=Compute(devices="auto", cpu_workers=1),
+    # on a machine without GPU: two workers sharing the cores (libsvm fits use one core each)
+    compute=Compute(devices="auto", cpu_workers=2),
     seed=0,
 )

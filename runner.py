@@ -1,4 +1,8 @@
-"""python3 runner.py [--config FILE] [--set section.field=value ...] [--resume | --force | --rerun-failed]"""
+"""Run a GsRCL experiment.
+
+python3 runner.py [--config FILE] [--set section.field=value ...]
+                  [--resume | --force | --rerun-failed]
+"""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Running jobs on a pool of long-lived worker processes, one per device slot.
 
-Each worker is spawned, pinned to its device (GPU index, or a share of the CPU cores) before any work,
-and asks the main process for jobs one at a time through its own inbox, so the main process always
-knows which job each worker holds: a job is handed out exactly once, and a worker that dies (killed,
-out of memory) is replaced and its job recorded as failed. `execute` is the one way a job is run.
+Each worker is spawned, pinned to its device (GPU index, or a share of the CPU cores) before any
+work, and asks the main process for jobs one at a time through its own inbox, so the main process
+always knows which job each worker holds: a job is handed out exactly once, and a worker that dies
+(killed, out of memory) is replaced and its job recorded as failed. `execute` runs every job.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class Pool:
         return failed
 
     def stop(self) -> None:
-        for process, inbox in self.workers.values():
+        for process, _ in self.workers.values():
             if process.is_alive():
                 process.terminate()
         for process, _ in self.workers.values():
