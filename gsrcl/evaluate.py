@@ -114,7 +114,7 @@ class FoldClassifier:
 
     def fit(self, y: np.ndarray) -> Any:
         """Grid search by inner CV scored with the metric, then refit on all training cells."""
-        splits = self._inner_splits(y)
+        splits = self.inner_splits(y)
         if self.kernel is not None:
             best = self.kernel.search(y, self.spec.grid, self.spec.params, splits, self._score)
             return self.kernel.fit(y, {**self.spec.params, **best})
@@ -126,7 +126,7 @@ class FoldClassifier:
             warnings.simplefilter("ignore")
             return search.fit(self.x_train, y).best_estimator_
 
-    def _inner_splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def inner_splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         smallest = np.unique(y, return_counts=True)[1].min()
         n_splits = max(2, min(self.inner_folds, smallest))
         with warnings.catch_warnings():  # multi-class baselines may hold a class smaller than k
