@@ -83,6 +83,8 @@ class Method:
             problems.append("n_genes must be at least 2, or None for all genes")
         if self.augmentation == "masking" and self.n_genes is None:
             problems.append("masking needs n_genes (the number of highly variable genes)")
+        if self.augmentation == "noise" and self.n_genes is not None:
+            problems.append("n_genes applies to masking; Gaussian noise uses all genes")
         if not self.encoder or min(self.encoder) < 1:
             problems.append("encoder must list positive layer widths")
         if not self.head or min(self.head) < 1:

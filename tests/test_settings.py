@@ -76,6 +76,21 @@ def test_wrong_type_and_impossible_value_are_named(tmp_path):
     assert "experiment.split: folds must be at least 2" in str(error.value)
 
 
+def test_method_settings_that_cannot_apply_are_refused():
+    from gsrcl.settings import Dataset, Experiment, Method
+
+    noise = Method(loss="simclr", augmentation="noise", n_genes=500)
+    masking = Method(loss="simclr", augmentation="masking")
+    for method, message in (
+        (noise, "n_genes applies to masking"),
+        (masking, "masking needs n_genes"),
+    ):
+        with pytest.raises(UserError, match=message):
+            Experiment(
+                name="x", datasets=(Dataset(name="d", path="p"),), methods=(method,)
+            ).validate()
+
+
 def test_set_overrides_a_nested_field_and_rejects_unknown_ones(tmp_path):
     path = _config(
         tmp_path,
