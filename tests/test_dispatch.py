@@ -61,48 +61,38 @@ def test_every_job_runs_exactly_once(tmp_path, workers):
     assert set(starts.values()) == {1}
 
 
-def test_a_job_that_raises_is_isolated_and_rerun_failed_mends_it(tmp_path):
+def _fails_once(tmp_path, how: str):
+    """Baseline jobs where exactly one job meets an injected failure (`raise` or `kill`)."""
     trigger = tmp_path / "trigger"
     trigger.touch()
     failing = Classifier(
         name="fails",
         estimator="tests.helpers.FailsOnce",
-        params={"trigger": str(trigger)},
+        params={"trigger": str(trigger), "how": how},
         grid={"C": [1.0]},
         multiclass=True,
     )
     experiment = _baseline_only(tmp_path, 2, baselines=(SVM, failing))
     status, log = _run(experiment)
-    assert status == 1 and "injected failure" in log
     run_dir = tmp_path / "results" / "tiny"
-    failed = [p.parent.name for p in run_dir.glob("jobs/*/*/*/error.txt")]
-    done = [p.parent.name for p in run_dir.glob("jobs/*/*/*/DONE")]
-    assert (
-        len(failed) == 1
-        and len(done) == 2
-        and "ValueError" in open(next(run_dir.glob("jobs/*/*/*/error.txt"))).read()
-    )
+    assert status == 1
+    assert len(list(run_dir.glob("jobs/*/*/*/DONE"))) == 2
+    errors = list(run_dir.glob("jobs/*/*/*/error.txt"))
+    assert len(errors) == 1
+    return experiment, log, errors[0].read_text()
+
+
+def test_a_job_that_raises_is_isolated_and_rerun_failed_mends_it(tmp_path):
+    experiment, log, error = _fails_once(tmp_path, "raise")
+    assert "injected failure" in log and "ValueError" in error
     status, log = _run(experiment, mode="failed")
     assert status == 0 and "2 skipped, 1 to run" in log
-    assert len(list(run_dir.glob("jobs/*/*/*/DONE"))) == 3
+    assert len(list((tmp_path / "results" / "tiny").glob("jobs/*/*/*/DONE"))) == 3
 
 
 def test_a_killed_worker_is_replaced_and_the_other_jobs_finish(tmp_path):
-    trigger = tmp_path / "trigger"
-    trigger.touch()
-    killer = Classifier(
-        name="kills",
-        estimator="tests.helpers.FailsOnce",
-        params={"trigger": str(trigger), "how": "kill"},
-        grid={"C": [1.0]},
-        multiclass=True,
-    )
-    experiment = _baseline_only(tmp_path, 2, baselines=(SVM, killer))
-    status, log = _run(experiment)
-    assert status == 1 and "worker process died" in log
-    run_dir = tmp_path / "results" / "tiny"
-    assert len(list(run_dir.glob("jobs/*/*/*/DONE"))) == 2
-    assert len(list(run_dir.glob("jobs/*/*/*/error.txt"))) == 1
+    _, log, error = _fails_once(tmp_path, "kill")
+    assert "worker process died" in log and "exit code -9" in error
 
 
 def test_one_and_two_workers_give_the_same_summary(tmp_path):
