@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -87,6 +88,7 @@ def plan_slots(
 
 
 def _worker(slot: Slot, experiment: Experiment, run_dir: Path, inbox, outbox, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle: it stops us
     _pin(slot)
     _exit_with_parent(parent)
     _log_to_file(run_dir / "logs" / f"worker-{slot.index}.log")
