@@ -1,7 +1,7 @@
 """Run a GsRCL experiment.
 
 python3 runner.py [--config FILE] [--set section.field=value ...]
-                  [--resume | --force | --rerun-failed]
+                  [--resume | --force | --rerun-failed | --check]
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--resume", action="store_true", help="skip finished jobs (the default)")
     mode.add_argument("--force", action="store_true", help="rerun every job")
     mode.add_argument("--rerun-failed", action="store_true", help="rerun only the failed jobs")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and every dataset, print the plan, train nothing",
+    )
     return parser.parse_args(argv)
 
 
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from gsrcl.pipeline import run_experiment
 
         experiment = load_experiment(args.config, args.overrides)
+        if args.check:
+            from gsrcl.pipeline import check
+
+            return check(experiment)
         mode = "force" if args.force else "failed" if args.rerun_failed else "resume"
         return run_experiment(experiment, mode=mode)
     except UserError as error:

@@ -1,109 +1,131 @@
-"""Readers: a dataset spec → an AnnData with float32 `X`, unique cell ids and `obs['label']`."""
+"""A dataset spec → a checked AnnData: float32 `X`, unique cell ids, `obs['label']`.
+
+Labels come from an `obs` column or a file: a one-column file (one label per cell, in order), a
+two-column file (cell id, label; matched by id), or the GsRCL paper's one-row binary files
+`<type>_VR_Labels.csv` given as a glob (a cell's type is the file that marks it 1). Values are
+checked against what the dataset declares (counts or log), and refused when NaN, infinite or
+negative; all-zero genes and cells are removed with a warning.
+"""
 
 from __future__ import annotations
 
+import glob
 import logging
-import warnings
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 
 from gsrcl.errors import UserError
+from gsrcl.readers import read_matrix
 from gsrcl.settings import Dataset
 
 log = logging.getLogger(__name__)
 
 LABEL = "label"
-BUNDLED = {"scanpy:pbmc68k_reduced": sc.datasets.pbmc68k_reduced}
+VR_SUFFIX = "_VR_Labels.csv"
+LOG_MAX = 20.0  # log1p of any realistic count stays below this
 
 
 def load_dataset(spec: Dataset) -> ad.AnnData:
-    """Read the matrix and labels of `spec`, check them, and return cells that have a label."""
-    adata = _read_matrix(spec)
-    if spec.use_raw:
-        if adata.raw is None:
-            raise UserError(f"dataset {spec.name}: {spec.path} has no .raw; set use_raw=False")
-        adata = adata.raw.to_adata()
-    adata.obs[LABEL] = _read_labels(spec, adata)
+    """Read the matrix and labels of `spec`, check them, and return the labelled cells."""
+    adata = read_matrix(spec)
+    adata.obs[LABEL] = _labels(spec, adata)
     if not adata.obs_names.is_unique:
         log.warning("dataset %s: cell ids are not unique; made unique with suffixes", spec.name)
         adata.obs_names_make_unique()
     unlabelled = adata.obs[LABEL].isna().to_numpy()
+    if unlabelled.all():
+        raise UserError(f"dataset {spec.name}: no cell has a label; check `labels`/`labels_file`")
     if unlabelled.any():
         log.warning("dataset %s: dropped %d cells without a label", spec.name, unlabelled.sum())
         adata = adata[~unlabelled].copy()
     adata.X = _as_float32(adata.X)
     _check_values(spec, adata.X)
-    return adata
+    return _without_empty(spec, adata)
 
 
-def _read_matrix(spec: Dataset) -> ad.AnnData:
-    if spec.path in BUNDLED:
-        return BUNDLED[spec.path]()
-    path = Path(spec.path)
-    if not path.exists():
-        raise UserError(f"dataset {spec.name}: file {path} not found; check `path` in the config")
-    name = path.name.lower()
-    if name.endswith(".h5ad"):
-        with warnings.catch_warnings():  # duplicated ids are handled (and logged) by the caller
-            warnings.filterwarnings("ignore", message=".*names are not unique")
-            return ad.read_h5ad(path)
-    if name.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt", ".txt.gz")):
-        return _read_table(spec, path)
-    raise UserError(
-        f"dataset {spec.name}: cannot read {path}; use .h5ad or a CSV/TSV (cells × genes)"
-    )
+# ---- labels ----
 
 
-def _read_table(spec: Dataset, path: Path) -> ad.AnnData:
-    sep = "\t" if ".tsv" in path.name.lower() else ","
-    table = pd.read_csv(path, sep=sep, index_col=0)
-    non_numeric = [c for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
-    if non_numeric:
-        raise UserError(
-            f"dataset {spec.name}: {path} has non-numeric values in columns {non_numeric[:5]}; "
-            "expected cells as rows, genes as columns and the cell id in the first column"
-        )
-    return ad.AnnData(
-        X=table.to_numpy(dtype=np.float32),
-        obs=pd.DataFrame(index=table.index.astype(str)),
-        var=pd.DataFrame(index=table.columns.astype(str)),
-    )
-
-
-def _read_labels(spec: Dataset, adata: ad.AnnData) -> pd.Series:
+def _labels(spec: Dataset, adata: ad.AnnData) -> pd.Series:
     if spec.labels_file is None:
         if spec.labels not in adata.obs:
             raise UserError(
                 f"dataset {spec.name}: {spec.path} has no obs column {spec.labels!r}; "
                 f"columns are {list(adata.obs.columns)}; set `labels` or `labels_file`"
             )
-        labels = adata.obs[spec.labels]
+        values = adata.obs[spec.labels].to_numpy(dtype=object)
+    elif spec.labels_file.endswith(VR_SUFFIX):
+        values = _labels_from_vr_files(spec, adata.n_obs)
     else:
-        labels = _labels_from_file(spec, adata.n_obs)
-    labels = pd.Series(labels.to_numpy(dtype=object), index=adata.obs_names)
-    return labels.where(labels.notna(), None).map(lambda v: None if v is None else str(v))
+        values = _labels_from_table(spec, adata)
+    labels = pd.Series(values, index=adata.obs_names, dtype=object)
+    return labels.map(lambda v: None if pd.isna(v) or str(v) == "" else str(v))
 
 
-def _labels_from_file(spec: Dataset, n_cells: int) -> pd.Series:
-    path = Path(spec.labels_file)
-    if not path.exists():
-        raise UserError(f"dataset {spec.name}: labels file {path} not found")
-    table = pd.read_csv(path)
+def _labels_from_table(spec: Dataset, adata: ad.AnnData) -> np.ndarray:
+    path = _existing(spec, spec.labels_file)
+    sep = "," if ".csv" in path.name.lower() else "\t"
+    table = pd.read_csv(path, sep=sep, dtype=str)
+    if table.shape[1] == 2:  # cell id, label: matched by id
+        by_id = pd.Series(table.iloc[:, 1].to_numpy(), index=table.iloc[:, 0].to_numpy())
+        if by_id.index.duplicated().any():
+            raise UserError(f"dataset {spec.name}: labels file {path} lists a cell id twice")
+        matched = by_id.reindex(adata.obs_names)
+        if matched.isna().all():
+            raise UserError(
+                f"dataset {spec.name}: no cell id of {path} matches the matrix's cell ids "
+                f"(e.g. {list(by_id.index[:2])} vs {list(adata.obs_names[:2])})"
+            )
+        return matched.to_numpy(dtype=object)
     if table.shape[1] != 1:
         raise UserError(
-            f"dataset {spec.name}: labels file {path} has {table.shape[1]} columns; expected one"
+            f"dataset {spec.name}: labels file {path} has {table.shape[1]} columns; give one "
+            "column (a label per cell, in order) or two (cell id, label)"
         )
-    if len(table) != n_cells:
+    if len(table) != adata.n_obs:
         raise UserError(
-            f"dataset {spec.name}: labels file {path} has {len(table)} labels for {n_cells} cells; "
-            "it needs one label per cell, in the matrix's cell order"
+            f"dataset {spec.name}: labels file {path} has {len(table)} labels for {adata.n_obs} "
+            "cells; it needs one label per cell, in the matrix's cell order"
         )
-    return table.iloc[:, 0]
+    return table.iloc[:, 0].to_numpy(dtype=object)
+
+
+def _labels_from_vr_files(spec: Dataset, n_cells: int) -> np.ndarray:
+    """GsRCL's `<type>_VR_Labels.csv`: one row of 0/1 per cell type; together, one label a cell."""
+    paths = sorted(glob.glob(spec.labels_file))
+    if not paths:
+        raise UserError(f"dataset {spec.name}: no file matches labels_file {spec.labels_file}")
+    marks = {}
+    for path in paths:
+        row = pd.read_csv(path, header=None).to_numpy().ravel()
+        if len(row) != n_cells or not np.isin(row, (0, 1)).all():
+            raise UserError(
+                f"dataset {spec.name}: {path} must hold one row of {n_cells} values 0 or 1 "
+                f"(one per cell); it holds {len(row)} values"
+            )
+        marks[Path(path).name.removesuffix(VR_SUFFIX)] = row.astype(bool)
+    if len(marks) == 1:  # a single binary file: the type against the rest
+        ((name, positive),) = marks.items()
+        return np.where(positive, name, f"not {name}").astype(object)
+    stacked = np.stack(list(marks.values()), axis=1)
+    if (stacked.sum(axis=1) > 1).any():
+        raise UserError(f"dataset {spec.name}: some cells are marked 1 in several VR label files")
+    names = np.array(list(marks), dtype=object)
+    return np.where(stacked.any(axis=1), names[stacked.argmax(axis=1)], None)
+
+
+def _existing(spec: Dataset, name: str) -> Path:
+    path = Path(name)
+    if not path.exists():
+        raise UserError(f"dataset {spec.name}: labels file {path} not found")
+    return path
+
+
+# ---- values ----
 
 
 def _as_float32(x) -> np.ndarray | sp.csr_matrix:
@@ -113,14 +135,41 @@ def _as_float32(x) -> np.ndarray | sp.csr_matrix:
 
 
 def _check_values(spec: Dataset, x) -> None:
-    values = x.data if sp.issparse(x) else x
+    values = x.data if sp.issparse(x) else x.ravel()
+    where = f"dataset {spec.name}: {spec.path}"
     if not np.isfinite(values).all():
-        raise UserError(f"dataset {spec.name}: {spec.path} holds NaN or infinite values")
+        raise UserError(f"{where} holds NaN or infinite values; remove or impute them first")
     if (values < 0).any():
         raise UserError(
-            f"dataset {spec.name}: {spec.path} holds negative values; give counts or "
-            "log-normalised values (not scaled data; for pbmc68k_reduced use use_raw=True)"
+            f"{where} holds negative values (scaled data?); give raw counts or log-normalised "
+            "values (for pbmc68k_reduced, use_raw=True)"
         )
+    largest = float(values.max(initial=0.0))
+    integer = bool(np.all(values == np.round(values)))
+    if spec.values == "counts" and not integer:
+        raise UserError(
+            f"{where} is declared values='counts' but holds non-integer values (largest "
+            f"{largest:.3g}); if they are log-normalised set values='log', else give raw counts"
+        )
+    if spec.values == "log" and integer and largest > LOG_MAX:
+        raise UserError(
+            f"{where} is declared values='log' but holds integers up to {largest:.0f}, which "
+            "look like raw counts; set values='counts'"
+        )
+
+
+def _without_empty(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
+    cells = np.asarray((adata.X != 0).sum(axis=1)).ravel() > 0
+    genes = np.asarray((adata.X != 0).sum(axis=0)).ravel() > 0
+    if cells.all() and genes.all():
+        return adata
+    log.warning(
+        "dataset %s: removed %d all-zero cells and %d all-zero genes",
+        spec.name,
+        (~cells).sum(),
+        (~genes).sum(),
+    )
+    return adata[cells][:, genes].copy()
 
 
 def log_expression(adata: ad.AnnData, values: str) -> np.ndarray:

@@ -14,9 +14,10 @@ import torch
 
 from gsrcl import dispatch, jobs, results, splits
 from gsrcl.data import LABEL
+from gsrcl.errors import UserError
 from gsrcl.evaluate import estimator_for
 from gsrcl.progress import Progress
-from gsrcl.settings import Experiment
+from gsrcl.settings import Dataset, Experiment
 
 PACKAGES = ("torch", "scikit-learn", "scanpy", "anndata", "numpy", "pandas", "scipy")
 
@@ -31,29 +32,82 @@ def check_classifiers(experiment: Experiment) -> None:
         estimator_for(spec)
 
 
-def prepare(experiment: Experiment, log: Callable[[str], None]) -> Path:
-    """Write experiment.json and the splits of every dataset (reused when still valid)."""
+def prepare(experiment: Experiment, log: Callable[[str], None]) -> tuple[Path, list[str]]:
+    """Write experiment.json and the splits of every dataset that reads (reused when still
+    valid); a dataset that does not read is reported and left out. Returns the readable ones."""
     run_dir = run_dir_of(experiment)
     results.write_json(run_dir / "experiment.json", environment_record(experiment))
+    ready = []
     for spec in experiment.datasets:
-        adata = jobs.cached_dataset(spec)
-        path, meta = jobs.splits_path(run_dir, spec.name), jobs.split_meta(spec, experiment, adata)
-        folds = splits.load_folds(path, meta)
-        if folds is None:
-            labels = adata.obs[LABEL].to_numpy(dtype=str)
-            folds = splits.make_folds(
-                list(adata.obs_names), labels, experiment.split, experiment.seed, spec.cell_types
-            )
-            splits.save_folds(folds, path, meta)
-        scored = len(folds.scored_tasks)
-        log(
-            f"{spec.name}: {adata.n_obs} cells × {adata.n_vars} genes, {scored} of "
-            f"{len(folds.tasks)} cell types scored"
+        try:
+            folds = dataset_folds(spec, experiment, run_dir)
+        except UserError as error:
+            log(f"error: {error}")
+            continue
+        ready.append(spec.name)
+        describe_tasks(spec.name, jobs.cached_dataset(spec), folds, log)
+    if not ready:
+        raise UserError("no dataset could be read; fix the errors above")
+    return run_dir, ready
+
+
+def dataset_folds(spec: Dataset, experiment: Experiment, run_dir: Path | None) -> splits.Folds:
+    """The dataset's folds: the saved ones when still valid, else new ones (saved if run_dir)."""
+    adata = jobs.cached_dataset(spec)
+    meta = jobs.split_meta(spec, experiment, adata)
+    path = jobs.splits_path(run_dir, spec.name) if run_dir else None
+    folds = splits.load_folds(path, meta) if path else None
+    if folds is None:
+        labels = adata.obs[LABEL].to_numpy(dtype=str)
+        folds = splits.make_folds(
+            list(adata.obs_names), labels, experiment.split, experiment.seed, spec.cell_types
         )
-        for task in folds.tasks:
-            if not task.scored:
-                log(f"  {task.name} ({task.cells} cells) not scored: {task.reason}")
-    return run_dir
+        if path:
+            splits.save_folds(folds, path, meta)
+    return folds
+
+
+def describe_tasks(name: str, adata, folds: splits.Folds, log: Callable[[str], None]) -> None:
+    log(
+        f"{name}: {adata.n_obs} cells × {adata.n_vars} genes, {len(folds.scored_tasks)} of "
+        f"{len(folds.tasks)} cell types scored"
+    )
+    for task in folds.tasks:
+        state = "scored" if task.scored else f"not scored: {task.reason}"
+        log(f"  {task.name}: {task.cells} cells, {state}")
+
+
+def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
+    """`--check`: validate every dataset and print the plan, without training or writing."""
+    check_classifiers(experiment)
+    failed = 0
+    for spec in experiment.datasets:
+        try:
+            describe_tasks(
+                spec.name, jobs.cached_dataset(spec), dataset_folds(spec, experiment, None), log
+            )
+        except UserError as error:
+            log(f"error: {error}")
+            failed += 1
+    compute = experiment.compute
+    slots = dispatch.plan_slots(
+        devices(experiment), compute.workers_per_device, compute.cpu_workers, compute.threads
+    )
+    planned = jobs.plan(experiment)
+    log(
+        f"methods: {', '.join(f'baseline-{b.name}' for b in experiment.evaluation.baselines)}, "
+        f"{', '.join(m.name for m in experiment.methods)}"
+    )
+    log(
+        f"folds: {experiment.split.folds} (validation {experiment.split.validation_fraction:.0%}), "
+        f"seed {experiment.seed}"
+    )
+    log(
+        f"workers: {len(slots)} on {', '.join(sorted({s.device for s in slots}))}, "
+        f"{slots[0].threads} threads each"
+    )
+    log(f"{len(planned)} jobs planned; results in {run_dir_of(experiment)}")
+    return 1 if failed else 0
 
 
 def environment_record(experiment: Experiment) -> dict:
@@ -88,8 +142,8 @@ def run_experiment(
     resume: every job not finished with the current settings; force: every job;
     failed: only jobs whose last attempt failed."""
     check_classifiers(experiment)
-    run_dir = prepare(experiment, log)
-    planned = jobs.plan(experiment)
+    run_dir, ready = prepare(experiment, log)
+    planned = [job for job in jobs.plan(experiment) if job.dataset in ready]
     todo = [job for job in planned if _selected(job, experiment, run_dir, mode)]
     log(f"{len(planned)} jobs planned, {len(planned) - len(todo)} skipped, {len(todo)} to run")
     outcomes = run_jobs(experiment, run_dir, todo, log)
@@ -101,7 +155,10 @@ def run_experiment(
     if failed:
         table = pd.DataFrame(failed)[["job", "device", "error"]].to_string(index=False)
         log(f"\n{len(failed)} jobs failed (tracebacks in their error.txt):\n{table}")
-    return 1 if failed else 0
+    unread = len(experiment.datasets) - len(ready)
+    if unread:
+        log(f"\n{unread} dataset(s) could not be read; see the errors above")
+    return 1 if failed or unread else 0
 
 
 def _selected(job: jobs.Job, experiment: Experiment, run_dir: Path, mode: str) -> bool:

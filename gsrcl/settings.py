@@ -24,11 +24,17 @@ class Dataset:
     """One labelled dataset: where it is, where its labels are, and what its values are."""
 
     name: str
-    path: str  # a file, or "scanpy:pbmc68k_reduced" for scanpy's bundled dataset
+    # .h5ad, .h5 (10x or scziDesk), a 10x matrix-market folder, CSV/TSV (.gz), or
+    # "scanpy:pbmc68k_reduced" for scanpy's bundled dataset
+    path: str
     labels: str = "cell_type"  # the obs column holding the cell type
-    labels_file: str | None = None  # a one-column CSV of labels, one row per cell
+    # instead of `labels`: a CSV with one column (a label per cell, in order) or two (cell id,
+    # label), or a glob of the GsRCL paper's one-row binary files "<dir>/*_VR_Labels.csv"
+    labels_file: str | None = None
     values: Literal["counts", "log"] = "counts"  # raw counts, or already log-normalised
     use_raw: bool = False  # read `.raw` instead of `X` (pbmc68k_reduced keeps log values there)
+    layer: str | None = None  # .h5ad: read this layer instead of `X`
+    transpose: bool = False  # CSV/TSV with genes as rows and cells as columns
     cell_types: tuple[str, ...] | None = None  # the tasks; None = every cell type
 
     def check(self) -> list[str]:
@@ -37,6 +43,8 @@ class Dataset:
             problems.append("name must be a non-empty string without '/'")
         if self.cell_types is not None and not self.cell_types:
             problems.append("cell_types must list at least one type, or be None for all")
+        if self.use_raw and self.layer is not None:
+            problems.append("use_raw and layer both choose the matrix; set one of them")
         return problems
 
 

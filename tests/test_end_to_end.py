@@ -78,3 +78,27 @@ def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_pat
 
     status, log = _run(experiment, mode="force")
     assert "0 skipped, 6 to run" in log and summary_path.read_text() == first
+
+
+def test_a_dataset_that_does_not_read_does_not_stop_the_others(tmp_path):
+    from gsrcl.settings import Dataset
+
+    good = tiny_experiment(tmp_path)
+    broken = Dataset(name="broken", path=str(tmp_path / "missing.h5ad"))
+    experiment = tiny_experiment(tmp_path, datasets=(*good.datasets, broken), methods=())
+    status, log = _run(experiment)
+    assert status == 1
+    assert "error: dataset broken:" in log and "missing.h5ad not found" in log
+    summary = pd.read_csv(tmp_path / "results" / "tiny" / "summary.csv")
+    assert set(summary["dataset"]) == {"pbmc68k_reduced"} and len(summary) == 3
+
+
+def test_check_prints_the_plan_without_training(tmp_path):
+    from gsrcl.pipeline import check
+
+    lines = []
+    assert check(tiny_experiment(tmp_path), log=lines.append) == 0
+    text = "\n".join(lines)
+    assert "CD34+: 13 cells, scored" in text and "12 jobs planned" in text
+    assert "simclr-masking-200" in text and "workers: 1 on cpu" in text
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,119 @@
+"""File formats → AnnData (cells × genes). Labels and value checks are `gsrcl.data`'s job.
+
+Formats: `.h5ad` (X, a layer, or .raw); 10x `.h5` and matrix-market folders (scanpy's readers);
+the scziDesk-style `.h5` of the GsRCL paper's data (`exprs` dense or CSR group, `obs`, `obs_names`,
+`var_names`); CSV/TSV/TXT, optionally gzipped, cells × genes or genes × cells (`transpose`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+
+from gsrcl.errors import UserError
+from gsrcl.settings import Dataset
+
+BUNDLED = {"scanpy:pbmc68k_reduced": sc.datasets.pbmc68k_reduced}
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def read_matrix(spec: Dataset) -> ad.AnnData:
+    if spec.path in BUNDLED:
+        return _select(spec, BUNDLED[spec.path]())
+    path = Path(spec.path)
+    if not path.exists():
+        raise UserError(f"dataset {spec.name}: {path} not found; check `path` in the config")
+    name = path.name.lower().removesuffix(".gz")
+    try:
+        if path.is_dir():
+            return sc.read_10x_mtx(path)
+        if name.endswith(".h5ad"):
+            with warnings.catch_warnings():  # duplicated ids are made unique, with a warning, later
+                warnings.filterwarnings("ignore", message=".*names are not unique")
+                return _select(spec, ad.read_h5ad(path))
+        if name.endswith(".h5"):
+            return _read_h5(path)
+        if name.endswith(TABLE_SUFFIXES):
+            return _read_table(spec, path)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"dataset {spec.name}: cannot read {path}: {error}") from None
+    raise UserError(
+        f"dataset {spec.name}: unknown format of {path}; use .h5ad, .h5 (10x or scziDesk), a 10x "
+        "matrix-market folder, or CSV/TSV"
+    )
+
+
+def _select(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
+    """The matrix the dataset names: X, a layer, or .raw (with the same cells and obs)."""
+    if spec.use_raw:
+        if adata.raw is None:
+            raise UserError(f"dataset {spec.name}: {spec.path} has no .raw; set use_raw=False")
+        return adata.raw.to_adata()
+    if spec.layer is not None:
+        if spec.layer not in adata.layers:
+            raise UserError(
+                f"dataset {spec.name}: {spec.path} has no layer {spec.layer!r}; "
+                f"layers are {list(adata.layers)}"
+            )
+        adata.X = adata.layers[spec.layer]
+    return adata
+
+
+def _read_h5(path: Path) -> ad.AnnData:
+    with h5py.File(path, "r") as f:
+        scziDesk = "exprs" in f
+    return _read_sczidesk(path) if scziDesk else sc.read_10x_h5(path)
+
+
+def _read_sczidesk(path: Path) -> ad.AnnData:
+    with h5py.File(path, "r") as f:
+        exprs = f["exprs"]
+        if isinstance(exprs, h5py.Group):
+            shape = tuple(exprs["shape"][...])
+            x = sp.csr_matrix(
+                (exprs["data"][...], exprs["indices"][...], exprs["indptr"][...]), shape
+            )
+        else:
+            x = exprs[...]
+        obs = pd.DataFrame(
+            {key: _decoded(f["obs"][key][...]) for key in f.get("obs", {})},
+            index=_decoded(f["obs_names"][...]),
+        )
+        var = pd.DataFrame(index=_decoded(f["var_names"][...]))
+    return ad.AnnData(X=x, obs=obs, var=var)
+
+
+def _decoded(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "S" or values.dtype == object:
+        return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values])
+    return values
+
+
+def _read_table(spec: Dataset, path: Path) -> ad.AnnData:
+    sep = "," if ".csv" in path.name.lower() else "\t"
+    table = pd.read_csv(path, sep=sep, index_col=0)
+    if spec.transpose:
+        table = table.T
+    non_numeric = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        layout = (
+            "genes as rows, cells as columns"
+            if spec.transpose
+            else "cells as rows, genes as columns"
+        )
+        raise UserError(
+            f"dataset {spec.name}: {path} has non-numeric values in columns {non_numeric[:3]}; "
+            f"expected {layout}, ids in the first column and names in the header"
+        )
+    return ad.AnnData(
+        X=table.to_numpy(dtype=np.float32),
+        obs=pd.DataFrame(index=table.index.astype(str)),
+        var=pd.DataFrame(index=table.columns.astype(str)),
+    )
