@@ -1,7 +1,7 @@
 """Run a GsRCL experiment.
 
 python3 runner.py [--config FILE] [--set section.field=value ...]
-                  [--resume | --force | --rerun-failed | --check]
+                  [--resume | --force | --rerun-failed | --check | --report-only]
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--force", action="store_true", help="rerun every job")
     mode.add_argument("--rerun-failed", action="store_true", help="rerun only the failed jobs")
     mode.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild summary.csv, summary.md and report.html from existing results",
+    )
+    mode.add_argument(
         "--check",
         action="store_true",
         help="validate the config and every dataset, print the plan, train nothing",
@@ -41,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         from gsrcl.configfile import load_experiment
-        from gsrcl.pipeline import run_experiment
+        from gsrcl.pipeline import check, report_only, run_experiment
 
         experiment = load_experiment(args.config, args.overrides)
         if args.check:
-            from gsrcl.pipeline import check
-
             return check(experiment)
+        if args.report_only:
+            return report_only(experiment)
         mode = "force" if args.force else "failed" if args.rerun_failed else "resume"
         return run_experiment(experiment, mode=mode)
     except UserError as error:

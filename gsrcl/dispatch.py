@@ -23,6 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 from gsrcl import jobs
+from gsrcl.errors import UserError
 from gsrcl.jobs import Job
 from gsrcl.results import atomic_write, clear_job, mark_done
 from gsrcl.settings import Experiment
@@ -202,7 +203,11 @@ class Pool:
             if index not in running:  # died before taking a job: retry, but not for ever
                 self.failed_starts += 1
                 if self.failed_starts > 3 * len(self.slots):
-                    raise RuntimeError(f"workers fail to start; see {self.run_dir / 'logs'}")
+                    raise UserError(
+                        f"worker processes fail to start; see {self.run_dir / 'logs'}. A script "
+                        "that calls gsrcl must guard its top level with "
+                        "`if __name__ == '__main__':` (workers are spawned)"
+                    )
                 self._start(self.slots[index])
                 continue
             job, start = running.pop(index)

@@ -21,6 +21,7 @@ import torch
 
 from gsrcl import data, preprocess, train
 from gsrcl.augment import augmentation
+from gsrcl.checkpoints import save_encoder
 from gsrcl.encoder import ContrastiveModel
 from gsrcl.evaluate import FoldClassifier, binary_scores
 from gsrcl.results import safe_name, write_csv, write_json
@@ -284,20 +285,13 @@ def _evaluate_checkpoint(fold, method, experiment, model, checkpoint, task, x_tr
 
 def _save_encoder(out, task, model, checkpoint, fitted, fold, method) -> None:
     genes = fold.adata.var_names if fitted.genes is None else fold.adata.var_names[fitted.genes]
-    torch.save(
-        {
-            "state_dict": checkpoint.state,
-            "kwargs": model.kwargs,
-            "genes": list(genes),
-            "method": asdict(method),
-            "preprocess": {
-                "values": fitted.values,
-                "target_sum": fitted.target_sum,
-                "mean": None if fitted.mean is None else torch.from_numpy(fitted.mean),
-                "std": None if fitted.std is None else torch.from_numpy(fitted.std),
-            },
-            "epoch": checkpoint.epoch,
-            "validation_score": checkpoint.score,
-        },
+    save_encoder(
         out / f"encoder-{safe_name(task)}.pt",
+        checkpoint.state,
+        model.kwargs,
+        list(genes),
+        fitted,
+        method,
+        checkpoint.epoch,
+        checkpoint.score,
     )

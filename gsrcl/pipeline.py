@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gsrcl import dispatch, jobs, results, splits
+from gsrcl import dispatch, jobs, report, results, splits
 from gsrcl.data import LABEL
 from gsrcl.errors import UserError
 from gsrcl.evaluate import estimator_for
@@ -150,6 +150,7 @@ def run_experiment(
     write_manifest(run_dir, planned, outcomes)
     summary = write_summary(experiment, run_dir, planned)
     log("\n" + results.mcc_table(summary))
+    write_report(experiment, run_dir, log)
     log(f"\nresults in {run_dir}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -184,6 +185,27 @@ def run_jobs(
         )
     finally:
         progress.close()
+
+
+def write_report(experiment: Experiment, run_dir: Path, log: Callable[[str], None]) -> None:
+    """report.html, summary.md and figures; a report that fails never costs the results."""
+    try:
+        log(f"report: {report.build(experiment, run_dir)}")
+    except Exception as error:
+        log(
+            f"warning: the report could not be built ({type(error).__name__}: {error}); "
+            "the results are complete; rebuild it with --report-only"
+        )
+
+
+def report_only(experiment: Experiment, log: Callable[[str], None] = print) -> int:
+    """`--report-only`: rebuild summary and report from an existing results folder."""
+    run_dir = run_dir_of(experiment)
+    if not (run_dir / "experiment.json").exists():
+        raise UserError(f"no results in {run_dir}; run the experiment first")
+    write_summary(experiment, run_dir, jobs.plan(experiment))
+    log(f"report: {report.build(experiment, run_dir)}")
+    return 0
 
 
 def write_manifest(

@@ -1,0 +1,149 @@
+"""The report's figures, drawn from a results folder with matplotlib (and scanpy for UMAPs).
+
+Each function takes what it draws and returns a matplotlib Figure; `gsrcl.report` saves them as PNG
+and embeds them in the HTML page. Cell types keep one colour across every figure of a dataset.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import anndata as ad  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scanpy as sc  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
+
+DIFFICULT = 0.9  # a task whose baseline MCC is below this is "difficult" (the paper's threshold)
+
+
+def type_colours(types: list[str]) -> dict[str, tuple]:
+    """One colour per cell type, the same in every figure of a dataset."""
+    palette = plt.get_cmap("tab20").colors
+    return {t: palette[i % len(palette)] for i, t in enumerate(sorted(types))}
+
+
+def method_colours(methods: list[str]) -> dict[str, tuple]:
+    palette = plt.get_cmap("Set2").colors
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+
+
+def mcc_against_baseline(summary: pd.DataFrame, baseline: str, methods: list[str]) -> Figure:
+    """Grouped bars of mean MCC ± SE per task and method; difficult tasks are shaded."""
+    scored = summary[summary["method"] != ""]
+    tasks = list(dict.fromkeys(scored["task"]))
+    table = scored.pivot_table(index="task", columns="method", values=["mcc_mean", "mcc_se"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) * max(1, len(methods) / 4)), 4.2))
+    width = 0.8 / len(methods)
+    colours = method_colours(methods)
+    for i, method in enumerate(methods):
+        if ("mcc_mean", method) not in table:
+            continue
+        means = table[("mcc_mean", method)].reindex(tasks)
+        ax.bar(
+            np.arange(len(tasks)) + (i - (len(methods) - 1) / 2) * width,
+            means,
+            width,
+            yerr=table[("mcc_se", method)].reindex(tasks),
+            label=method,
+            color=colours[method],
+            capsize=2,
+        )
+    for k, task in enumerate(tasks):
+        if table[("mcc_mean", baseline)].get(task, 1.0) < DIFFICULT:
+            ax.axvspan(k - 0.5, k + 0.5, color="#f4cccc", zorder=0)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=35, ha="right")
+    ax.set_ylabel("MCC (mean ± SE over folds)")
+    ax.set_ylim(min(0, np.nanmin(table.xs("mcc_mean", axis=1, level=0).to_numpy())), 1.05)
+    ax.set_title(f"MCC per cell type (shaded: difficult, {baseline} MCC < {DIFFICULT})")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(
+    losses: pd.DataFrame,
+    validation: pd.DataFrame,
+    chosen: pd.DataFrame,
+    colours: dict,
+    title: str,
+) -> Figure:
+    """Loss per epoch (one line per fold) and validation score per epoch and task (mean over
+    folds), with each fold's chosen checkpoint marked."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for fold, part in losses.groupby("fold"):
+        curve = part.groupby("epoch")["loss"].mean()  # SupCon: mean over its per-task encoders
+        left.plot(curve.index, curve.to_numpy(), label=f"fold {fold}", lw=1)
+    left.set_xlabel("epoch")
+    left.set_ylabel("contrastive loss")
+    left.legend(fontsize=7)
+    for task, part in validation.groupby("task", sort=False):
+        curve = part.groupby("epoch")["score"].mean()
+        right.plot(curve.index, curve.to_numpy(), color=colours.get(task), lw=1, label=task)
+    right.scatter(
+        chosen["epoch"],
+        chosen["validation_score"],
+        c=[colours.get(t) for t in chosen["task"]],
+        marker="*",
+        s=70,
+        edgecolors="black",
+        linewidths=0.5,
+        zorder=3,
+        label="chosen checkpoint",
+    )
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation score (mean over folds)")
+    right.legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def precision_recall(predictions: pd.DataFrame, tasks: list[str], methods: list[str]) -> Figure:
+    """Precision-recall per task, one curve per method, test folds pooled."""
+    columns = min(4, len(tasks))
+    rows = int(np.ceil(len(tasks) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), squeeze=False)
+    colours = method_colours(methods)
+    for ax, task in zip(axes.ravel(), tasks, strict=False):
+        for method in methods:
+            part = predictions[(predictions["task"] == task) & (predictions["method"] == method)]
+            if part.empty or not part["positive"].any():
+                continue
+            precision, recall, _ = precision_recall_curve(part["positive"], part["score"])
+            ap = average_precision_score(part["positive"], part["score"])
+            ax.plot(recall, precision, color=colours[method], lw=1, label=f"{method} {ap:.2f}")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("recall", fontsize=8)
+        ax.set_ylabel("precision", fontsize=8)
+        ax.legend(fontsize=6, title="AP", title_fontsize=6)
+    for ax in axes.ravel()[len(tasks) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def umaps(
+    expression: np.ndarray, embedding: np.ndarray, labels: np.ndarray, title: str, colours: dict
+) -> Figure:
+    """UMAP of the log-expression beside UMAP of the learnt embedding, coloured by cell type."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, x, name in ((axes[0], expression, "log-expression"), (axes[1], embedding, title)):
+        adata = ad.AnnData(np.asarray(x, dtype=np.float32))
+        sc.pp.pca(adata, n_comps=min(50, min(adata.shape) - 1))
+        sc.pp.neighbors(adata, random_state=0)
+        sc.tl.umap(adata, random_state=0)
+        xy = adata.obsm["X_umap"]
+        for cell_type, colour in colours.items():
+            mask = labels == cell_type
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=4, color=colour, label=cell_type)
+        ax.set_title(f"UMAP of {name}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[1].legend(fontsize=7, markerscale=3, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,289 @@
+"""`report.html` (one self-contained page, figures embedded), `summary.md` and `figures/*.png`,
+built from a results folder alone, so `--report-only` can rebuild them without training."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gsrcl import figures, jobs
+from gsrcl.checkpoints import encoder_input, load_encoder
+from gsrcl.data import LABEL, log_expression
+from gsrcl.results import METRICS, atomic_write, safe_name
+from gsrcl.settings import Experiment
+
+log = logging.getLogger(__name__)
+
+
+def method_order(experiment: Experiment) -> list[str]:
+    baselines = [f"{jobs.BASELINE}-{b.name}" for b in experiment.evaluation.baselines]
+    return baselines + [m.name for m in experiment.methods]
+
+
+# ---- tables ----
+
+
+def metric_table(summary: pd.DataFrame, metric: str, methods: list[str]):
+    """Means and standard errors: dataset × task rows, one column per method."""
+    scored = summary[summary["method"] != ""]
+    means = scored.pivot_table(
+        index=["dataset", "task"], columns="method", values=f"{metric}_mean", sort=False
+    )
+    errors = scored.pivot_table(
+        index=["dataset", "task"], columns="method", values=f"{metric}_se", sort=False
+    )
+    columns = [m for m in methods if m in means]
+    return means.reindex(columns=columns), errors.reindex(columns=columns)
+
+
+def _cells(means: pd.DataFrame, errors: pd.DataFrame, bold) -> list[list[str]]:
+    """Table rows of "mean ± se" text, the best mean of each row passed through `bold`."""
+    rows = []
+    for key, row in means.iterrows():
+        best = row.max()
+        cells = []
+        for method, value in row.items():
+            if pd.isna(value):
+                cells.append("–")
+                continue
+            text = f"{value:.3f} ± {errors.loc[key, method]:.3f}"
+            cells.append(bold(text) if value == best else text)
+        rows.append([*key, *cells])
+    return rows
+
+
+def markdown_table(summary: pd.DataFrame, metric: str, methods: list[str]) -> str:
+    means, errors = metric_table(summary, metric, methods)
+    header = ["dataset", "task", *means.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in _cells(means, errors, lambda s: f"**{s}**")]
+    return "\n".join(lines)
+
+
+def html_table(summary: pd.DataFrame, metric: str, methods: list[str]) -> str:
+    means, errors = metric_table(summary, metric, methods)
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in ["dataset", "task", *means.columns])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
+        for row in _cells(means, errors, lambda s: f"<b>{s}</b>")
+    )
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def write_summary_md(run_dir: Path, summary: pd.DataFrame, methods: list[str]) -> None:
+    parts = [f"# {run_dir.name}: mean ± standard error over folds (best per row in bold)"]
+    for metric in METRICS:
+        parts += [f"\n## {metric.upper()}\n", markdown_table(summary, metric, methods)]
+    skipped = summary[summary["method"] == ""]
+    if not skipped.empty:
+        parts.append("\n## Not scored\n")
+        parts += [f"- {r.dataset} / {r.task}: {r.note}" for r in skipped.itertuples()]
+    atomic_write(run_dir / "summary.md", lambda tmp: tmp.write_text("\n".join(parts) + "\n"))
+
+
+# ---- figures ----
+
+
+class FigureSet:
+    """Saves each figure as PNG under figures/ and keeps it for embedding in the page."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.html: list[str] = []
+
+    def add(self, name: str, fig, caption: str) -> None:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        figures.plt.close(fig)
+        atomic_write(self.folder / f"{name}.png", lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        data = base64.b64encode(buffer.getvalue()).decode()
+        self.html.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+
+def _job_frames(run_dir: Path, experiment: Experiment, dataset: str, method: str, name: str):
+    frames = []
+    for fold in range(experiment.split.folds):
+        folder = jobs.job_dir(run_dir, jobs.Job(dataset, method, fold))
+        if (folder / "DONE").exists() and (folder / name).exists():
+            frames.append(pd.read_csv(folder / name, keep_default_na=False).assign(fold=fold))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _chosen(run_dir: Path, experiment: Experiment, dataset: str, method: str) -> pd.DataFrame:
+    rows = []
+    for fold in range(experiment.split.folds):
+        folder = jobs.job_dir(run_dir, jobs.Job(dataset, method, fold))
+        if (folder / "DONE").exists():
+            rows += json.loads((folder / "metrics.json").read_text())["rows"]
+    return pd.DataFrame(rows, columns=["task", "epoch", "validation_score"])
+
+
+def dataset_figures(
+    figs: FigureSet, run_dir: Path, experiment: Experiment, spec, summary: pd.DataFrame
+) -> None:
+    name, methods = spec.name, method_order(experiment)
+    part = summary[summary["dataset"] == name]
+    tasks = list(dict.fromkeys(part.loc[part["method"] != "", "task"]))
+    if not tasks:
+        return
+    mcc = figures.mcc_against_baseline(part, methods[0], methods)
+    figs.add(f"{name}-mcc", mcc, f"{name}: MCC per cell type and method")
+    adata = jobs.cached_dataset(spec)
+    labels = adata.obs[LABEL].to_numpy(dtype=str)
+    colours = figures.type_colours(sorted(set(labels)))  # every figure of the dataset agrees
+    for method in experiment.methods:
+        _training_figure(figs, run_dir, experiment, name, method.name, colours)
+    _pr_figure(figs, run_dir, experiment, name, tasks, methods)
+    _umap_figure(figs, run_dir, experiment, spec, tasks, colours)
+
+
+def _training_figure(figs, run_dir, experiment, name: str, method: str, colours) -> None:
+    losses = _job_frames(run_dir, experiment, name, method, "loss.csv")
+    if losses.empty:
+        return
+    validation = _job_frames(run_dir, experiment, name, method, "validation.csv")
+    chosen = _chosen(run_dir, experiment, name, method)
+    fig = figures.training_curves(losses, validation, chosen, colours, f"{name}: {method}")
+    figs.add(
+        f"{name}-{method}-training",
+        fig,
+        f"{name}, {method}: training loss and validation score; ★ chosen checkpoints",
+    )
+
+
+def _pr_figure(figs, run_dir, experiment, name: str, tasks: list[str], methods) -> None:
+    jobs_methods = [jobs.BASELINE, *(m.name for m in experiment.methods)]
+    frames = [_job_frames(run_dir, experiment, name, m, "predictions.csv") for m in jobs_methods]
+    predictions = pd.concat(frames, ignore_index=True)
+    if predictions.empty:
+        return
+    predictions["positive"] = predictions["positive"].astype(str) == "True"
+    fig = figures.precision_recall(predictions, tasks, methods)
+    figs.add(f"{name}-pr", fig, f"{name}: precision-recall per cell type (test folds pooled)")
+
+
+def _umap_figure(figs, run_dir: Path, experiment: Experiment, spec, tasks, colours) -> None:
+    """UMAPs of all cells: log-expression, and the first method's fold-0 encoder chosen for the
+    first scored type."""
+    paths = [
+        jobs.job_dir(run_dir, jobs.Job(spec.name, m.name, 0)) / f"encoder-{safe_name(tasks[0])}.pt"
+        for m in experiment.methods
+    ]
+    found = [(m, p) for m, p in zip(experiment.methods, paths, strict=True) if p.exists()]
+    if not found:
+        return
+    method, path = found[0]
+    adata = jobs.cached_dataset(spec)
+    encoder, checkpoint = load_encoder(path)
+    with torch.no_grad():
+        embedding = encoder(torch.as_tensor(encoder_input(checkpoint, adata))).numpy()
+    expression = log_expression(adata, spec.values)
+    labels = adata.obs[LABEL].to_numpy(dtype=str)
+    fig = figures.umaps(expression, embedding, labels, f"{method.name} embedding", colours)
+    figs.add(
+        f"{spec.name}-umap",
+        fig,
+        f"{spec.name}: UMAP of the log-expression and of the {method.name} embedding "
+        f"(fold 0, encoder chosen for {tasks[0]})",
+    )
+
+
+# ---- the page ----
+
+
+def build(experiment: Experiment, run_dir: Path) -> Path:
+    """Write summary.md, figures/*.png and report.html; return the report's path."""
+    summary = pd.read_csv(run_dir / "summary.csv", keep_default_na=False)
+    for column in [c for c in summary if c.endswith(("_mean", "_se"))] + ["folds"]:
+        summary[column] = pd.to_numeric(summary[column], errors="coerce")
+    methods = method_order(experiment)
+    write_summary_md(run_dir, summary, methods)
+    figs = FigureSet(run_dir / "figures")
+    for spec in experiment.datasets:
+        try:
+            dataset_figures(figs, run_dir, experiment, spec, summary)
+        except Exception as error:  # a figure that fails must not cost the rest of the report
+            log.warning("report: figures of %s failed: %s", spec.name, error)
+    page = _page(experiment, run_dir, summary, methods, figs.html)
+    path = run_dir / "report.html"
+    atomic_write(path, lambda tmp: tmp.write_text(page))
+    return path
+
+
+STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:left} th{background:#f3f3f3}
+figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}
+.bad{color:#a00}"""
+
+
+def _facts(experiment: Experiment, record: dict, manifest: pd.DataFrame, methods) -> list:
+    c, split, clf = experiment.contrastive, experiment.split, experiment.evaluation.classifier
+    done = int((manifest["status"] == "done").sum())
+    minutes = pd.to_numeric(manifest["seconds"], errors="coerce").sum() / 60
+    encoders = "; ".join(f"{m.name}: {'-'.join(map(str, m.encoder))}" for m in experiment.methods)
+    return [
+        ("datasets", ", ".join(d.name for d in experiment.datasets)),
+        ("methods", ", ".join(methods)),
+        (
+            "split",
+            f"{split.validation_fraction:.0%} validation, {split.folds}-fold CV, "
+            f"seed {experiment.seed}",
+        ),
+        (
+            "training",
+            f"epochs {c.epochs}, validation every {c.validate_every}, lr {c.lr}, "
+            f"temperature {c.temperature}, batch {c.batch_size}",
+        ),
+        ("encoders", encoders or "–"),
+        ("classifier", f"{clf.name}, grid {clf.grid}, metric {experiment.evaluation.metric}"),
+        (
+            "jobs",
+            f"{done} done, {len(manifest) - done} not done; {minutes:.1f} min of job time "
+            f"on {', '.join(record['devices'])}",
+        ),
+        ("versions", ", ".join(f"{k} {v}" for k, v in record["versions"].items())),
+        ("started", record["started"]),
+    ]
+
+
+def _items(title: str, lines: list[str], css: str = "") -> str:
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f"<h3>{title}</h3><ul class='{css}'>{items}</ul>"
+
+
+def _page(experiment, run_dir, summary, methods, figure_html) -> str:
+    record = json.loads((run_dir / "experiment.json").read_text())
+    manifest = pd.read_csv(run_dir / "manifest.csv", keep_default_na=False)
+    facts = "".join(
+        f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in _facts(experiment, record, manifest, methods)
+    )
+    failed = manifest[manifest["status"] != "done"]
+    failures = [f"{r.job}: {r.status} {r.error}" for r in failed.itertuples()]
+    skipped = summary[summary["method"] == ""]
+    not_scored = [f"{r.dataset} / {r.task}: {r.note}" for r in skipped.itertuples()]
+    tables = "".join(f"<h3>{m.upper()}</h3>{html_table(summary, m, methods)}" for m in METRICS)
+    title = html.escape(f"GsRCL report: {experiment.name}")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>{STYLE}</style></head><body><h1>{title}</h1>
+<h2>Experiment</h2><table>{facts}</table>{_items("Failed or missing jobs", failures, "bad")}
+<h2>Scores</h2><p>Mean ± standard error over test folds; the best method per row in bold. A
+difficult task is one where {html.escape(methods[0])} scores MCC &lt; {figures.DIFFICULT}.</p>
+{tables}{_items("Not scored", not_scored)}
+<h2>Figures</h2>{"".join(figure_html)}
+</body></html>
+"""

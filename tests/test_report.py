@@ -1,0 +1,42 @@
+import re
+import shutil
+
+from gsrcl.pipeline import report_only, run_experiment
+from tests.conftest import tiny_experiment
+
+
+def test_report_from_a_tiny_real_run_and_rebuilt_after_a_failure(tmp_path):
+    experiment = tiny_experiment(tmp_path, methods=tiny_experiment(tmp_path).methods[:2])
+    assert run_experiment(experiment, log=lambda _: None) == 0
+    run_dir = tmp_path / "results" / "tiny"
+
+    page = (run_dir / "report.html").read_text()
+    assert "<h1>GsRCL report: tiny</h1>" in page and "scikit-learn" in page
+    for method in ("baseline-svm", "simclr-noise", "supcon-noise"):
+        assert f"<th>{method}</th>" in page
+    assert "CD19+ B" in page and "<b>" in page  # the best per row is marked
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 5
+    figures = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
+    assert figures == [
+        "pbmc68k_reduced-mcc.png",
+        "pbmc68k_reduced-pr.png",
+        "pbmc68k_reduced-simclr-noise-training.png",
+        "pbmc68k_reduced-supcon-noise-training.png",
+        "pbmc68k_reduced-umap.png",
+    ]
+    markdown = (run_dir / "summary.md").read_text()
+    assert "| dataset | task | baseline-svm | simclr-noise | supcon-noise |" in markdown
+    assert re.search(r"\| pbmc68k_reduced \| CD19\+ B \| .*\d\.\d{3} ± \d\.\d{3}", markdown)
+
+    # a partly failed run still gets a report that says what failed
+    shutil.rmtree(run_dir / "jobs" / "pbmc68k_reduced" / "supcon-noise" / "fold-1")
+    manifest = run_dir / "manifest.csv"
+    manifest.write_text(
+        manifest.read_text().replace(
+            "pbmc68k_reduced/supcon-noise/fold-1,done", "pbmc68k_reduced/supcon-noise/fold-1,failed"
+        )
+    )
+    (run_dir / "report.html").unlink()
+    assert report_only(experiment, log=lambda _: None) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "Failed or missing jobs" in page and "supcon-noise/fold-1: failed" in page
