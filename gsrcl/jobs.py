@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import random
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,15 +136,18 @@ def run_job(job: Job, experiment: Experiment, run_dir: Path, device: str) -> Non
         raise RuntimeError(f"the splits of {spec.name} are missing or stale; rerun the runner")
     fold = _fold_data(adata, spec, folds, job.fold)
     out = job_dir(run_dir, job)
+    start = time.perf_counter()
+    timing: dict[str, float] = {}
     if job.method == BASELINE:
         rows, predictions = run_baselines(fold, experiment, device)
     else:
         method = _method(experiment, job.method)
-        rows, predictions = run_contrastive(fold, method, experiment, device, seed, out)
+        rows, predictions = run_contrastive(fold, method, experiment, device, seed, out, timing)
+    timing["total"] = time.perf_counter() - start
     for row in rows:
         row.update(dataset=job.dataset, fold=job.fold)
     write_csv(out / "predictions.csv", pd.DataFrame(predictions))
-    write_json(out / "metrics.json", {"job": job.id, "rows": rows})
+    write_json(out / "metrics.json", {"job": job.id, "rows": rows, "seconds": timing})
 
 
 def _fold_data(adata: ad.AnnData, spec: Dataset, folds: Folds, fold: int) -> FoldData:
@@ -199,8 +203,16 @@ def _baseline_features(fold: FoldData, spec: Classifier) -> np.ndarray:
 
 
 def run_contrastive(
-    fold: FoldData, method: Method, experiment: Experiment, device: str, seed: int, out: Path
+    fold: FoldData,
+    method: Method,
+    experiment: Experiment,
+    device: str,
+    seed: int,
+    out: Path,
+    timing: dict[str, float],
 ):
+    """Train (once, or once per task for SupCon), score each task's chosen encoder on the test
+    fold, save it; `timing` gets the seconds spent training and waiting on validation."""
     fitted = _method_features(fold, method)
     x = torch.as_tensor(fitted.transform(fold.adata), device=device)
     x_train, x_val, x_test = x[fold.train], x[fold.validation], x[fold.test]
@@ -223,7 +235,7 @@ def run_contrastive(
         task_labels = {
             t: (fold.labels[fold.train] == t, fold.labels[fold.validation] == t) for t in tasks
         }
-        scorer = train.validation_scorer(
+        scorer = train.ValidationScorer(
             x_train,
             x_val,
             task_labels,
@@ -241,6 +253,8 @@ def run_contrastive(
             generator,
             labels,
         )
+        for part, seconds in result.seconds.items():
+            timing[part] = timing.get(part, 0.0) + seconds
         curve_task = "" if method.loss == "simclr" else tasks[0]
         losses += [
             {"task": curve_task, "epoch": e + 1, "loss": v} for e, v in enumerate(result.losses)

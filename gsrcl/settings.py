@@ -111,6 +111,11 @@ class Contrastive:
     weight_decay: float = 1e-6
     temperature: float = 0.07
     init_std: float = 0.02  # weights ~ N(0, init_std), biases 0
+    # Not the paper's: speed options, off until bench/training.py shows they pay.
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast of the forward pass
+    compile: bool = False  # torch.compile the model
+    # score snapshots on a background thread while training continues ("auto": on GPUs only)
+    overlap_validation: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         # `epochs=20` (e.g. from --set) means the same number for every loss.

@@ -1,15 +1,20 @@
 """One contrastive training with checkpoint selection.
 
 Every `validate_every` epochs (and before the first and after the last) the frozen encoder embeds
-the training and validation cells, a classifier is fitted on the training embeddings of each task
-and scored on the validation cells; each task keeps the encoder state of its best score (the
-earliest on ties). Only those states are held, in memory, one copy per distinct epoch.
+the training and validation cells on its device; a classifier is fitted on the training embeddings
+of each task and scored on the validation cells; each task keeps the encoder state of its best
+score (the earliest on ties). Scoring is CPU work on small embeddings, so it can run on a
+background thread while training goes on: the scores, and so the chosen checkpoints, are the same
+either way. Only the chosen states are held, in memory, one copy per distinct epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,9 +25,6 @@ from gsrcl.encoder import ContrastiveModel
 from gsrcl.evaluate import FoldClassifier
 from gsrcl.losses import nt_xent, supcon
 from gsrcl.settings import Classifier, Contrastive
-
-# scores one encoder snapshot: task → validation score
-SnapshotScorer = Callable[[torch.nn.Module], dict[str, float]]
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TrainingResult:
     losses: list[float]
     validation: list[dict] = field(default_factory=list)  # rows: epoch, task, score
     best: dict[str, Checkpoint] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # training vs waiting on validation
 
 
 def validation_epochs(epochs: int, every: int) -> list[int]:
@@ -55,13 +58,102 @@ def minibatches(n: int, batch_size: int, generator: torch.Generator, device) -> 
     return batches
 
 
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, x: torch.Tensor, chunk: int = 8192) -> np.ndarray:
+    encoder.eval()
+    return torch.cat([encoder(part) for part in x.split(chunk)]).float().cpu().numpy()
+
+
+class ValidationScorer:
+    """Embeds a snapshot's training and validation cells (on the device) and scores every task
+    (on the CPU): `tasks[name] = (training labels, validation labels)`."""
+
+    def __init__(
+        self,
+        x_train: torch.Tensor,
+        x_val: torch.Tensor,
+        tasks: dict,
+        classifier: Classifier,
+        inner_folds: int,
+        metric: str,
+    ) -> None:
+        self.x_train, self.x_val, self.tasks = x_train, x_val, tasks
+        self.classifier, self.inner_folds, self.metric = classifier, inner_folds, metric
+
+    def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        return embed(encoder, self.x_train), embed(encoder, self.x_val)
+
+    def score(self, train_embedding: np.ndarray, val_embedding: np.ndarray) -> dict[str, float]:
+        fold = FoldClassifier(
+            self.classifier,
+            train_embedding,
+            self.inner_folds,
+            self.metric,
+            str(self.x_train.device),
+        )
+        prepared = fold.prepare(val_embedding)
+        return {
+            name: fold.score_metric(fold.fit(y_train), prepared, y_val)
+            for name, (y_train, y_val) in self.tasks.items()
+        }
+
+
+class CheckpointSelector:
+    """Keeps each task's best snapshot; scores in the background when `background`, at most one
+    snapshot behind, and always applies scores in epoch order."""
+
+    def __init__(self, scorer: ValidationScorer, background: bool) -> None:
+        self.scorer = scorer
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="validation") if background else None
+        self.pending: tuple[int, dict, Future] | None = None
+        self.validation: list[dict] = []
+        self.best: dict[str, Checkpoint] = {}
+        self.waited = 0.0  # seconds training stood still for validation
+
+    def offer(self, epoch: int, encoder: torch.nn.Module) -> None:
+        start = time.perf_counter()
+        embeddings = self.scorer.embed(encoder)
+        state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
+        self._collect()
+        if self.pool is None:
+            self._keep(epoch, state, self.scorer.score(*embeddings))
+        else:
+            self.pending = (epoch, state, self.pool.submit(self.scorer.score, *embeddings))
+        self.waited += time.perf_counter() - start
+
+    def finish(self) -> None:
+        start = time.perf_counter()
+        self._collect()
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.waited += time.perf_counter() - start
+
+    def _collect(self) -> None:
+        if self.pending is not None:
+            epoch, state, future = self.pending
+            self.pending = None
+            self._keep(epoch, state, future.result())
+
+    def _keep(self, epoch: int, state: dict, scores: dict[str, float]) -> None:
+        for task, score in scores.items():
+            self.validation.append({"epoch": epoch, "task": task, "score": score})
+            best = self.best.get(task)
+            if best is None or score > best.score:  # one state per epoch, shared by its tasks
+                self.best[task] = Checkpoint(epoch, score, state)
+
+
+def overlap_validation(setting: str, device: torch.device) -> bool:
+    """ "auto": overlap on a GPU; on a CPU the scoring thread would compete for the same cores."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
 def train(
     model: ContrastiveModel,
     x: torch.Tensor,
     augment: Augment,
     settings: Contrastive,
     epochs: int,
-    score_snapshot: SnapshotScorer,
+    scorer: ValidationScorer,
     generator: torch.Generator,
     labels: torch.Tensor | None = None,
 ) -> TrainingResult:
@@ -69,16 +161,19 @@ def train(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
+    step = _compiled(model, settings.compile)
+    selector = CheckpointSelector(scorer, overlap_validation(settings.overlap_validation, x.device))
     checkpoints = set(validation_epochs(epochs, settings.validate_every))
-    result = TrainingResult(losses=[])
     epoch_losses = []
-    _select(result, model, 0, score_snapshot)
+    start = time.perf_counter()
+    selector.offer(0, model.encoder)
     for epoch in range(1, epochs + 1):
         model.train()
         for batch in minibatches(len(x), settings.batch_size, generator, x.device):
             xb = x[batch]
-            z = model(torch.cat([augment(xb), augment(xb)]))
-            z1, z2 = z.chunk(2)
+            with _precision(settings.precision, x.device):
+                z = step(torch.cat([augment(xb), augment(xb)]))
+            z1, z2 = z.float().chunk(2)  # the loss in fp32 whatever the forward pass used
             if labels is None:
                 loss = nt_xent(z1, z2, settings.temperature)
             else:
@@ -88,51 +183,25 @@ def train(
             optimizer.step()
         epoch_losses.append(loss.detach())  # read back in bulk: no device sync per epoch
         if epoch in checkpoints:
-            _select(result, model, epoch, score_snapshot)
-    result.losses = torch.stack(epoch_losses).cpu().tolist() if epoch_losses else []
-    return result
+            selector.offer(epoch, model.encoder)
+    selector.finish()
+    total = time.perf_counter() - start
+    return TrainingResult(
+        losses=torch.stack(epoch_losses).cpu().tolist() if epoch_losses else [],
+        validation=selector.validation,
+        best=selector.best,
+        seconds={"training": total - selector.waited, "validation_wait": selector.waited},
+    )
 
 
-def _select(result: TrainingResult, model: ContrastiveModel, epoch: int, score_snapshot) -> None:
-    model.eval()
-    scores = score_snapshot(model.encoder)
-    state = None
-    for task, score in scores.items():
-        result.validation.append({"epoch": epoch, "task": task, "score": score})
-        best = result.best.get(task)
-        if best is None or score > best.score:
-            if state is None:  # one copy per epoch, shared by every task it is best for
-                state = {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
-            result.best[task] = Checkpoint(epoch, score, state)
+def _precision(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def embed(encoder: torch.nn.Module, x: torch.Tensor, chunk: int = 8192) -> np.ndarray:
-    encoder.eval()
-    return torch.cat([encoder(part) for part in x.split(chunk)]).float().cpu().numpy()
-
-
-def validation_scorer(
-    x_train: torch.Tensor,
-    x_val: torch.Tensor,
-    tasks: dict[str, tuple[np.ndarray, np.ndarray]],
-    classifier: Classifier,
-    inner_folds: int,
-    metric: str,
-) -> SnapshotScorer:
-    """Scores a snapshot for each task: `tasks[name] = (train labels, validation labels)`."""
-
-    def score(encoder: torch.nn.Module) -> dict[str, float]:
-        fold = FoldClassifier(
-            classifier, embed(encoder, x_train), inner_folds, metric, str(x_train.device)
-        )
-        prepared = fold.prepare(embed(encoder, x_val))
-        return {
-            name: fold.score_metric(fold.fit(y_train), prepared, y_val)
-            for name, (y_train, y_val) in tasks.items()
-        }
-
-    return score
+def _compiled(model: ContrastiveModel, compile_model: bool) -> Callable:
+    return torch.compile(model) if compile_model else model
 
 
 def encoder_with(model: ContrastiveModel, checkpoint: Checkpoint) -> torch.nn.Module:
