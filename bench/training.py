@@ -128,7 +128,10 @@ EXPERIMENT = Experiment(
     compute=Compute(devices="cpu", cpu_workers=1),
 )
 """
-PBMC = 'Dataset(name="pbmc68k_reduced", path="scanpy:pbmc68k_reduced", labels="bulk_labels", values="log", use_raw=True)'
+PBMC = (
+    'Dataset(name="pbmc68k_reduced", path="scanpy:pbmc68k_reduced", labels="bulk_labels", '
+    'values="log", use_raw=True)'
+)
 
 
 def run_config(dataset: str, epochs: int, precision: str) -> None:
