@@ -215,44 +215,13 @@ def run_contrastive(
     fold, save it; `timing` gets the seconds spent training and waiting on validation."""
     fitted = _method_features(fold, method)
     x = torch.as_tensor(fitted.transform(fold.adata), device=device)
-    x_train, x_val, x_test = x[fold.train], x[fold.validation], x[fold.test]
+    x_train, x_test = x[fold.train], x[fold.test]
     generator = torch.Generator(device=device).manual_seed(seed)
-    evaluation, contrastive = experiment.evaluation, experiment.contrastive
     # one training for SimCLR (all tasks); one per task for SupCon (it needs the task's labels)
     groups = [fold.tasks] if method.loss == "simclr" else [[t] for t in fold.tasks]
     rows, predictions, losses, validation = [], [], [], []
     for tasks in groups:
-        model = ContrastiveModel(
-            x.shape[1],
-            method.encoder,
-            method.head,
-            batchnorm=len(x_train) > contrastive.batch_size,
-            init_std=contrastive.init_std,
-        ).to(device)
-        labels = None
-        if method.loss == "supcon":
-            labels = torch.as_tensor(fold.labels[fold.train] == tasks[0], device=device)
-        task_labels = {
-            t: (fold.labels[fold.train] == t, fold.labels[fold.validation] == t) for t in tasks
-        }
-        scorer = train.ValidationScorer(
-            x_train,
-            x_val,
-            task_labels,
-            evaluation.classifier,
-            evaluation.inner_folds,
-            evaluation.metric,
-        )
-        result = train.train(
-            model,
-            x_train,
-            augmentation(method, generator),
-            contrastive,
-            contrastive.epochs[method.loss],
-            scorer,
-            generator,
-            labels,
-        )
+        model, result = _train_group(fold, method, experiment, x, tasks, generator)
         for part, seconds in result.seconds.items():
             timing[part] = timing.get(part, 0.0) + seconds
         curve_task = "" if method.loss == "simclr" else tasks[0]
@@ -261,15 +230,48 @@ def run_contrastive(
         ]
         validation += result.validation
         for task in tasks:
+            best = result.best[task]
             row, cells = _evaluate_checkpoint(
-                fold, method, experiment, model, result.best[task], task, x_train, x_test
+                fold, method, experiment, model, best, task, x_train, x_test
             )
             rows.append(row)
             predictions += cells
-            _save_encoder(out, task, model, result.best[task], fitted, fold, method)
+            _save_encoder(out, task, model, best, fitted, fold, method)
     write_csv(out / "loss.csv", pd.DataFrame(losses, columns=["task", "epoch", "loss"]))
     write_csv(out / "validation.csv", pd.DataFrame(validation, columns=["epoch", "task", "score"]))
     return rows, predictions
+
+
+def _train_group(fold: FoldData, method: Method, experiment: Experiment, x, tasks, generator):
+    """One encoder trained on the fold's training cells, its checkpoints chosen for `tasks`."""
+    contrastive, evaluation = experiment.contrastive, experiment.evaluation
+    x_train, x_val = x[fold.train], x[fold.validation]
+    model = ContrastiveModel(
+        x.shape[1],
+        method.encoder,
+        method.head,
+        batchnorm=len(x_train) > contrastive.batch_size,
+        init_std=contrastive.init_std,
+    ).to(x.device)
+    labels = None
+    if method.loss == "supcon":
+        labels = torch.as_tensor(fold.labels[fold.train] == tasks[0], device=x.device)
+    task_labels = {
+        t: (fold.labels[fold.train] == t, fold.labels[fold.validation] == t) for t in tasks
+    }
+    scorer = train.ValidationScorer(
+        x_train,
+        x_val,
+        task_labels,
+        evaluation.classifier,
+        evaluation.inner_folds,
+        evaluation.metric,
+    )
+    epochs = contrastive.epochs[method.loss]
+    augment = augmentation(method, generator)
+    return model, train.train(
+        model, x_train, augment, contrastive, epochs, scorer, generator, labels
+    )
 
 
 def _method_features(fold: FoldData, method: Method) -> preprocess.Fitted:
