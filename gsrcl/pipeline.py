@@ -59,9 +59,12 @@ def dataset_folds(spec: Dataset, experiment: Experiment, run_dir: Path | None) -
     folds = splits.load_folds(path, meta) if path else None
     if folds is None:
         labels = adata.obs[LABEL].to_numpy(dtype=str)
-        folds = splits.make_folds(
-            list(adata.obs_names), labels, experiment.split, experiment.seed, spec.cell_types
-        )
+        try:
+            folds = splits.make_folds(
+                list(adata.obs_names), labels, experiment.split, experiment.seed, spec.cell_types
+            )
+        except UserError as error:
+            raise UserError(f"dataset {spec.name}: {error}") from None
         if path:
             splits.save_folds(folds, path, meta)
     return folds
@@ -94,10 +97,7 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
         devices(experiment), compute.workers_per_device, compute.cpu_workers, compute.threads
     )
     planned = jobs.plan(experiment)
-    log(
-        f"methods: {', '.join(f'baseline-{b.name}' for b in experiment.evaluation.baselines)}, "
-        f"{', '.join(m.name for m in experiment.methods)}"
-    )
+    log(f"methods: {', '.join(report.method_order(experiment))}")
     log(
         f"folds: {experiment.split.folds} (validation {experiment.split.validation_fraction:.0%}), "
         f"seed {experiment.seed}"

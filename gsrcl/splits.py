@@ -58,19 +58,47 @@ class Folds:
 def make_folds(
     cells: list[str], labels: np.ndarray, split: Split, seed: int, cell_types: tuple | None
 ) -> Folds:
-    strata = _strata(labels, split.folds)
-    index = np.arange(len(labels))
-    cv_part, validation = train_test_split(
-        index, test_size=split.validation_fraction, stratify=strata, random_state=seed
-    )
-    assignment = np.full(len(labels), VALIDATION)
-    kfold = StratifiedKFold(split.folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # a rare stratum smaller than k is expected; see plan_tasks
-        warnings.filterwarnings("ignore", message="The least populated class")
-        for fold, (_, test) in enumerate(kfold.split(cv_part, strata[cv_part])):
-            assignment[cv_part[test]] = fold
+    _check_types(labels, cell_types)
+    in_cv = int(len(labels) * (1 - split.validation_fraction))
+    if in_cv < 2 * split.folds:
+        raise UserError(
+            f"{len(labels)} cells are too few for a {split.validation_fraction:.0%} validation "
+            f"part and {split.folds} folds; use more cells or fewer folds (split.folds)"
+        )
+    assignment = _assign(labels, split, seed)
     folds = Folds(list(cells), assignment, [])
     return Folds(folds.cells, assignment, plan_tasks(labels, folds, split.folds, cell_types))
+
+
+def _assign(labels: np.ndarray, split: Split, seed: int) -> np.ndarray:
+    strata = _strata(labels, split.folds)
+    index = np.arange(len(labels))
+    try:
+        cv_part, validation = train_test_split(
+            index, test_size=split.validation_fraction, stratify=strata, random_state=seed
+        )
+        assignment = np.full(len(labels), VALIDATION)
+        kfold = StratifiedKFold(split.folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # a rare stratum smaller than k is expected: plan_tasks
+            warnings.filterwarnings("ignore", message="The least populated class")
+            for fold, (_, test) in enumerate(kfold.split(cv_part, strata[cv_part])):
+                assignment[cv_part[test]] = fold
+    except ValueError as error:
+        raise UserError(f"cannot split the cells as configured (split): {error}") from None
+    return assignment
+
+
+def _check_types(labels: np.ndarray, cell_types: tuple | None) -> None:
+    present = set(np.unique(labels).tolist())
+    unknown = [t for t in cell_types or () if t not in present]
+    if unknown:
+        raise UserError(
+            f"cell_types {unknown} are not in the labels; the types are {sorted(present)}"
+        )
+    if len(present) < 2:
+        raise UserError(
+            f"the labels hold one cell type ({sorted(present)}); tasks need two or more"
+        )
 
 
 def _strata(labels: np.ndarray, n_folds: int) -> np.ndarray:
