@@ -55,3 +55,9 @@ def test_saved_folds_are_reused_only_when_settings_match(tmp_path):
     loaded = load_folds(path, {"seed": 0})
     assert np.array_equal(loaded.assignment, folds.assignment) and loaded.tasks == folds.tasks
     assert load_folds(path, {"seed": 1}) is None
+
+
+def test_a_dataset_too_small_for_the_folds_is_a_clear_error():
+    labels = np.array(list("aabbcc"))
+    with pytest.raises(UserError, match="6 cells are too few .* 5 folds"):
+        make_folds([str(i) for i in range(6)], labels, Split(0.2, 5), 0, None)
