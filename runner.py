@@ -41,6 +41,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def emit(line: str) -> None:
+    """Progress to stdout; errors and warnings to stderr."""
+    print(line, file=sys.stderr if line.lstrip().startswith(("error:", "warning:")) else sys.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -50,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
         experiment = load_experiment(args.config, args.overrides)
         if args.check:
-            return check(experiment)
+            return check(experiment, log=emit)
         if args.report_only:
-            return report_only(experiment)
+            return report_only(experiment, log=emit)
         mode = "force" if args.force else "failed" if args.rerun_failed else "resume"
-        return run_experiment(experiment, mode=mode)
+        return run_experiment(experiment, mode=mode, log=emit)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
