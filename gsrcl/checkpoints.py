@@ -51,18 +51,15 @@ def load_encoder(path: Path) -> tuple[torch.nn.Module, dict]:
     return encoder.eval(), checkpoint
 
 
-def encoder_input(checkpoint: dict, adata: ad.AnnData) -> np.ndarray:
-    """The cells of `adata` prepared exactly as the encoder's training cells were."""
+def encoder_input(checkpoint: dict, adata: ad.AnnData) -> tuple[np.ndarray, int]:
+    """The cells of `adata` prepared as the encoder's training cells were, and how many of the
+    encoder's genes the data lacks (filled with zeros, as an unexpressed gene would be)."""
     saved = checkpoint["preprocess"]
-    genes = adata.var_names.get_indexer(checkpoint["genes"])
-    if (genes < 0).any():
-        missing = int((genes < 0).sum())
-        raise ValueError(f"{missing} of the encoder's {len(genes)} genes are not in the data")
-    fitted = Fitted(
-        values=saved["values"],
-        target_sum=saved["target_sum"],
-        genes=genes,
-        mean=None if saved["mean"] is None else saved["mean"].numpy(),
-        std=None if saved["std"] is None else saved["std"].numpy(),
-    )
-    return fitted.transform(adata)
+    index = adata.var_names.get_indexer(checkpoint["genes"])
+    present = index >= 0
+    logged = Fitted(values=saved["values"], target_sum=saved["target_sum"]).transform(adata)
+    x = np.zeros((adata.n_obs, len(index)), dtype=np.float32)
+    x[:, present] = logged[:, index[present]]
+    if saved["mean"] is not None:
+        x = (x - saved["mean"].numpy()) / saved["std"].numpy()
+    return x, int((~present).sum())

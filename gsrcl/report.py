@@ -186,8 +186,13 @@ def _umap_figure(figs, run_dir: Path, experiment: Experiment, spec, tasks, colou
     method, path = found[0]
     adata = jobs.cached_dataset(spec)
     encoder, checkpoint = load_encoder(path)
+    x, missing = encoder_input(checkpoint, adata)
+    if missing:
+        log.warning(
+            "report: %d of the encoder's genes are not in %s; taken as 0", missing, spec.name
+        )
     with torch.no_grad():
-        embedding = encoder(torch.as_tensor(encoder_input(checkpoint, adata))).numpy()
+        embedding = encoder(torch.as_tensor(x)).numpy()
     expression = log_expression(adata, spec.values)
     labels = adata.obs[LABEL].to_numpy(dtype=str)
     fig = figures.umaps(expression, embedding, labels, f"{method.name} embedding", colours)
