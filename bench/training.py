@@ -179,11 +179,11 @@ def _non_training_share(results: Path) -> float:
     return 1 - training / total if total else float("nan")
 
 
-def part_e2e(epochs: int, baron_epochs: int, precisions: list[str]) -> None:
+def part_e2e(epochs: int, baron_epochs: int | None, precisions: list[str]) -> None:
     print("\nend to end, pbmc68k_reduced, SimCLR at the paper's width, 5 folds × 10 tasks:")
     for precision in precisions:
         run_config(PBMC, epochs, precision)
-    if BARON.exists():
+    if baron_epochs is not None and BARON.exists():
         print("\nend to end, Baron Mouse, SimCLR at the paper's width, 5 folds × 13 tasks:")
         baron = f'Dataset(name="baron_mouse", path={str(BARON)!r}, labels="cell_type")'
         for precision in precisions:
@@ -226,12 +226,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--baron-epochs", type=int, default=10)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--no-baron", action="store_true", help="e2e on pbmc68k_reduced only")
     args = parser.parse_args()
     peaks = part_peak()
     if "throughput" in args.part:
         part_throughput(peaks, args.epochs)
     if "e2e" in args.part:
-        part_e2e(args.epochs, args.baron_epochs, args.precision)
+        part_e2e(args.epochs, None if args.no_baron else args.baron_epochs, args.precision)
     if "scaling" in args.part:
         part_scaling()
 
