@@ -43,6 +43,16 @@ class Job:
         return f"{self.dataset}/{self.method}/fold-{self.fold}"
 
 
+def baseline_name(spec: Classifier) -> str:
+    return f"{BASELINE}-{spec.name}"
+
+
+def method_names(experiment: Experiment) -> list[str]:
+    """Every scored method in display order: the baselines, then the contrastive methods."""
+    baselines = [baseline_name(b) for b in experiment.evaluation.baselines]
+    return baselines + [m.name for m in experiment.methods]
+
+
 def plan(experiment: Experiment) -> list[Job]:
     """Every job of the experiment; the cheap baseline jobs of a dataset come first."""
     methods = [BASELINE] + [m.name for m in experiment.methods]
@@ -190,7 +200,7 @@ def run_baselines(fold: FoldData, experiment: Experiment, device: str):
             else:
                 model, positive_class = shared, task
             predicted, score = classifier.task_outputs(model, prepared, positive_class)
-            row, cells = _score_rows(fold, f"{BASELINE}-{spec.name}", task, predicted, score, {})
+            row, cells = _score_rows(fold, baseline_name(spec), task, predicted, score, {})
             rows.append(row)
             predictions += cells
     return rows, predictions

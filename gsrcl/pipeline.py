@@ -92,12 +92,9 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
         except UserError as error:
             log(f"error: {error}")
             failed += 1
-    compute = experiment.compute
-    slots = dispatch.plan_slots(
-        devices(experiment), compute.workers_per_device, compute.cpu_workers, compute.threads
-    )
+    slots = worker_slots(experiment)
     planned = jobs.plan(experiment)
-    log(f"methods: {', '.join(report.method_order(experiment))}")
+    log(f"methods: {', '.join(jobs.method_names(experiment))}")
     log(
         f"folds: {experiment.split.folds} (validation {experiment.split.validation_fraction:.0%}), "
         f"seed {experiment.seed}"
@@ -171,13 +168,17 @@ def _selected(job: jobs.Job, experiment: Experiment, run_dir: Path, mode: str) -
     return not results.is_done(folder, jobs.fingerprint(experiment, job))
 
 
+def worker_slots(experiment: Experiment) -> list[dispatch.Slot]:
+    compute = experiment.compute
+    return dispatch.plan_slots(
+        devices(experiment), compute.workers_per_device, compute.cpu_workers, compute.threads
+    )
+
+
 def run_jobs(
     experiment: Experiment, run_dir: Path, todo: list[jobs.Job], log: Callable[[str], None]
 ) -> list[dispatch.Outcome]:
-    compute = experiment.compute
-    slots = dispatch.plan_slots(
-        devices(experiment), compute.workers_per_device, compute.cpu_workers, compute.threads
-    )
+    slots = worker_slots(experiment)
     progress = Progress(len(todo), log)
     try:
         return dispatch.Pool(slots, experiment, run_dir).run(
@@ -224,8 +225,7 @@ def write_manifest(
 
 
 def write_summary(experiment: Experiment, run_dir: Path, planned: list[jobs.Job]) -> pd.DataFrame:
-    order = [f"{jobs.BASELINE}-{b.name}" for b in experiment.evaluation.baselines]
-    order += [m.name for m in experiment.methods]
-    summary = results.summarize(run_dir, [jobs.job_dir(run_dir, j) for j in planned], order)
+    job_dirs = [jobs.job_dir(run_dir, j) for j in planned]
+    summary = results.summarize(run_dir, job_dirs, jobs.method_names(experiment))
     results.write_csv(run_dir / "summary.csv", summary)
     return summary

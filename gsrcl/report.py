@@ -22,11 +22,6 @@ from gsrcl.settings import Experiment
 log = logging.getLogger(__name__)
 
 
-def method_order(experiment: Experiment) -> list[str]:
-    baselines = [f"{jobs.BASELINE}-{b.name}" for b in experiment.evaluation.baselines]
-    return baselines + [m.name for m in experiment.methods]
-
-
 # ---- tables ----
 
 
@@ -132,7 +127,7 @@ def _chosen(run_dir: Path, experiment: Experiment, dataset: str, method: str) ->
 def dataset_figures(
     figs: FigureSet, run_dir: Path, experiment: Experiment, spec, summary: pd.DataFrame
 ) -> None:
-    name, methods = spec.name, method_order(experiment)
+    name, methods = spec.name, jobs.method_names(experiment)
     part = summary[summary["dataset"] == name]
     tasks = list(dict.fromkeys(part.loc[part["method"] != "", "task"]))
     if not tasks:
@@ -212,7 +207,7 @@ def build(experiment: Experiment, run_dir: Path) -> Path:
     summary = pd.read_csv(run_dir / "summary.csv", keep_default_na=False)
     for column in [c for c in summary if c.endswith(("_mean", "_se"))] + ["folds"]:
         summary[column] = pd.to_numeric(summary[column], errors="coerce")
-    methods = method_order(experiment)
+    methods = jobs.method_names(experiment)
     write_summary_md(run_dir, summary, methods)
     figs = FigureSet(run_dir / "figures")
     for spec in experiment.datasets:

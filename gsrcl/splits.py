@@ -10,6 +10,7 @@ otherwise it is skipped and the reason is written to the splits file and the sum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -66,8 +67,8 @@ def make_folds(
             f"part and {split.folds} folds; use more cells or fewer folds (split.folds)"
         )
     assignment = _assign(labels, split, seed)
-    folds = Folds(list(cells), assignment, [])
-    return Folds(folds.cells, assignment, plan_tasks(labels, folds, split.folds, cell_types))
+    folds = Folds(list(cells), assignment, [])  # the tasks are judged on this assignment
+    return dataclasses.replace(folds, tasks=plan_tasks(labels, folds, split.folds, cell_types))
 
 
 def _assign(labels: np.ndarray, split: Split, seed: int) -> np.ndarray:
