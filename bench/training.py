@@ -8,8 +8,9 @@ throughput  full-batch SimCLR epochs on one pbmc68k_reduced fold (448 cells, 896
             GFLOP/s from the layer shapes, and the ratio to the measured peak, fp32 and bf16
 e2e         `python3 runner.py` on all 5 folds × 10 tasks of pbmc68k_reduced (SimCLR + noise at the
             paper's width, --epochs epochs, validation every 50) and on Baron Mouse
-            (--baron-epochs): wall time, peak memory of a process, bytes written, and the share of
-            job time that is not training (validation, final scoring, I/O)
+            (--baron-epochs), one CPU worker: wall time, peak memory of a process, bytes written,
+            and the share of wall time that is not training (validation waits, start-up, data,
+            saving, report)
 scaling     seconds per epoch for 1k-8k cells (5k genes) and 1k-15k genes (2k cells), resampled
             from Baron Mouse
 """
@@ -158,25 +159,28 @@ def run_config(dataset: str, epochs: int, precision: str) -> None:
             print(done.stdout[-2000:], done.stderr[-2000:])
             return
         peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        written = sum(p.stat().st_size for p in results.rglob("*") if p.is_file())
-        share = _non_training_share(results)
+        files = {(p.stat().st_dev, p.stat().st_ino): p for p in results.rglob("*") if p.is_file()}
+        written = sum(p.stat().st_size for p in files.values())  # a hard-linked file counts once
+        seconds = _job_seconds(results)
         print(
             f"  {precision}, {epochs} epochs: {wall / 60:.1f} min wall, peak memory of a "
-            f"process {peak_mib:.0f} MiB, {written / 2**20:.0f} MiB written; "
-            f"not training: {share:.0%} of job time"
+            f"process {peak_mib:.0f} MiB, {written / 2**20:.0f} MiB written\n"
+            f"    not training: {1 - seconds['training'] / wall:.0%} of wall time "
+            f"(validation waits {seconds['validation_wait'] / wall:.0%}, the rest: start-up, "
+            f"data, saving, report); {1 - seconds['training'] / seconds['total']:.0%} of job time"
         )
 
 
-def _non_training_share(results: Path) -> float:
+def _job_seconds(results: Path) -> dict[str, float]:
+    """Seconds summed over the jobs: total, training, waiting on validation."""
     import json
 
-    total = training = 0.0
+    summed = {"total": 0.0, "training": 0.0, "validation_wait": 0.0}
     for metrics in results.rglob("metrics.json"):
         seconds = json.loads(metrics.read_text()).get("seconds", {})
-        if "training" in seconds:
-            total += seconds["total"]
-            training += seconds["training"]
-    return 1 - training / total if total else float("nan")
+        for part in summed:
+            summed[part] += seconds.get(part, 0.0)
+    return summed
 
 
 def part_e2e(epochs: int, baron_epochs: int | None, precisions: list[str]) -> None:

@@ -22,7 +22,6 @@ def save_encoder(
     fitted: Fitted,
     method: Method,
     epoch: int,
-    score: float,
 ) -> None:
     torch.save(
         {
@@ -36,8 +35,7 @@ def save_encoder(
                 "mean": None if fitted.mean is None else torch.from_numpy(fitted.mean),
                 "std": None if fitted.std is None else torch.from_numpy(fitted.std),
             },
-            "epoch": epoch,
-            "validation_score": score,
+            "epoch": epoch,  # its validation score per task is in the job's metrics.json
         },
         path,
     )

@@ -25,7 +25,7 @@ from gsrcl.augment import augmentation
 from gsrcl.checkpoints import save_encoder
 from gsrcl.encoder import ContrastiveModel
 from gsrcl.evaluate import FoldClassifier, binary_scores
-from gsrcl.results import safe_name, write_csv, write_json
+from gsrcl.results import link_or_copy, safe_name, write_csv, write_json
 from gsrcl.settings import Classifier, Dataset, Experiment, Method
 from gsrcl.splits import Folds, load_folds
 
@@ -225,7 +225,6 @@ def run_contrastive(
     fold, save it; `timing` gets the seconds spent training and waiting on validation."""
     fitted = _method_features(fold, method)
     x = torch.as_tensor(fitted.transform(fold.adata), device=device)
-    x_train, x_test = x[fold.train], x[fold.test]
     generator = torch.Generator(device=device).manual_seed(seed)
     # one training for SimCLR (all tasks); one per task for SupCon (it needs the task's labels)
     groups = [fold.tasks] if method.loss == "simclr" else [[t] for t in fold.tasks]
@@ -240,13 +239,12 @@ def run_contrastive(
         ]
         validation += result.validation
         for task in tasks:
-            best = result.best[task]
-            row, cells = _evaluate_checkpoint(
-                fold, method, experiment, model, best, task, x_train, x_test
-            )
+            best = result.best[task]  # its classifier's test outputs were kept in validation
+            extra = {"epoch": best.epoch, "validation_score": best.score}
+            row, cells = _score_rows(fold, method.name, task, *best.test, extra)
             rows.append(row)
             predictions += cells
-            _save_encoder(out, task, model, best, fitted, fold, method)
+        _save_encoders(out, result.best, model, fitted, fold, method)
     write_csv(out / "loss.csv", pd.DataFrame(losses, columns=["task", "epoch", "loss"]))
     write_csv(out / "validation.csv", pd.DataFrame(validation, columns=["epoch", "task", "score"]))
     return rows, predictions
@@ -255,7 +253,7 @@ def run_contrastive(
 def _train_group(fold: FoldData, method: Method, experiment: Experiment, x, tasks, generator):
     """One encoder trained on the fold's training cells, its checkpoints chosen for `tasks`."""
     contrastive, evaluation = experiment.contrastive, experiment.evaluation
-    x_train, x_val = x[fold.train], x[fold.validation]
+    x_train = x[fold.train]
     model = ContrastiveModel(
         x.shape[1],
         method.encoder,
@@ -271,7 +269,8 @@ def _train_group(fold: FoldData, method: Method, experiment: Experiment, x, task
     }
     scorer = train.ValidationScorer(
         x_train,
-        x_val,
+        x[fold.validation],
+        x[fold.test],
         task_labels,
         evaluation.classifier,
         evaluation.inner_folds,
@@ -290,34 +289,17 @@ def _method_features(fold: FoldData, method: Method) -> preprocess.Fitted:
     return preprocess.fit_log1p(fold.values)
 
 
-def _evaluate_checkpoint(fold, method, experiment, model, checkpoint, task, x_train, x_test):
-    """Score a task's chosen encoder on the test fold: classifier fitted on training embeddings."""
-    evaluation = experiment.evaluation
-    encoder = train.encoder_with(model, checkpoint)
-    classifier = FoldClassifier(
-        evaluation.classifier,
-        train.embed(encoder, x_train),
-        evaluation.inner_folds,
-        evaluation.metric,
-        str(x_train.device),
-    )
-    model_fit = classifier.fit(fold.labels[fold.train] == task)
-    predicted, score = classifier.task_outputs(
-        model_fit, classifier.prepare(train.embed(encoder, x_test))
-    )
-    extra = {"epoch": checkpoint.epoch, "validation_score": checkpoint.score}
-    return _score_rows(fold, method.name, task, predicted, score, extra)
-
-
-def _save_encoder(out, task, model, checkpoint, fitted, fold, method) -> None:
+def _save_encoders(out, chosen: dict, model, fitted, fold, method) -> None:
+    """One encoder file per task; tasks that chose the same snapshot share one file on disk
+    (hard links), so a SimCLR job writes each distinct snapshot once."""
     genes = fold.adata.var_names if fitted.genes is None else fold.adata.var_names[fitted.genes]
-    save_encoder(
-        out / f"encoder-{safe_name(task)}.pt",
-        checkpoint.state,
-        model.kwargs,
-        list(genes),
-        fitted,
-        method,
-        checkpoint.epoch,
-        checkpoint.score,
-    )
+    written: dict[int, Path] = {}
+    for task, checkpoint in chosen.items():
+        path = out / f"encoder-{safe_name(task)}.pt"
+        if checkpoint.epoch in written:
+            link_or_copy(written[checkpoint.epoch], path)
+            continue
+        save_encoder(
+            path, checkpoint.state, model.kwargs, list(genes), fitted, method, checkpoint.epoch
+        )
+        written[checkpoint.epoch] = path

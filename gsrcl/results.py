@@ -5,7 +5,8 @@ results/<experiment>/
   experiment.json        resolved config, package versions, devices, seed
   splits/<dataset>.json  validation cells, fold assignment, tasks (with reasons for skipped ones)
   jobs/<dataset>/<method>/fold-<k>/   metrics.json, loss.csv, validation.csv, predictions.csv,
-                                      encoder-<task>.pt, DONE (written last) | error.txt
+                                      encoder-<task>.pt (tasks sharing a snapshot share
+                                      the file: hard links), DONE (written last) | error.txt
   manifest.csv           one row per job: status, device, seconds
   summary.csv            dataset × task × method: MCC / F1 / AP mean ± SE over folds
 ```
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +41,14 @@ def atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A second name for a file: a hard link where the file system has them, else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def write_json(path: Path, data: Any) -> None:

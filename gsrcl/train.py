@@ -1,17 +1,18 @@
 """One contrastive training with checkpoint selection.
 
 Every `validate_every` epochs (and before the first and after the last) the frozen encoder embeds
-the training and validation cells on its device; a classifier is fitted on the training embeddings
-of each task and scored on the validation cells; each task keeps the encoder state of its best
-score (the earliest on ties). Scoring is CPU work on small embeddings, so it can run on a
-background thread while training goes on: the scores, and so the chosen checkpoints, are the same
-either way. Only the chosen states are held, in memory, one copy per distinct epoch.
+the training, validation and test cells on its device; a classifier is fitted on the training
+embeddings of each task and scored on the validation cells; each task keeps the encoder state of
+its best score (the earliest on ties) and that classifier's outputs on the test cells, so the
+chosen checkpoint is never fitted again (the choice sees validation scores only). Scoring is CPU
+work on small embeddings, so it can run on a background thread while training goes on: the
+scores, and so the chosen checkpoints, are the same either way. Only the chosen states are held,
+in memory, one copy per distinct epoch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,8 +31,9 @@ from gsrcl.settings import Classifier, Contrastive
 @dataclass
 class Checkpoint:
     epoch: int
-    score: float
+    score: float  # on the validation cells
     state: dict[str, torch.Tensor]
+    test: tuple[np.ndarray, np.ndarray]  # (predicted positive, score) of the test cells
 
 
 @dataclass
@@ -64,38 +66,48 @@ def embed(encoder: torch.nn.Module, x: torch.Tensor, chunk: int = 8192) -> np.nd
     return torch.cat([encoder(part) for part in x.split(chunk)]).float().cpu().numpy()
 
 
+@dataclass
+class Scored:
+    """One task on one snapshot: the validation score and the test cells' outputs."""
+
+    score: float
+    test: tuple[np.ndarray, np.ndarray]
+
+
 class ValidationScorer:
-    """Embeds a snapshot's training and validation cells (on the device) and scores every task
-    (on the CPU): `tasks[name] = (training labels, validation labels)`."""
+    """Embeds a snapshot's training, validation and test cells (on the device) and scores every
+    task (on the CPU): `tasks[name] = (training labels, validation labels)`."""
 
     def __init__(
         self,
         x_train: torch.Tensor,
         x_val: torch.Tensor,
+        x_test: torch.Tensor,
         tasks: dict,
         classifier: Classifier,
         inner_folds: int,
         metric: str,
     ) -> None:
-        self.x_train, self.x_val, self.tasks = x_train, x_val, tasks
+        self.x = (x_train, x_val, x_test)
+        self.tasks = tasks
         self.classifier, self.inner_folds, self.metric = classifier, inner_folds, metric
 
-    def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-        return embed(encoder, self.x_train), embed(encoder, self.x_val)
+    def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, ...]:
+        return tuple(embed(encoder, x) for x in self.x)
 
-    def score(self, train_embedding: np.ndarray, val_embedding: np.ndarray) -> dict[str, float]:
+    def score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
         fold = FoldClassifier(
-            self.classifier,
-            train_embedding,
-            self.inner_folds,
-            self.metric,
-            str(self.x_train.device),
+            self.classifier, train, self.inner_folds, self.metric, str(self.x[0].device)
         )
-        prepared = fold.prepare(val_embedding)
-        return {
-            name: fold.score_metric(fold.fit(y_train), prepared, y_val)
-            for name, (y_train, y_val) in self.tasks.items()
-        }
+        val_prepared, test_prepared = fold.prepare(val), fold.prepare(test)
+        scored = {}
+        for name, (y_train, y_val) in self.tasks.items():
+            model = fold.fit(y_train)
+            scored[name] = Scored(
+                fold.score_metric(model, val_prepared, y_val),
+                fold.task_outputs(model, test_prepared),
+            )
+        return scored
 
 
 class CheckpointSelector:
@@ -134,12 +146,12 @@ class CheckpointSelector:
             self.pending = None
             self._keep(epoch, state, future.result())
 
-    def _keep(self, epoch: int, state: dict, scores: dict[str, float]) -> None:
-        for task, score in scores.items():
-            self.validation.append({"epoch": epoch, "task": task, "score": score})
+    def _keep(self, epoch: int, state: dict, scored: dict[str, Scored]) -> None:
+        for task, result in scored.items():
+            self.validation.append({"epoch": epoch, "task": task, "score": result.score})
             best = self.best.get(task)
-            if best is None or score > best.score:  # one state per epoch, shared by its tasks
-                self.best[task] = Checkpoint(epoch, score, state)
+            if best is None or result.score > best.score:  # one state per epoch, for its tasks
+                self.best[task] = Checkpoint(epoch, result.score, state, result.test)
 
 
 def overlap_validation(setting: str, device: torch.device) -> bool:
@@ -204,10 +216,3 @@ def _precision(precision: str, device: torch.device):
 
 def _compiled(model: ContrastiveModel, compile_model: bool) -> Callable:
     return torch.compile(model) if compile_model else model
-
-
-def encoder_with(model: ContrastiveModel, checkpoint: Checkpoint) -> torch.nn.Module:
-    """A copy of the model's encoder holding a checkpoint's weights."""
-    encoder = copy.deepcopy(model.encoder)
-    encoder.load_state_dict(checkpoint.state)
-    return encoder

@@ -5,6 +5,7 @@ import torch
 
 from gsrcl.encoder import build_encoder
 from gsrcl.pipeline import run_experiment
+from gsrcl.results import safe_name
 from tests.conftest import tiny_experiment
 
 TASKS = ["CD19+ B", "CD34+", "Dendritic"]  # the order of the config's cell_types
@@ -60,6 +61,16 @@ def test_tiny_run_writes_the_results_layout_with_real_numbers(tmp_path):
         job.parent.parent / "simclr-masking-200" / "fold-0" / "encoder-CD34+.pt", weights_only=True
     )
     assert len(masking["genes"]) == 200 and masking["preprocess"]["mean"].shape == (200,)
+
+    # each distinct chosen snapshot is written once; tasks that chose it share the file
+    rows = json.loads((job / "metrics.json").read_text())["rows"]
+    files = {r["task"]: job / f"encoder-{safe_name(r['task'])}.pt" for r in rows}
+    inodes = {r["epoch"]: set() for r in rows}
+    for r in rows:
+        assert torch.load(files[r["task"]], weights_only=True)["epoch"] == r["epoch"]
+        inodes[r["epoch"]].add(files[r["task"]].stat().st_ino)
+    assert all(len(same) == 1 for same in inodes.values())
+    assert len({i for same in inodes.values() for i in same}) == len(inodes)
 
 
 def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_path):

@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 
 import numpy as np
@@ -5,9 +6,10 @@ import torch
 
 from gsrcl.augment import gaussian_noise
 from gsrcl.encoder import ContrastiveModel
+from gsrcl.evaluate import FoldClassifier
 from gsrcl.presets import svm
 from gsrcl.settings import Contrastive
-from gsrcl.train import ValidationScorer, minibatches, train
+from gsrcl.train import ValidationScorer, embed, minibatches, train
 
 
 def _problem(seed=0):
@@ -17,20 +19,21 @@ def _problem(seed=0):
     x = centres[np.repeat(np.arange(3), 40)] + rng.normal(size=(120, 30))
     order = rng.permutation(120)
     x, labels = torch.tensor(x[order], dtype=torch.float32), labels[order]
-    train_idx, val_idx = np.arange(90), np.arange(90, 120)
+    train_idx, val_idx, test_idx = np.arange(80), np.arange(80, 100), np.arange(100, 120)
     tasks = {t: (labels[train_idx] == t, labels[val_idx] == t) for t in ("a", "b")}
-    scorer = ValidationScorer(x[train_idx], x[val_idx], tasks, svm(), 3, "mcc")
+    scorer = ValidationScorer(x[train_idx], x[val_idx], x[test_idx], tasks, svm(), 3, "mcc")
     return x[train_idx], scorer
 
 
-def _train(settings: Contrastive, x, scorer):
+def _train(settings: Contrastive, x, scorer, keep=False):
     torch.manual_seed(0)
     model = ContrastiveModel(
         30, (32, 16), (16, 8), batchnorm=len(x) > settings.batch_size, init_std=0.02
     )
     generator = torch.Generator().manual_seed(1)
     augment = lambda v: gaussian_noise(v, 1.0, generator)  # noqa: E731
-    return train(model, x, augment, settings, settings.epochs["simclr"], scorer, generator)
+    result = train(model, x, augment, settings, settings.epochs["simclr"], scorer, generator)
+    return (model, result) if keep else result
 
 
 def test_overlapped_validation_chooses_the_same_checkpoints_as_synchronous():
@@ -46,6 +49,21 @@ def test_overlapped_validation_chooses_the_same_checkpoints_as_synchronous():
         assert (a.epoch, a.score) == (b.epoch, b.score)
         assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert set(synchronous.seconds) == {"training", "validation_wait"}
+
+
+def test_kept_test_outputs_equal_a_fresh_fit_on_the_chosen_snapshot():
+    x, scorer = _problem(3)
+    model, result = _train(Contrastive(epochs=6, validate_every=3, lr=1e-2), x, scorer, keep=True)
+    for task, (y_train, _) in scorer.tasks.items():
+        best = result.best[task]
+        encoder = copy.deepcopy(model.encoder)
+        encoder.load_state_dict(best.state)
+        x_train, _, x_test = scorer.x
+        classifier = FoldClassifier(svm(), embed(encoder, x_train), 3, "mcc")
+        predicted, score = classifier.task_outputs(
+            classifier.fit(y_train), classifier.prepare(embed(encoder, x_test))
+        )
+        assert np.array_equal(predicted, best.test[0]) and np.allclose(score, best.test[1])
 
 
 def test_a_checkpoint_keeps_the_weights_of_its_epoch():
