@@ -33,18 +33,50 @@ def load_dataset(spec: Dataset) -> ad.AnnData:
     """Read the matrix and labels of `spec`, check them, and return the labelled cells."""
     adata = read_matrix(spec)
     adata.obs[LABEL] = _labels(spec, adata)
-    if not adata.obs_names.is_unique:
-        log.warning("dataset %s: cell ids are not unique; made unique with suffixes", spec.name)
-        adata.obs_names_make_unique()
     unlabelled = adata.obs[LABEL].isna().to_numpy()
     if unlabelled.all():
         raise UserError(f"dataset {spec.name}: no cell has a label; check `labels`/`labels_file`")
     if unlabelled.any():
         log.warning("dataset %s: dropped %d cells without a label", spec.name, unlabelled.sum())
         adata = adata[~unlabelled].copy()
-    adata.X = _as_float32(adata.X)
-    _check_values(spec, adata.X)
+    adata = checked_values(spec, adata)
+    _check_scale(spec, adata.X)
     return _without_empty(spec, adata)
+
+
+def load_unlabelled(spec: Dataset) -> ad.AnnData:
+    """Read a matrix to annotate: unique cell ids, float32 values checked finite and non-negative;
+    every cell kept (its scale is the caller's to check, with `scale_mismatch`)."""
+    return checked_values(spec, read_matrix(spec))
+
+
+def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
+    if not adata.obs_names.is_unique:
+        log.warning("dataset %s: cell ids are not unique; made unique with suffixes", spec.name)
+        adata.obs_names_make_unique()
+    adata.X = _as_float32(adata.X)
+    values = _stored(adata.X)
+    where = f"dataset {spec.name}: {spec.path}"
+    if not np.isfinite(values).all():
+        raise UserError(f"{where} holds NaN or infinite values; remove or impute them first")
+    if (values < 0).any():
+        raise UserError(
+            f"{where} holds negative values (scaled data?); give raw counts or log-normalised "
+            "values (for pbmc68k_reduced, use_raw=True)"
+        )
+    return adata
+
+
+def scale_mismatch(declared: str, x) -> str | None:
+    """How values `x` contradict the declared scale ("counts" or "log"), or None if they fit."""
+    values = _stored(x)
+    largest = float(values.max(initial=0.0))
+    integer = bool(np.all(values == np.round(values)))
+    if declared == "counts" and not integer:
+        return f"holds non-integer values (largest {largest:.3g}), not raw counts"
+    if declared == "log" and integer and largest > LOG_MAX:
+        return f"holds integers up to {largest:.0f}, which look like raw counts, not log values"
+    return None
 
 
 # ---- labels ----
@@ -134,27 +166,17 @@ def _as_float32(x) -> np.ndarray | sp.csr_matrix:
     return np.asarray(x, dtype=np.float32)
 
 
-def _check_values(spec: Dataset, x) -> None:
-    values = x.data if sp.issparse(x) else x.ravel()
-    where = f"dataset {spec.name}: {spec.path}"
-    if not np.isfinite(values).all():
-        raise UserError(f"{where} holds NaN or infinite values; remove or impute them first")
-    if (values < 0).any():
+def _stored(x) -> np.ndarray:
+    return x.data if sp.issparse(x) else x.ravel()
+
+
+def _check_scale(spec: Dataset, x) -> None:
+    mismatch = scale_mismatch(spec.values, x)
+    if mismatch is not None:
+        other = "log" if spec.values == "counts" else "counts"
         raise UserError(
-            f"{where} holds negative values (scaled data?); give raw counts or log-normalised "
-            "values (for pbmc68k_reduced, use_raw=True)"
-        )
-    largest = float(values.max(initial=0.0))
-    integer = bool(np.all(values == np.round(values)))
-    if spec.values == "counts" and not integer:
-        raise UserError(
-            f"{where} is declared values='counts' but holds non-integer values (largest "
-            f"{largest:.3g}); if they are log-normalised set values='log', else give raw counts"
-        )
-    if spec.values == "log" and integer and largest > LOG_MAX:
-        raise UserError(
-            f"{where} is declared values='log' but holds integers up to {largest:.0f}, which "
-            "look like raw counts; set values='counts'"
+            f"dataset {spec.name}: {spec.path} is declared values={spec.values!r} but {mismatch}; "
+            f"set values={other!r} if that is what it holds"
         )
 
 

@@ -90,7 +90,7 @@ def plan_slots(
 
 def _worker(slot: Slot, experiment: Experiment, run_dir: Path, inbox, outbox, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle: it stops us
-    _pin(slot)
+    pin(slot)
     _exit_with_parent(parent)
     _log_to_file(run_dir / "logs" / f"worker-{slot.index}.log")
     log = logging.getLogger("gsrcl.worker")
@@ -102,7 +102,7 @@ def _worker(slot: Slot, experiment: Experiment, run_dir: Path, inbox, outbox, pa
         outbox.put(("outcome", slot.index, outcome))
 
 
-def _pin(slot: Slot) -> None:
+def pin(slot: Slot) -> None:
     """Bind the process to its GPU and its share of CPU threads before any other work."""
     from threadpoolctl import threadpool_limits
 

@@ -13,11 +13,13 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import average_precision_score, f1_score, matthews_corrcoef
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from gsrcl.errors import UserError
-from gsrcl.kernel_svm import PrecomputedRBF
+from gsrcl.kernel_svm import KernelSVM, PrecomputedRBF
 from gsrcl.settings import Classifier
 
 # scikit-learn scorer names for the selection metric: (binary task, multi-class labels)
@@ -158,3 +160,19 @@ class FoldClassifier:
         """The selection metric of a binary model on held-out cells (checkpoint selection)."""
         predicted, score = self.task_outputs(model, prepared)
         return binary_scores(positive, predicted, score)[self.metric]
+
+
+def calibrated_classifier(
+    spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds: int, metric: str
+) -> CalibratedClassifierCV:
+    """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
+    probabilities learnt from its inner-CV decision values (a model to export and reuse)."""
+    fold = FoldClassifier(spec, x, inner_folds, metric)
+    chosen = fold.fit(y)
+    estimator = chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)
+    calibrated = CalibratedClassifierCV(
+        estimator, method="sigmoid", cv=fold.inner_splits(y), ensemble=False
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return calibrated.fit(x, y)

@@ -1,4 +1,4 @@
-"""The report's figures, drawn from a results folder with matplotlib (and scanpy for UMAPs).
+"""The report's figures, drawn from a results folder with matplotlib (and umap-learn for UMAPs).
 
 Each function takes what it draws and returns a matplotlib Figure; `gsrcl.report` saves them as PNG
 and embeds them in the HTML page. Cell types keep one colour across every figure of a dataset.
@@ -6,17 +6,19 @@ and embeds them in the HTML page. Cell types keep one colour across every figure
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 
-import anndata as ad  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import scanpy as sc  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
+from umap import UMAP  # noqa: E402
 
 DIFFICULT = 0.9  # a task whose baseline MCC is below this is "difficult" (the paper's threshold)
 
@@ -127,23 +129,53 @@ def precision_recall(predictions: pd.DataFrame, tasks: list[str], methods: list[
     return fig
 
 
+def umap_coordinates(x: np.ndarray) -> np.ndarray:
+    """2-D UMAP of the rows of `x` after PCA to at most 50 components, with scanpy's defaults
+    (15 neighbours, min_dist 0.5). umap-learn directly: scanpy 1.11's neighbour graph breaks on
+    SciPy 1.17's sparse arrays above 8192 cells."""
+    x = np.asarray(x, dtype=np.float32)
+    pcs = PCA(n_components=min(50, min(x.shape) - 1), random_state=0).fit_transform(x)
+    with warnings.catch_warnings():  # a fixed random_state makes umap-learn single-threaded
+        warnings.simplefilter("ignore")
+        return UMAP(n_neighbors=15, min_dist=0.5, random_state=0).fit_transform(pcs)
+
+
+def _scatter_types(ax, xy: np.ndarray, labels: np.ndarray, colours: dict) -> None:
+    for cell_type, colour in colours.items():
+        mask = labels == cell_type
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=4, color=colour, label=f"{cell_type}")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def umaps(
     expression: np.ndarray, embedding: np.ndarray, labels: np.ndarray, title: str, colours: dict
 ) -> Figure:
     """UMAP of the log-expression beside UMAP of the learnt embedding, coloured by cell type."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, x, name in ((axes[0], expression, "log-expression"), (axes[1], embedding, title)):
-        adata = ad.AnnData(np.asarray(x, dtype=np.float32))
-        sc.pp.pca(adata, n_comps=min(50, min(adata.shape) - 1))
-        sc.pp.neighbors(adata, random_state=0)
-        sc.tl.umap(adata, random_state=0)
-        xy = adata.obsm["X_umap"]
-        for cell_type, colour in colours.items():
-            mask = labels == cell_type
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=4, color=colour, label=cell_type)
+        _scatter_types(ax, umap_coordinates(x), labels, colours)
         ax.set_title(f"UMAP of {name}", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
     axes[1].legend(fontsize=7, markerscale=3, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def query_umap(
+    embedding: np.ndarray, predicted: np.ndarray, types: list[str], unassigned: str
+) -> Figure:
+    """UMAP of annotated query cells in the reference encoder's embedding, coloured by the
+    predicted type (unassigned cells in grey), with the count of each type in the legend."""
+    colours = {**type_colours(types), unassigned: (0.75, 0.75, 0.75)}
+    present = {t: c for t, c in colours.items() if (predicted == t).any()}
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    xy = umap_coordinates(embedding)
+    _scatter_types(ax, xy, predicted, present)
+    handles, names = ax.get_legend_handles_labels()
+    counts = [f"{n} ({int((predicted == n).sum())})" for n in names]
+    ax.legend(
+        handles, counts, fontsize=7, markerscale=3, bbox_to_anchor=(1.02, 1), loc="upper left"
+    )
+    ax.set_title(f"{len(predicted)} query cells, GsRCL embedding, by predicted type", fontsize=10)
     fig.tight_layout()
     return fig

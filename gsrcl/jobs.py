@@ -55,13 +55,18 @@ def method_names(experiment: Experiment) -> list[str]:
 
 def plan(experiment: Experiment) -> list[Job]:
     """Every job of the experiment; the cheap baseline jobs of a dataset come first."""
-    methods = [BASELINE] + [m.name for m in experiment.methods]
+    baselines = [BASELINE] if experiment.evaluation.baselines else []
+    methods = baselines + [m.name for m in experiment.methods]
     return [
         Job(d.name, method, fold)
         for d in experiment.datasets
         for method in methods
         for fold in range(experiment.split.folds)
     ]
+
+
+def run_dir_of(experiment: Experiment) -> Path:
+    return Path(experiment.results_dir) / experiment.name
 
 
 def job_dir(run_dir: Path, job: Job) -> Path:

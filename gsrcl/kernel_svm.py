@@ -44,6 +44,10 @@ class KernelSVM:
     def predict(self, distances: np.ndarray) -> np.ndarray:
         return self.svc.predict(np.exp(-self.gamma * distances))
 
+    def on_features(self) -> SVC:
+        """The same model, unfitted, as an `SVC` that takes features (to refit and export)."""
+        return SVC(**{**self.svc.get_params(), "kernel": "rbf", "gamma": self.gamma})
+
 
 class PrecomputedRBF:
     """The training cells of one fold: their distance matrix, shared by every fit on them."""

@@ -6,7 +6,6 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -14,16 +13,20 @@ import torch
 
 from gsrcl import dispatch, jobs, report, results, splits
 from gsrcl.data import LABEL
+from gsrcl.environment import package_versions
 from gsrcl.errors import UserError
 from gsrcl.evaluate import estimator_for
+from gsrcl.export import export_model
 from gsrcl.progress import Progress
 from gsrcl.settings import Dataset, Experiment
 
-PACKAGES = ("torch", "scikit-learn", "scanpy", "anndata", "numpy", "pandas", "scipy")
 
+def check_executor(experiment: Experiment) -> None:
+    """A Ray run without Ray installed stops before any work, saying how to install it."""
+    if experiment.compute.executor == "ray":
+        from gsrcl.ray_pool import import_ray  # Ray is optional: imported only when chosen
 
-def run_dir_of(experiment: Experiment) -> Path:
-    return Path(experiment.results_dir) / experiment.name
+        import_ray()
 
 
 def check_classifiers(experiment: Experiment) -> None:
@@ -35,7 +38,7 @@ def check_classifiers(experiment: Experiment) -> None:
 def prepare(experiment: Experiment, log: Callable[[str], None]) -> tuple[Path, list[str]]:
     """Write experiment.json and the splits of every dataset that reads (reused when still
     valid); a dataset that does not read is reported and left out. Returns the readable ones."""
-    run_dir = run_dir_of(experiment)
+    run_dir = jobs.run_dir_of(experiment)
     results.write_json(run_dir / "experiment.json", environment_record(experiment))
     ready = []
     for spec in experiment.datasets:
@@ -82,6 +85,7 @@ def describe_tasks(name: str, adata, folds: splits.Folds, log: Callable[[str], N
 
 def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     """`--check`: validate every dataset and print the plan, without training or writing."""
+    check_executor(experiment)
     check_classifiers(experiment)
     failed = 0
     for spec in experiment.datasets:
@@ -92,18 +96,14 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
         except UserError as error:
             log(f"error: {error}")
             failed += 1
-    slots = worker_slots(experiment)
     planned = jobs.plan(experiment)
     log(f"methods: {', '.join(jobs.method_names(experiment))}")
     log(
         f"folds: {experiment.split.folds} (validation {experiment.split.validation_fraction:.0%}), "
         f"seed {experiment.seed}"
     )
-    log(
-        f"workers: {len(slots)} on {', '.join(sorted({s.device for s in slots}))}, "
-        f"{slots[0].threads} threads each"
-    )
-    log(f"{len(planned)} jobs planned; results in {run_dir_of(experiment)}")
+    log(_where_jobs_run(experiment))
+    log(f"{len(planned)} jobs planned; results in {jobs.run_dir_of(experiment)}")
     return 1 if failed else 0
 
 
@@ -111,10 +111,7 @@ def environment_record(experiment: Experiment) -> dict:
     return {
         "config": asdict(experiment),
         "seed": experiment.seed,
-        "versions": {
-            "python": platform.python_version(),
-            **{p: metadata.version(p) for p in PACKAGES},
-        },
+        "versions": package_versions(),
         "devices": devices(experiment),
         "host": platform.node(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -138,6 +135,7 @@ def run_experiment(
 
     resume: every job not finished with the current settings; force: every job;
     failed: only jobs whose last attempt failed."""
+    check_executor(experiment)
     check_classifiers(experiment)
     run_dir, ready = prepare(experiment, log)
     planned = [job for job in jobs.plan(experiment) if job.dataset in ready]
@@ -148,6 +146,7 @@ def run_experiment(
     summary = write_summary(experiment, run_dir, planned)
     log("\n" + results.mcc_table(summary))
     write_report(experiment, run_dir, log)
+    exported = export_models(experiment, ready, log) if experiment.export.after_run else True
     log(f"\nresults in {run_dir}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -156,7 +155,19 @@ def run_experiment(
     unread = len(experiment.datasets) - len(ready)
     if unread:
         log(f"\n{unread} dataset(s) could not be read; see the errors above")
-    return 1 if failed or unread else 0
+    return 1 if failed or unread or not exported else 0
+
+
+def export_models(experiment: Experiment, datasets: list[str], log: Callable[[str], None]) -> bool:
+    """`export.after_run`: a reference model per dataset; False when one could not be made."""
+    made = True
+    for name in datasets:
+        try:
+            export_model(experiment, name, log=log)
+        except UserError as error:
+            log(f"error: export of {name}: {error}")
+            made = False
+    return made
 
 
 def _selected(job: jobs.Job, experiment: Experiment, run_dir: Path, mode: str) -> bool:
@@ -175,15 +186,32 @@ def worker_slots(experiment: Experiment) -> list[dispatch.Slot]:
     )
 
 
+def _where_jobs_run(experiment: Experiment) -> str:
+    compute = experiment.compute
+    if compute.executor == "ray":
+        address = compute.ray_address or "a local Ray started by the runner"
+        return f"executor: ray at {address}, one GPU or {compute.ray_cpus_per_job} CPUs per job"
+    slots = worker_slots(experiment)
+    return (
+        f"workers: {len(slots)} on {', '.join(sorted({s.device for s in slots}))}, "
+        f"{slots[0].threads} threads each"
+    )
+
+
 def run_jobs(
     experiment: Experiment, run_dir: Path, todo: list[jobs.Job], log: Callable[[str], None]
 ) -> list[dispatch.Outcome]:
-    slots = worker_slots(experiment)
+    if not todo:
+        return []
+    if experiment.compute.executor == "ray":
+        from gsrcl.ray_pool import RayPool  # Ray is optional: imported only when chosen
+
+        pool = RayPool(experiment, run_dir, gpus=experiment.compute.devices != "cpu")
+    else:
+        pool = dispatch.Pool(worker_slots(experiment), experiment, run_dir)
     progress = Progress(len(todo), log)
     try:
-        return dispatch.Pool(slots, experiment, run_dir).run(
-            todo, progress.started, progress.finished
-        )
+        return pool.run(todo, progress.started, progress.finished)
     finally:
         progress.close()
 
@@ -201,7 +229,7 @@ def write_report(experiment: Experiment, run_dir: Path, log: Callable[[str], Non
 
 def report_only(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     """`--report-only`: rebuild summary and report from an existing results folder."""
-    run_dir = run_dir_of(experiment)
+    run_dir = jobs.run_dir_of(experiment)
     if not (run_dir / "experiment.json").exists():
         raise UserError(f"no results in {run_dir}; run the experiment first")
     write_summary(experiment, run_dir, jobs.plan(experiment))

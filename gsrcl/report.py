@@ -16,7 +16,7 @@ import torch
 from gsrcl import figures, jobs
 from gsrcl.checkpoints import encoder_input, load_encoder
 from gsrcl.data import LABEL, log_expression
-from gsrcl.results import METRICS, atomic_write, safe_name
+from gsrcl.results import METRICS, atomic_write, read_summary, safe_name
 from gsrcl.settings import Experiment
 
 log = logging.getLogger(__name__)
@@ -204,9 +204,7 @@ def _umap_figure(figs, run_dir: Path, experiment: Experiment, spec, tasks, colou
 
 def build(experiment: Experiment, run_dir: Path) -> Path:
     """Write summary.md, figures/*.png and report.html; return the report's path."""
-    summary = pd.read_csv(run_dir / "summary.csv", keep_default_na=False)
-    for column in [c for c in summary if c.endswith(("_mean", "_se"))] + ["folds"]:
-        summary[column] = pd.to_numeric(summary[column], errors="coerce")
+    summary = read_summary(run_dir / "summary.csv")
     methods = jobs.method_names(experiment)
     write_summary_md(run_dir, summary, methods)
     figs = FigureSet(run_dir / "figures")

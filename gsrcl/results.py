@@ -127,6 +127,14 @@ def summarize(run_dir: Path, job_dirs: Iterable[Path], method_order: list[str]) 
     return summary.drop(columns=["_dataset", "_task", "_order"]).round(4).reset_index(drop=True)
 
 
+def read_summary(path: Path) -> pd.DataFrame:
+    """summary.csv with its numbers as numbers and unscored tasks' empty cells as "" / NaN."""
+    summary = pd.read_csv(path, keep_default_na=False)
+    for column in [c for c in summary if c.endswith(("_mean", "_se"))] + ["folds"]:
+        summary[column] = pd.to_numeric(summary[column], errors="coerce")
+    return summary
+
+
 def _tasks(run_dir: Path) -> pd.DataFrame:
     """Every task of every dataset (from the splits files), in plan order, with skip reasons."""
     rows = []

@@ -200,6 +200,12 @@ class Compute:
     workers_per_device: int = 1
     cpu_workers: int = 1
     threads: int | None = None  # torch / BLAS threads per CPU worker; None = cores / workers
+    # "local": worker processes on this machine; "ray": Ray tasks on a cluster (pip install ray)
+    executor: Literal["local", "ray"] = "local"
+    # ray: None starts a local Ray in the runner; "auto" joins the cluster this machine is part
+    # of; "ray://head:10001" connects to a remote head node
+    ray_address: str | None = None
+    ray_cpus_per_job: int = 1  # ray, CPU-only clusters: cores each job reserves (GPU jobs: 1 GPU)
 
     def check(self) -> list[str]:
         problems = []
@@ -209,7 +215,18 @@ class Compute:
             problems.append("workers_per_device and cpu_workers must be at least 1")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be at least 1, or None")
+        if self.ray_cpus_per_job < 1:
+            problems.append("ray_cpus_per_job must be at least 1")
         return problems
+
+
+@dataclass(frozen=True)
+class Export:
+    """Reference models for `python3 -m gsrcl annotate` (one per dataset)."""
+
+    after_run: bool = False  # export each dataset's model when the run finishes
+    # a contrastive method's name, or "best": the one with the highest mean test MCC
+    method: str = "best"
 
 
 @dataclass(frozen=True)
@@ -223,6 +240,7 @@ class Experiment:
     split: Split = field(default_factory=Split)
     evaluation: Evaluation = field(default_factory=Evaluation)
     compute: Compute = field(default_factory=Compute)
+    export: Export = field(default_factory=Export)
     seed: int = 0
     results_dir: str = "results"
 
@@ -236,6 +254,9 @@ class Experiment:
             names = [item.name for item in items]
             if len(set(names)) != len(names):
                 problems.append(f"{kind} need distinct names, got {names}")
+        methods = [m.name for m in self.methods]
+        if self.export.method not in ("best", *methods):
+            problems.append(f"export.method must be 'best' or one of {methods}")
         return problems
 
     def validate(self) -> Experiment:
@@ -260,7 +281,7 @@ def _problems(obj: Any, path: str) -> list[str]:
             continue
         for item_path, item in _nested(value, where):
             problems += _problems(item, item_path)
-    if not problems:  # ranges are only meaningful once the types are right
+    if not problems and hasattr(obj, "check"):  # ranges matter once the types are right
         problems += [f"{path}: {p}" for p in obj.check()]
     return problems
 

@@ -1,0 +1,179 @@
+"""Export a reference model from a finished run, for `python3 -m gsrcl annotate`.
+
+For each cell type of a dataset: the encoder chosen across the folds (the fold whose checkpoint
+scored best on the validation cells; earliest fold on ties) and a classifier refit on that
+encoder's embeddings of every labelled cell, with calibrated probabilities. Layout and checks:
+`gsrcl.reference`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import skops.io
+import torch
+
+from gsrcl import data, jobs, neighbourhood, reference, results
+from gsrcl.checkpoints import encoder_input, load_encoder
+from gsrcl.environment import package_versions
+from gsrcl.errors import UserError
+from gsrcl.evaluate import calibrated_classifier
+from gsrcl.settings import Dataset, Experiment
+from gsrcl.train import embed
+
+
+def export_model(
+    experiment: Experiment,
+    dataset: str | None = None,
+    method: str | None = None,
+    out: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Write the reference model of `dataset` (by `method`, default the config's export.method)
+    from the run's results; return its folder."""
+    run_dir = jobs.run_dir_of(experiment)
+    spec = _dataset(experiment, dataset)
+    method = _method(experiment, run_dir, spec.name, method or experiment.export.method)
+    chosen = _chosen_encoders(experiment, run_dir, spec.name, method)
+    folder = out or run_dir / "models" / f"{spec.name}-{method}"
+    log(f"export: {spec.name}, {method}, {len(chosen)} cell types → {folder}")
+    adata = data.load_dataset(spec)
+    with tempfile.TemporaryDirectory(dir=_parent(folder)) as tmp:
+        staging = Path(tmp) / "model"
+        entries = _write_files(staging, experiment, adata, chosen, log)
+        (staging / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
+        labels = adata.obs[data.LABEL].to_numpy(dtype=str)
+        types = [e["name"] for e in entries]
+        arrays = neighbourhood.fit(adata, labels, spec.values, types)
+        neighbourhood.save(staging / reference.NEIGHBOURHOODS, arrays)
+        reference.write_manifest(staging, _manifest(experiment, spec, method, adata, entries))
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)  # the folder appears whole, or not at all
+    return folder
+
+
+def _parent(folder: Path) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder.parent
+
+
+def _dataset(experiment: Experiment, name: str | None) -> Dataset:
+    names = [d.name for d in experiment.datasets]
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name not in names:
+        raise UserError(f"choose the dataset to export with --dataset, one of {names}")
+    return experiment.datasets[names.index(name)]
+
+
+def _method(experiment: Experiment, run_dir: Path, dataset: str, name: str) -> str:
+    """The method asked for, or for "best" the contrastive method with the highest mean MCC."""
+    methods = [m.name for m in experiment.methods]
+    if not methods:
+        raise UserError("the config has no contrastive method, so there is no encoder to export")
+    if name != "best":
+        if name not in methods:
+            raise UserError(f"method {name!r} is not in the config; choose one of {methods}")
+        return name
+    summary_path = run_dir / "summary.csv"
+    if not summary_path.exists():
+        raise UserError(f"no results in {run_dir}; run the experiment first")
+    summary = results.read_summary(summary_path)
+    scored = summary[(summary["dataset"] == dataset) & summary["method"].isin(methods)]
+    if scored.empty:
+        raise UserError(f"{summary_path} holds no scored task of {dataset}; run it first")
+    means = scored.groupby("method")["mcc_mean"].mean()
+    return str(means.reindex(methods).idxmax())
+
+
+def _chosen_encoders(experiment: Experiment, run_dir: Path, dataset: str, method: str) -> dict:
+    """For each task: the fold whose chosen checkpoint scored best on the validation cells."""
+    best: dict[str, dict] = {}
+    for fold in range(experiment.split.folds):
+        job = jobs.Job(dataset, method, fold)
+        folder = jobs.job_dir(run_dir, job)
+        if not results.is_done(folder, jobs.fingerprint(experiment, job)):
+            raise UserError(
+                f"job {job.id} is not finished with the current config; run the experiment "
+                "(python3 runner.py) before exporting"
+            )
+        for row in json.loads((folder / "metrics.json").read_text())["rows"]:
+            if row["task"] not in best or row["validation_score"] > best[row["task"]]["score"]:
+                best[row["task"]] = {
+                    "fold": fold,
+                    "epoch": row["epoch"],
+                    "score": row["validation_score"],
+                    "test_mcc": row["mcc"],
+                    "path": folder / f"encoder-{results.safe_name(row['task'])}.pt",
+                }
+    return best
+
+
+def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log) -> list[dict]:
+    """Copy each distinct encoder once; fit and save each type's calibrated classifier."""
+    (staging / "encoders").mkdir(parents=True)
+    (staging / "classifiers").mkdir()
+    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
+    evaluation = experiment.evaluation
+    embeddings: dict[str, np.ndarray] = {}
+    entries = []
+    for task, pick in chosen.items():
+        digest = reference.sha256(pick["path"])
+        encoder_name = f"encoders/{digest[:16]}.pt"
+        if digest not in embeddings:
+            shutil.copyfile(pick["path"], staging / encoder_name)
+            encoder, checkpoint = load_encoder(pick["path"])
+            x, _ = encoder_input(checkpoint, adata)
+            embeddings[digest] = embed(encoder, torch.from_numpy(x))
+        start = time.perf_counter()
+        y = labels == task
+        model = calibrated_classifier(
+            evaluation.classifier, embeddings[digest], y, evaluation.inner_folds, evaluation.metric
+        )
+        classifier_name = f"classifiers/{results.safe_name(task)}.skops"
+        skops.io.dump(model, staging / classifier_name)
+        log(
+            f"  {task}: fold {pick['fold']}, epoch {pick['epoch']}, classifier refit on "
+            f"{len(y)} cells ({int(y.sum())} of the type) in {time.perf_counter() - start:.1f} s"
+        )
+        entries.append(
+            {
+                "name": task,
+                "encoder": encoder_name,
+                "classifier": classifier_name,
+                "fold": pick["fold"],
+                "epoch": pick["epoch"],
+                "validation_score": pick["score"],
+                "test_mcc": pick["test_mcc"],
+                "cells": int(y.sum()),
+                "classifier_params": _params(model),
+            }
+        )
+    return entries
+
+
+def _params(model) -> dict:
+    params = model.calibrated_classifiers_[0].estimator.get_params()
+    return {k: v for k, v in params.items() if isinstance(v, str | int | float | bool | None)}
+
+
+def _manifest(experiment: Experiment, spec: Dataset, method: str, adata, entries) -> dict:
+    return {
+        "dataset": spec.name,
+        "method": method,
+        "values": spec.values,
+        "reference_cells": int(adata.n_obs),
+        "reference_genes": int(adata.n_vars),
+        "experiment": experiment.name,
+        "seed": experiment.seed,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": package_versions(),
+        "cell_types": entries,
+    }

@@ -1,0 +1,178 @@
+"""Export a reference model from a run on part of tm_immune, then label the held-back cells."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from gsrcl.annotate import UNASSIGNED, Query, annotate
+from gsrcl.errors import UserError
+from gsrcl.export import export_model
+from gsrcl.pipeline import run_experiment
+from gsrcl.presets import svm
+from gsrcl.reference import sha256
+from gsrcl.settings import Contrastive, Dataset, Evaluation, Experiment, Export, Method, Split
+from tests.conftest import shared_file
+
+UNKNOWN = "Granulocyte"  # held out of the reference: the query's unknown type
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory):
+    """Reference: 70% of the cells of four types; query: the other 30% and every Granulocyte."""
+    folder = tmp_path_factory.mktemp("annotate")
+    full = ad.read_h5ad(shared_file("tm_immune.h5ad"))
+    rng = np.random.default_rng(0)
+    known = (full.obs["cell_type"] != UNKNOWN).to_numpy()
+    in_reference = known & (rng.random(full.n_obs) < 0.7)
+    full[in_reference].write_h5ad(folder / "reference.h5ad")
+    query = full[~in_reference].copy()
+    query.obs = query.obs[[]]  # the query carries no labels
+    query.write_h5ad(folder / "query.h5ad")
+    experiment = Experiment(
+        name="reference",
+        datasets=(Dataset(name="tm_immune", path=str(folder / "reference.h5ad")),),
+        methods=(Method(loss="simclr", augmentation="noise", encoder=(128, 64), head=(64, 32)),),
+        contrastive=Contrastive(epochs=20, validate_every=10, lr=1e-3),
+        split=Split(folds=2),
+        evaluation=Evaluation(classifier=svm(balanced=True), baselines=(), inner_folds=3),
+        export=Export(after_run=True),
+        results_dir=str(folder / "results"),
+    ).validate()
+    assert run_experiment(experiment, log=lambda line: None) == 0
+    model = folder / "results" / "reference" / "models" / "tm_immune-simclr-noise"
+    out = folder / "labelled"
+    table = annotate(model, Query(str(folder / "query.h5ad")), out, say=lambda line: None)
+    truth = full.obs["cell_type"].to_numpy(dtype=str)[~in_reference]
+    return {
+        "folder": folder,
+        "model": model,
+        "out": out,
+        "table": table,
+        "truth": truth,
+        "experiment": experiment,
+    }
+
+
+def test_held_back_cells_get_their_types_and_an_unknown_type_is_not_forced(annotated):
+    table, truth = annotated["table"], annotated["truth"]
+    known = truth != UNKNOWN
+    accuracy = float((table["predicted"].to_numpy()[known] == truth[known]).mean())
+    majority = pd.Series(truth[known]).value_counts(normalize=True).iloc[0]
+    print(
+        f"accuracy on {known.sum()} held-back cells {accuracy:.3f} (majority class {majority:.3f})"
+    )
+    assert accuracy > 0.9 > majority + 0.3
+    unknown = table[~known]
+    unassigned = float((unknown["predicted"] == UNASSIGNED).mean())
+    print(
+        f"{UNKNOWN}: {unassigned:.0%} Unassigned, median best probability "
+        f"{unknown['probability'].median():.2f}"
+    )
+    assert unassigned > 0.5 or unknown["probability"].median() < 0.5
+
+
+def test_outputs_hold_probabilities_labels_embedding_and_figure(annotated):
+    out = annotated["out"]
+    saved = pd.read_csv(out / "predictions.csv")
+    types = ["B cell", "T cell", "NK cell", "Monocyte"]
+    assert list(saved.columns[:4]) == ["cell", "predicted", "probability", "outside_reference"]
+    assert sorted(c.removeprefix("p_") for c in saved.columns[4:]) == sorted(types)
+    probabilities = saved[[f"p_{t}" for t in types]].to_numpy()
+    assert ((0 <= probabilities) & (probabilities <= 1)).all()
+    assert np.allclose(saved["probability"], probabilities.max(axis=1), atol=1e-6)
+    labelled = ad.read_h5ad(out / "query.h5ad")
+    assert list(labelled.obs_names) == list(saved["cell"].astype(str))
+    assert (labelled.obs["gsrcl_prediction"].astype(str).to_numpy() == saved["predicted"]).all()
+    assert labelled.obsm["X_gsrcl"].shape == (labelled.n_obs, 64)
+    assert (out / "umap.png").stat().st_size > 10_000
+
+
+def test_a_threshold_of_one_leaves_every_cell_unassigned(annotated, tmp_path):
+    table = annotate(
+        annotated["model"],
+        Query(str(annotated["folder"] / "query.h5ad")),
+        tmp_path,
+        threshold=1.0,
+        umap=False,
+        say=lambda line: None,
+    )
+    assert (table["predicted"] == UNASSIGNED).all()
+
+
+def test_manifest_lists_every_file_with_its_checksum(annotated):
+    model = annotated["model"]
+    manifest = json.loads((model / "manifest.json").read_text())
+    files = {p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == files - {"manifest.json"}
+    assert all(sha256(model / name) == digest for name, digest in manifest["files"].items())
+    assert {"torch", "scikit-learn", "skops"} <= set(manifest["versions"])
+    assert [t["name"] for t in manifest["cell_types"]] == [
+        "B cell",
+        "T cell",
+        "NK cell",
+        "Monocyte",
+    ]
+
+
+def _copy(model, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    return copy
+
+
+def _refused(model, query, match):
+    with pytest.raises(UserError, match=match):
+        annotate(model, Query(str(query)), model.parent / "out", umap=False, say=lambda _: None)
+
+
+def test_tampered_or_foreign_model_files_are_refused(annotated, tmp_path):
+    query = annotated["folder"] / "query.h5ad"
+    manifest = json.loads((annotated["model"] / "manifest.json").read_text())
+    classifier = manifest["cell_types"][0]["classifier"]
+    encoder = manifest["cell_types"][0]["encoder"]
+
+    tampered = _copy(annotated["model"], tmp_path / "a")
+    with open(tampered / classifier, "r+b") as file:
+        file.seek(100)
+        byte = file.read(1)
+        file.seek(100)
+        file.write(bytes([byte[0] ^ 1]))
+    _refused(tampered, query, "does not match its checksum")
+
+    # a pickle posing as the encoder, its checksum forged in the manifest: torch refuses to load it
+    foreign = _copy(annotated["model"], tmp_path / "b")
+    (foreign / encoder).write_bytes(pickle.dumps(shutil.rmtree))
+    forged = json.loads((foreign / "manifest.json").read_text())
+    forged["files"][encoder] = sha256(foreign / encoder)
+    (foreign / "manifest.json").write_text(json.dumps(forged))
+    _refused(foreign, query, "not a GsRCL encoder file")
+
+    (foreign / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    _refused(foreign, query, "not a GsRCL reference model manifest")
+    _refused(annotated["folder"], query, "no manifest.json")
+
+
+def test_a_query_in_the_wrong_scale_or_with_other_gene_names_is_refused(annotated, tmp_path):
+    query = ad.read_h5ad(annotated["folder"] / "query.h5ad")
+    logged = query.copy()
+    logged.X = sp.csr_matrix(np.log1p(logged.X.toarray()))
+    logged.write_h5ad(tmp_path / "logged.h5ad")
+    _refused(annotated["model"], tmp_path / "logged.h5ad", "trained on raw counts")
+
+    renamed = query.copy()
+    renamed.var_names = [f"ENSMUSG{i:011d}" for i in range(renamed.n_vars)]
+    renamed.write_h5ad(tmp_path / "renamed.h5ad")
+    _refused(annotated["model"], tmp_path / "renamed.h5ad", "lacks 100% of the reference's genes")
+
+
+def test_export_command_on_a_finished_run_names_a_method_not_in_the_config(annotated):
+    with pytest.raises(UserError, match="not in the config"):
+        export_model(annotated["experiment"], method="supcon-noise")
