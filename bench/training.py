@@ -9,8 +9,8 @@ throughput  full-batch SimCLR epochs on one pbmc68k_reduced fold (448 cells, 896
 e2e         `python3 runner.py` on all 5 folds × 10 tasks of pbmc68k_reduced (SimCLR + noise at the
             paper's width, --epochs epochs, validation every 50) and on Baron Mouse
             (--baron-epochs), one CPU worker: wall time, peak memory of a process, bytes written,
-            and the share of wall time that is not training (validation waits, start-up, data,
-            saving, report)
+            the share of wall time that is not training (validation waits, start-up, data,
+            saving, report), and the mean MCC (to compare bf16 with fp32)
 scaling     seconds per epoch for 1k-8k cells (5k genes) and 1k-15k genes (2k cells), resampled
             from Baron Mouse
 """
@@ -36,6 +36,7 @@ from gsrcl.augment import gaussian_noise  # noqa: E402
 from gsrcl.encoder import ContrastiveModel  # noqa: E402
 from gsrcl.losses import nt_xent  # noqa: E402
 from gsrcl.presets import PAPER  # noqa: E402
+from gsrcl.results import read_summary  # noqa: E402
 
 WIDTH = PAPER.methods[0].encoder
 HEAD = PAPER.methods[0].head
@@ -162,12 +163,15 @@ def run_config(dataset: str, epochs: int, precision: str) -> None:
         files = {(p.stat().st_dev, p.stat().st_ino): p for p in results.rglob("*") if p.is_file()}
         written = sum(p.stat().st_size for p in files.values())  # a hard-linked file counts once
         seconds = _job_seconds(results)
+        summary = read_summary(results / "bench" / "summary.csv")
         print(
             f"  {precision}, {epochs} epochs: {wall / 60:.1f} min wall, peak memory of a "
             f"process {peak_mib:.0f} MiB, {written / 2**20:.0f} MiB written\n"
             f"    not training: {1 - seconds['training'] / wall:.0%} of wall time "
             f"(validation waits {seconds['validation_wait'] / wall:.0%}, the rest: start-up, "
-            f"data, saving, report); {1 - seconds['training'] / seconds['total']:.0%} of job time"
+            f"data, saving, report); {1 - seconds['training'] / seconds['total']:.0%} of job time\n"
+            f"    mean MCC over {len(summary)} tasks {summary['mcc_mean'].mean():.4f} "
+            "(bf16 is worth using when this stays within 0.01 of fp32's)"
         )
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from gsrcl import data, reference
 from gsrcl.checkpoints import encoder_input
 from gsrcl.errors import UserError
+from gsrcl.readers import BUNDLED
 from gsrcl.results import atomic_write, write_csv
 from gsrcl.settings import Dataset
 
@@ -75,6 +76,8 @@ def annotate(
 
 
 def _read_query(query: Query, model: reference.ReferenceModel) -> ad.AnnData:
+    if query.path not in BUNDLED and not Path(query.path).exists():
+        raise UserError(f"query {query.path} not found; check --query")
     spec = Dataset(
         name="query",
         path=query.path,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gsrcl.settings import Classifier, Contrastive, Evaluation, Method, Split
+from gsrcl.settings import Classifier, Contrastive, Dataset, Evaluation, Method, Split
 
 SMALL_MASKING_ENCODER = (384, 256, 128, 64)  # masking with 500 or 1000 genes
 LARGE_MASKING_ENCODER = (2048, 1024, 512, 128)  # masking with 3000 or 5000 genes
@@ -58,4 +58,13 @@ LOGISTIC = Classifier(
 # GsRCL is always shown beside the strongest simple alternatives, not only the paper's SVM.
 STRONG_EVALUATION = Evaluation(
     classifier=svm(balanced=True), baselines=(svm(), svm(True), LOGISTIC)
+)
+
+# scanpy's bundled dataset: .raw holds log-normalised expression of 765 genes (X is scaled)
+PBMC68K = Dataset(
+    name="pbmc68k_reduced",
+    path="scanpy:pbmc68k_reduced",
+    labels="bulk_labels",
+    values="log",
+    use_raw=True,
 )

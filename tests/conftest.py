@@ -6,17 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from gsrcl.settings import Classifier, Contrastive, Dataset, Evaluation, Experiment, Method, Split
+from gsrcl.presets import PBMC68K
+from gsrcl.settings import Classifier, Contrastive, Evaluation, Experiment, Method, Split
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
-PBMC = Dataset(
-    name="pbmc68k_reduced",
-    path="scanpy:pbmc68k_reduced",
-    labels="bulk_labels",
-    values="log",
-    use_raw=True,
-)
+PBMC = PBMC68K
 
 
 def shared_file(name: str) -> Path:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 from sklearn.linear_model import LogisticRegression
+
+from gsrcl.settings import Classifier
 
 
 class FailsOnce(LogisticRegression):
@@ -29,3 +32,16 @@ def _claim(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def failing_baseline(folder: Path, how: str) -> Classifier:
+    """A multi-class baseline whose first test-fold prediction, in any job, fails `how`."""
+    trigger = folder / "trigger"
+    trigger.touch()
+    return Classifier(
+        name="fails",
+        estimator="tests.helpers.FailsOnce",
+        params={"trigger": str(trigger), "how": how},
+        grid={"C": [1.0]},
+        multiclass=True,
+    )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -21,6 +24,7 @@ from gsrcl.reference import sha256
 from gsrcl.settings import Contrastive, Dataset, Evaluation, Experiment, Export, Method, Split
 from tests.conftest import shared_file
 
+ROOT = Path(__file__).resolve().parents[1]
 UNKNOWN = "Granulocyte"  # held out of the reference: the query's unknown type
 
 
@@ -176,3 +180,26 @@ def test_a_query_in_the_wrong_scale_or_with_other_gene_names_is_refused(annotate
 def test_export_command_on_a_finished_run_names_a_method_not_in_the_config(annotated):
     with pytest.raises(UserError, match="not in the config"):
         export_model(annotated["experiment"], method="supcon-noise")
+
+
+def test_the_command_line_labels_a_query_and_answers_bad_input_with_a_message(annotated, tmp_path):
+    command = [sys.executable, "-m", "gsrcl", "annotate", "--model", str(annotated["model"])]
+    query = ["--query", str(annotated["folder"] / "query.h5ad")]
+    done = subprocess.run(
+        [*command, *query, "--out", str(tmp_path), "--no-umap"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    cells = len(annotated["table"])
+    assert f"labelled {cells} cells" in done.stdout
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == cells
+    missing = subprocess.run(
+        [*command, "--query", str(tmp_path / "none.h5ad"), "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and missing.stderr.startswith("error: query")
+    assert "Traceback" not in missing.stderr

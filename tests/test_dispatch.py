@@ -12,6 +12,7 @@ from gsrcl.dispatch import plan_slots
 from gsrcl.pipeline import run_experiment
 from gsrcl.settings import Classifier, Compute, Evaluation
 from tests.conftest import tiny_experiment
+from tests.helpers import failing_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 SVM = Classifier(name="svm", grid={"C": [1, 10]})
@@ -63,15 +64,7 @@ def test_every_job_runs_exactly_once(tmp_path, workers):
 
 def _fails_once(tmp_path, how: str):
     """Baseline jobs where exactly one job meets an injected failure (`raise` or `kill`)."""
-    trigger = tmp_path / "trigger"
-    trigger.touch()
-    failing = Classifier(
-        name="fails",
-        estimator="tests.helpers.FailsOnce",
-        params={"trigger": str(trigger), "how": how},
-        grid={"C": [1.0]},
-        multiclass=True,
-    )
+    failing = failing_baseline(tmp_path, how)
     experiment = _baseline_only(tmp_path, 2, baselines=(SVM, failing))
     status, log = _run(experiment)
     run_dir = tmp_path / "results" / "tiny"
@@ -112,6 +105,7 @@ def test_one_and_two_workers_give_the_same_summary(tmp_path):
 CONFIG = """
 from gsrcl.settings import *
 from tests.conftest import tiny_experiment
+from tests.helpers import failing_baseline
 from pathlib import Path
 EXPERIMENT = tiny_experiment(Path({root!r}), methods=tiny_experiment(Path({root!r})).methods[:1],
                              compute=Compute(devices="cpu", cpu_workers=1))

@@ -13,6 +13,7 @@ from gsrcl.errors import UserError
 from gsrcl.pipeline import run_experiment
 from gsrcl.settings import Classifier, Compute, Evaluation
 from tests.conftest import tiny_experiment
+from tests.helpers import failing_baseline
 
 ROOT = Path(__file__).resolve().parents[1]
 SVM = Classifier(name="svm", grid={"C": [1, 10]})
@@ -43,15 +44,7 @@ def test_ray_gives_the_local_pools_summary_and_a_rerun_skips_finished_jobs(tmp_p
 @pytest.mark.parametrize("how", ["raise", "kill"])
 def test_a_failing_ray_job_is_isolated_and_rerun_failed_mends_it(tmp_path, how):
     pytest.importorskip("ray")
-    trigger = tmp_path / "trigger"
-    trigger.touch()
-    failing = Classifier(
-        name="fails",
-        estimator="tests.helpers.FailsOnce",
-        params={"trigger": str(trigger), "how": how},
-        grid={"C": [1.0]},
-        multiclass=True,
-    )
+    failing = failing_baseline(tmp_path, how)
     experiment = tiny_experiment(
         tmp_path,
         methods=(),
