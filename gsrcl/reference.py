@@ -64,6 +64,7 @@ class ReferenceModel:
     manifest: dict
     types: list[CellTypeModel]
     neighbourhoods: Neighbourhoods
+    reference_genes: list[str]  # genes.txt
 
     @property
     def values(self) -> str:
@@ -73,8 +74,7 @@ class ReferenceModel:
     def genes(self) -> list[str]:
         """Every gene some encoder reads, in the reference's order."""
         used = {g for t in self.types for g in t.checkpoint["genes"]}
-        reference = (self.folder / "genes.txt").read_text().splitlines()
-        return [g for g in reference if g in used]
+        return [g for g in self.reference_genes if g in used]
 
 
 def load(folder: str | Path) -> ReferenceModel:
@@ -97,7 +97,7 @@ def load(folder: str | Path) -> ReferenceModel:
         neighbourhoods = Neighbourhoods(folder / NEIGHBOURHOODS, genes, manifest["values"])
     except (ValueError, KeyError, OSError) as error:
         raise UserError(f"{folder / NEIGHBOURHOODS} is not a GsRCL file ({error})") from None
-    return ReferenceModel(folder, manifest, types, neighbourhoods)
+    return ReferenceModel(folder, manifest, types, neighbourhoods, genes)
 
 
 def _manifest(folder: Path) -> dict:
