@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from gsrcl import data, reference
-from gsrcl.checkpoints import encoder_input
+from gsrcl.checkpoints import encoder_input, logged_expression, preprocessing_key
 from gsrcl.errors import UserError
 from gsrcl.readers import BUNDLED
 from gsrcl.results import atomic_write, write_csv
@@ -132,9 +132,13 @@ def _probabilities(model: reference.ReferenceModel, adata: ad.AnnData, chunk_siz
     starts = range(0, adata.n_obs, chunk_size)
     for start in tqdm(starts, desc="labelling", unit="chunk", disable=None, leave=False):
         part = adata[start : start + chunk_size]
+        logged: dict[tuple, np.ndarray] = {}  # one normalise-and-log per preprocessing, not encoder
         for encoder_file, members in by_encoder.items():
             first = model.types[members[0]]
-            x, _ = encoder_input(first.checkpoint, part)
+            key = preprocessing_key(first.checkpoint)
+            if key not in logged:
+                logged[key] = logged_expression(first.checkpoint, part)
+            x, _ = encoder_input(first.checkpoint, part, logged[key])
             with torch.no_grad():
                 z = first.encoder(torch.from_numpy(x)).numpy()
             for i in members:

@@ -49,13 +49,28 @@ def load_encoder(path: Path) -> tuple[torch.nn.Module, dict]:
     return encoder.eval(), checkpoint
 
 
-def encoder_input(checkpoint: dict, adata: ad.AnnData) -> tuple[np.ndarray, int]:
+def logged_expression(checkpoint: dict, adata: ad.AnnData) -> np.ndarray:
+    """All genes of `adata` normalised and logged as the encoder's input was (before its gene
+    selection and scaling); encoders with the same `preprocessing_key` share it."""
+    saved = checkpoint["preprocess"]
+    return Fitted(values=saved["values"], target_sum=saved["target_sum"]).transform(adata)
+
+
+def preprocessing_key(checkpoint: dict) -> tuple:
+    return checkpoint["preprocess"]["values"], checkpoint["preprocess"]["target_sum"]
+
+
+def encoder_input(
+    checkpoint: dict, adata: ad.AnnData, logged: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """The cells of `adata` prepared as the encoder's training cells were, and how many of the
-    encoder's genes the data lacks (filled with zeros, as an unexpressed gene would be)."""
+    encoder's genes the data lacks (filled with zeros, as an unexpressed gene would be).
+    `logged`: `logged_expression` of these cells, when already computed for another encoder."""
     saved = checkpoint["preprocess"]
     index = adata.var_names.get_indexer(checkpoint["genes"])
     present = index >= 0
-    logged = Fitted(values=saved["values"], target_sum=saved["target_sum"]).transform(adata)
+    if logged is None:
+        logged = logged_expression(checkpoint, adata)
     x = np.zeros((adata.n_obs, len(index)), dtype=np.float32)
     x[:, present] = logged[:, index[present]]
     if saved["mean"] is not None:
