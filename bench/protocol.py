@@ -1,26 +1,29 @@
 """What the CPU-sized protocol gives up against the paper's: one factor at a time.
 
-    python3 bench/protocol.py [--datasets pbmc68k_reduced tm_immune]   # writes docs/cpu-protocol.md
+    python3 bench/protocol.py       # the whole study (about 2 h); writes docs/cpu-protocol.md
+    python3 bench/protocol.py --datasets pbmc68k_reduced     # one dataset's part of it
 
-Default: pbmc68k_reduced only (about 25 min on 2 cores, the paper-width variant 15 of them); each
-further dataset adds its own runs.
-
-GsRCL SimCLR + Gaussian noise, every cell type, the paper's split and SVM grid (plus class_weight),
-seed 0. The starting point is bench/accuracy.py's CPU protocol; each variant changes one thing
-towards the paper's protocol (more epochs, a wider encoder up to the paper's 4096-wide one, the
-paper's learning rate, another noise σ, validation more often), and one trains in bf16. Each
-variant is its own experiment under results/protocol/<variant>/ (a rerun resumes). The
-paper-width variant runs on pbmc68k_reduced only (765 genes; on 14 000 genes one fold would take
-an hour on 2 cores).
+GsRCL SimCLR + Gaussian noise, every cell type, the paper's split and SVM grid (plus class_weight).
+The starting point is bench/accuracy.py's CPU protocol; each variant changes one thing towards the
+paper's protocol (more epochs, a wider encoder up to the paper's 4096-wide one, the paper's
+learning rate, validation more often) or away from σ 1, and one trains in bf16. `STUDY` says which
+variants and seeds each dataset runs, sized to 2 CPU cores: pbmc68k_reduced (765 genes) runs every
+variant at three seeds, so each change is measured against the seed-to-seed noise of a paired
+comparison (the paper-width variant at seed 0 only: 15 min); tm_immune (19 371 genes) runs every
+variant but the paper width at seed 0; baron_mouse (14 878 genes, 13 types, 10 min per variant)
+the base, the paper's lr, σ 2 and bf16 at seed 0. Each (variant, seed) is its own experiment
+under results/protocol/ (a rerun resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
-import time
 from pathlib import Path
+
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -32,88 +35,144 @@ from gsrcl.presets import PAPER, PBMC68K, STRONG_EVALUATION  # noqa: E402
 from gsrcl.results import read_summary  # noqa: E402
 from gsrcl.settings import Dataset, Evaluation, Experiment, Method  # noqa: E402
 
+BASE = "cpu protocol"
 BASE_METHOD = Method(loss="simclr", augmentation="noise", **WIDTH)
 BASE_CONTRASTIVE = PROTOCOL["contrastive"]
 PAPER_WIDTH = {"encoder": PAPER.methods[0].encoder, "head": PAPER.methods[0].head}
-# name → (method changes, contrastive changes, pbmc68k_reduced only)
+# name → (method changes, contrastive changes)
 VARIANTS = {
-    "cpu protocol": ({}, {}, False),
-    "300 epochs": ({}, {"epochs": {"simclr": 300, "supcon": 20}}, False),
-    "encoder 1024-512": ({"encoder": (1024, 512)}, {}, False),
-    "paper width 4096³-2048": (PAPER_WIDTH, {}, True),
-    "paper lr 1e-4": ({}, {"lr": 1e-4}, False),
-    "noise σ 0.5": ({"noise_sigma": 0.5}, {}, False),
-    "noise σ 2": ({"noise_sigma": 2.0}, {}, False),
-    "validation every 10": ({}, {"validate_every": 10}, False),
-    "bf16 autocast": ({}, {"precision": "bf16"}, False),  # is bf16 within 0.01 of fp32?
+    BASE: ({}, {}),
+    "300 epochs": ({}, {"epochs": {"simclr": 300, "supcon": 20}}),
+    "encoder 1024-512": ({"encoder": (1024, 512)}, {}),
+    "paper width 4096³-2048": (PAPER_WIDTH, {}),
+    "paper lr 1e-4": ({}, {"lr": 1e-4}),
+    "noise σ 0.5": ({"noise_sigma": 0.5}, {}),
+    "noise σ 2": ({"noise_sigma": 2.0}, {}),
+    "noise σ 4": ({"noise_sigma": 4.0}, {}),
+    "validation every 10": ({}, {"validate_every": 10}),
+    "bf16 autocast": ({}, {"precision": "bf16"}),  # is bf16 within 0.01 of fp32?
+}
+SEEDS = (0, 1, 2)
+CHEAP = (BASE, "paper lr 1e-4", "noise σ 2", "bf16 autocast")
+# dataset → variant → seeds it runs at
+STUDY = {
+    PBMC68K.name: {v: (0,) if v.startswith("paper width") else SEEDS for v in VARIANTS},
+    "tm_immune": {v: (0,) for v in VARIANTS if not v.startswith("paper width")},
+    "baron_mouse": {v: (0,) for v in CHEAP},
 }
 
 
-def variant_experiment(name: str, datasets: tuple[Dataset, ...]) -> Experiment:
-    method_changes, contrastive_changes, pbmc_only = VARIANTS[name]
-    if pbmc_only:
-        datasets = tuple(d for d in datasets if d.name == PBMC68K.name)
+def variant_experiment(name: str, seed: int, datasets: tuple[Dataset, ...]) -> Experiment:
+    method_changes, contrastive_changes = VARIANTS[name]
+    slug = name.replace(" ", "-").replace("³", "3")
     return Experiment(
-        name=name.replace(" ", "-").replace("³", "3"),
+        name=slug if seed == 0 else f"{slug}-seed-{seed}",
         datasets=datasets,
         methods=(dataclasses.replace(BASE_METHOD, **method_changes),),
         contrastive=dataclasses.replace(BASE_CONTRASTIVE, **contrastive_changes),
         evaluation=Evaluation(classifier=STRONG_EVALUATION.classifier, baselines=()),
         compute=PROTOCOL["compute"],
-        seed=PROTOCOL["seed"],
+        seed=seed,
         results_dir=str(ROOT / "results" / "protocol"),
     ).validate()
 
 
+def run_study(datasets: dict[str, Dataset]) -> pd.DataFrame:
+    """Run (or resume) every (variant, seed) on the datasets whose STUDY includes it.
+
+    One row per (dataset, variant, seed): mean test MCC over the cell types and the job minutes."""
+    rows = []
+    for name in VARIANTS:
+        for seed in SEEDS:
+            chosen = tuple(d for n, d in datasets.items() if seed in STUDY[n].get(name, ()))
+            if not chosen:
+                continue
+            experiment = variant_experiment(name, seed, chosen)
+            run_experiment(experiment, log=lambda line: None)
+            run_dir = jobs.run_dir_of(experiment)
+            summary = read_summary(run_dir / "summary.csv")
+            means = summary[summary["method"] != ""].groupby("dataset")["mcc_mean"].mean()
+            for dataset in means.index:
+                minutes = _job_minutes(run_dir / "jobs" / dataset)
+                rows.append((dataset, name, seed, means[dataset], minutes))
+                print(f"{name}, seed {seed}, {dataset}: {means[dataset]:.3f} ({minutes:.1f} min)")
+    return pd.DataFrame(rows, columns=["dataset", "variant", "seed", "mcc", "minutes"])
+
+
+def _job_minutes(dataset_dir: Path) -> float:
+    """Minutes of the dataset's jobs (each on one core; two run at a time), however many runs."""
+    seconds = [
+        json.loads(p.read_text())["seconds"]["total"] for p in dataset_dir.glob("*/*/metrics.json")
+    ]
+    return sum(seconds) / 60
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--datasets", nargs="+", default=["pbmc68k_reduced"])
+    parser.add_argument("--datasets", nargs="+", default=list(STUDY), choices=list(STUDY))
     args = parser.parse_args()
     available = {PBMC68K.name: PBMC68K} | {
         p.stem: Dataset(name=p.stem, path=str(p), labels="cell_type")
         for p in sorted(SHARED.glob("*.h5ad"))
     }
-    datasets = tuple(available[name] for name in args.datasets)
-    rows = []
-    for name in VARIANTS:
-        experiment = variant_experiment(name, datasets)
-        start = time.perf_counter()
-        run_experiment(experiment, log=lambda line: None)
-        minutes = (time.perf_counter() - start) / 60
-        summary = read_summary(jobs.run_dir_of(experiment) / "summary.csv")
-        scored = summary[summary["method"] != ""]
-        means = scored.groupby("dataset", sort=False)["mcc_mean"].mean()
-        rows.append((name, means, minutes))
-        print(
-            f"{name}: "
-            + ", ".join(f"{d} {m:.3f}" for d, m in means.items())
-            + f" ({minutes:.1f} min)"
-        )
-    page = protocol_page([d.name for d in datasets], rows)
+    missing = [n for n in args.datasets if n not in available]
+    if missing:
+        sys.exit(f"error: {', '.join(missing)} not found in {SHARED}")
+    scores = run_study({n: available[n] for n in args.datasets})
+    page = protocol_page(scores)
     (ROOT / "docs" / "cpu-protocol.md").write_text(page)
     print(f"\n{page}\nwritten: {ROOT / 'docs' / 'cpu-protocol.md'}")
 
 
-def protocol_page(datasets: list[str], rows: list) -> str:
-    base = rows[0][1]
-    header = "| variant | " + " | ".join(f"{d}: mean MCC (Δ)" for d in datasets) + " | minutes |"
-    lines = [header, "|---|" + "---|" * (len(datasets) + 1)]
-    for name, means, minutes in rows:
-        cells = [
-            f"{means[d]:.3f} ({means[d] - base[d]:+.3f})" if d in means else "–" for d in datasets
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {minutes:.1f} |")
-    return PAGE.format(table="\n".join(lines))
+def protocol_page(scores: pd.DataFrame) -> str:
+    """One row per variant, one column per dataset: mean MCC and its paired change from the base."""
+    base = scores[scores["variant"] == BASE][["dataset", "seed", "mcc"]]
+    scores = scores.merge(base, on=["dataset", "seed"], suffixes=("", "_base"))
+    scores["delta"] = scores["mcc"] - scores["mcc_base"]
+    datasets = list(dict.fromkeys(scores["dataset"]))
+    header = "| variant | " + " | ".join(f"{d}: mean MCC (Δ)" for d in datasets)
+    lines = [header + " | job minutes |", "|---|" + "---|" * (len(datasets) + 1)]
+    for name in VARIANTS:
+        rows = scores[scores["variant"] == name]
+        if rows.empty:
+            continue
+        cells = [_cell(rows[rows["dataset"] == d]) for d in datasets]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rows['minutes'].sum():.1f} |")
+    seeds = scores.groupby("dataset")["seed"].nunique()
+    changed = scores[scores["variant"] != BASE]
+    noise = changed.groupby(["dataset", "variant"])["delta"].std().dropna()
+    return PAGE.format(
+        table="\n".join(lines),
+        seeds=", ".join(map(str, SEEDS)),
+        seeded=", ".join(d for d in datasets if seeds[d] > 1) or "none",
+        noise=f"{noise.median():.3f}" if len(noise) else "–",
+    )
+
+
+def _cell(rows: pd.DataFrame) -> str:
+    """Mean MCC (Δ ± its standard deviation over seeds); the base row shows the MCC's own spread."""
+    if rows.empty:
+        return "–"
+    if len(rows) == 1:
+        return f"{rows['mcc'].iloc[0]:.3f} ({rows['delta'].iloc[0]:+.3f})"
+    if (rows["variant"] == BASE).all():
+        return f"{rows['mcc'].mean():.3f} (seeds' SD {rows['mcc'].std():.3f})"
+    return f"{rows['mcc'].mean():.3f} ({rows['delta'].mean():+.3f} ± {rows['delta'].std():.3f})"
 
 
 PAGE = """# The CPU protocol: what it gives up against the paper's
 
 Produced by `python3 bench/protocol.py` on 2 CPU cores. GsRCL SimCLR + Gaussian noise, every cell
-type, the paper's split, 5 folds and SVM grid (plus class_weight balanced), seed 0; mean over the
-cell types of the mean test MCC over folds. The first row is bench/accuracy.py's protocol
-(encoder 512-256, head 256-128, 100 epochs, lr 1e-3, σ 1, validation every 50 epochs); each other
-row changes one thing (Δ: its difference from the first row; minutes: this run's wall time, 0 when
-a rerun found the jobs done). A single seed: differences of a few thousandths are noise.
+type, the paper's split, 5 folds and SVM grid (plus class_weight balanced); mean over the cell types
+of the mean test MCC over folds. The first row is bench/accuracy.py's protocol (encoder 512-256,
+head 256-128, 100 epochs, lr 1e-3, the paper's σ 1, validation every 50 epochs); each other row
+changes one thing. Δ is the paired change from the first row: both runs share the seed, hence the
+folds and the initial weights. Seeds {seeds} on {seeded} (mean MCC and mean Δ ± its standard
+deviation over the seeds; a seed draws new folds and new weights), seed 0 elsewhere; – marks a
+variant a dataset does not run (bench/protocol.py's `STUDY` says why). The median standard
+deviation of a Δ over seeds (on {seeded}) is {noise}: a single-seed Δ smaller than about twice
+that is noise. Job minutes: the variant's jobs summed over datasets and seeds (two jobs run at a
+time, one per core).
 
 {table}
 
