@@ -49,14 +49,19 @@ BASELINE = "baseline-svm"  # the paper's comparison
 DIFFICULT = 0.9  # the paper's line: a task is difficult when the baseline's MCC is below it
 
 
-def experiment() -> Experiment:
-    shared = [
+def datasets() -> tuple[Dataset, ...]:
+    """pbmc68k_reduced and every .h5ad of ../shared/data (labels in obs['cell_type'])."""
+    shared = (
         Dataset(name=path.stem, path=str(path), labels="cell_type")
         for path in sorted(SHARED.glob("*.h5ad"))
-    ]
+    )
+    return (PBMC68K, *shared)
+
+
+def experiment() -> Experiment:
     return Experiment(
         name="accuracy",
-        datasets=(PBMC68K, *shared),
+        datasets=datasets(),
         results_dir=str(ROOT / "results"),
         **PROTOCOL,
     ).validate()

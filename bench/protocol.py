@@ -28,6 +28,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import accuracy  # noqa: E402
 from bench.accuracy import PROTOCOL, SHARED, WIDTH  # noqa: E402
 from gsrcl import jobs  # noqa: E402
 from gsrcl.pipeline import run_experiment  # noqa: E402
@@ -111,10 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--datasets", nargs="+", default=list(STUDY), choices=list(STUDY))
     args = parser.parse_args()
-    available = {PBMC68K.name: PBMC68K} | {
-        p.stem: Dataset(name=p.stem, path=str(p), labels="cell_type")
-        for p in sorted(SHARED.glob("*.h5ad"))
-    }
+    available = {d.name: d for d in accuracy.datasets()}
     missing = [n for n in args.datasets if n not in available]
     if missing:
         sys.exit(f"error: {', '.join(missing)} not found in {SHARED}")
@@ -125,28 +123,43 @@ def main() -> None:
 
 
 def protocol_page(scores: pd.DataFrame) -> str:
-    """One row per variant, one column per dataset: mean MCC and its paired change from the base."""
+    """One row per variant, one column per dataset: mean MCC and its paired change from the base,
+    and a verdict: where the mean change exceeds twice the seed-to-seed noise of a change."""
     base = scores[scores["variant"] == BASE][["dataset", "seed", "mcc"]]
     scores = scores.merge(base, on=["dataset", "seed"], suffixes=("", "_base"))
     scores["delta"] = scores["mcc"] - scores["mcc_base"]
     datasets = list(dict.fromkeys(scores["dataset"]))
+    seeded = [d for d in datasets if scores[scores["dataset"] == d]["seed"].nunique() > 1]
+    changed = scores[scores["variant"] != BASE]
+    noise = changed.groupby(["dataset", "variant"])["delta"].std().dropna().median()
     header = "| variant | " + " | ".join(f"{d}: mean MCC (Δ)" for d in datasets)
-    lines = [header + " | job minutes |", "|---|" + "---|" * (len(datasets) + 1)]
+    lines = [header + " | verdict | job minutes |", "|---|" + "---|" * (len(datasets) + 2)]
     for name in VARIANTS:
         rows = scores[scores["variant"] == name]
         if rows.empty:
             continue
         cells = [_cell(rows[rows["dataset"] == d]) for d in datasets]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {rows['minutes'].sum():.1f} |")
-    seeds = scores.groupby("dataset")["seed"].nunique()
-    changed = scores[scores["variant"] != BASE]
-    noise = changed.groupby(["dataset", "variant"])["delta"].std().dropna()
+        verdict = "–" if name == BASE else _verdict(rows, 2 * noise)
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {verdict} | {rows['minutes'].sum():.1f} |"
+        )
     return PAGE.format(
         table="\n".join(lines),
         seeds=", ".join(map(str, SEEDS)),
-        seeded=", ".join(d for d in datasets if seeds[d] > 1) or "none",
-        noise=f"{noise.median():.3f}" if len(noise) else "–",
+        seeded=", ".join(seeded) or "none",
+        noise=f"{noise:.3f}",
+        line=f"{2 * noise:.3f}",
     )
+
+
+def _verdict(rows: pd.DataFrame, line: float) -> str:
+    """Datasets where the variant's mean Δ is beyond ±line; "within noise" if none."""
+    deltas = rows.groupby("dataset", sort=False)["delta"].mean()
+    better = [d for d, delta in deltas.items() if delta > line]
+    worse = [d for d, delta in deltas.items() if delta < -line]
+    parts = [f"better on {', '.join(better)}"] * bool(better)
+    parts += [f"worse on {', '.join(worse)}"] * bool(worse)
+    return "; ".join(parts) or "within noise"
 
 
 def _cell(rows: pd.DataFrame) -> str:
@@ -170,9 +183,9 @@ changes one thing. Δ is the paired change from the first row: both runs share t
 folds and the initial weights. Seeds {seeds} on {seeded} (mean MCC and mean Δ ± its standard
 deviation over the seeds; a seed draws new folds and new weights), seed 0 elsewhere; – marks a
 variant a dataset does not run (bench/protocol.py's `STUDY` says why). The median standard
-deviation of a Δ over seeds (on {seeded}) is {noise}: a single-seed Δ smaller than about twice
-that is noise. Job minutes: the variant's jobs summed over datasets and seeds (two jobs run at a
-time, one per core).
+deviation of a Δ over seeds (on {seeded}) is {noise}; the verdict names the datasets where a
+variant's mean Δ is beyond twice that (±{line}) and calls the rest noise. Job minutes: the
+variant's jobs summed over datasets and seeds (two jobs run at a time, one per core).
 
 {table}
 
