@@ -54,7 +54,7 @@ VARIANTS = {
     "bf16 autocast": ({}, {"precision": "bf16"}),  # is bf16 within 0.01 of fp32?
 }
 SEEDS = (0, 1, 2)
-CHEAP = (BASE, "paper lr 1e-4", "noise σ 2", "bf16 autocast")
+CHEAP = (BASE, "paper lr 1e-4", "noise σ 2", "bf16 autocast")  # no slower than the base
 # dataset → variant → seeds it runs at
 STUDY = {
     PBMC68K.name: {v: (0,) if v.startswith("paper width") else SEEDS for v in VARIANTS},
@@ -193,11 +193,12 @@ variant's jobs summed over datasets and seeds (two jobs run at a time, one per c
 
 - **Encoder 512-256, 100 SimCLR epochs, lr 1e-3 stay.** No step towards the paper's protocol (300
   epochs, a 1024-512 encoder, the paper's 4096-4096-4096-2048 encoder, the paper's lr 1e-4)
-  changes the mean MCC beyond noise on any dataset, and each costs more: 300 epochs 2.5-3× the
-  job time, the paper's width 24× on pbmc68k_reduced's 765 genes. The largest of these changes,
-  the paper's lr on baron_mouse (one seed), is matched by a loss of about the same size on
-  pbmc68k_reduced. So at 100 epochs the CPU protocol gives up nothing measurable against these
-  steps; what the paper's 3000 epochs at its width would add needs a GPU and is not measured here.
+  changes the mean MCC beyond noise on any dataset, and the longer or wider ones cost more: 300
+  epochs 2.5-3× the job time, the paper's width 24× on pbmc68k_reduced's 765 genes. The largest
+  of these changes, the paper's lr on baron_mouse (one seed), is matched by a loss of about the
+  same size on pbmc68k_reduced. So at 100 epochs the CPU protocol gives up nothing measurable
+  against these steps; what the paper's 3000 epochs at its width would add needs a GPU and is not
+  measured here.
 - **The paper's σ 1 stays.** σ 2 gains on pbmc68k_reduced at every seed, but loses on tm_immune
   and most on baron_mouse, the largest change in the study; σ 0.5 loses on pbmc68k_reduced at
   every seed, σ 4 on both datasets it ran on. The noise level is the one setting here that
