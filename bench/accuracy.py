@@ -109,12 +109,15 @@ def results_page(exp: Experiment, summary: pd.DataFrame, minutes: float) -> str:
         "cores (summed over the invocations that made the results). Datasets: "
         f"{datasets}. Seed {exp.seed}; {exp.split.folds}-fold CV after a "
         f"{exp.split.validation_fraction:.0%} validation hold-out; mean ± standard error over "
-        "folds. Protocol: encoder "
+        "folds; every split (hold-out, folds, the inner CV of every grid search) is a seeded "
+        "shuffle of the cells in id order, so the file's row order does not matter. "
+        "Protocol: encoder "
         f"{WIDTH['encoder']}, head {WIDTH['head']}, SimCLR {contrastive.epochs['simclr']} / "
         f"SupCon {contrastive.epochs['supcon']} epochs, lr {contrastive.lr}, noise σ "
         f"{exp.methods[0].noise_sigma}, validation every {contrastive.validate_every} epochs; "
         "masking with 1000 genes and the paper's small masking encoder. Baselines: the paper's "
-        "SVM (`baseline-svm`), the same grid with class_weight balanced (`baseline-svm-balanced`), "
+        "SVM (`baseline-svm`), the same grid with class_weight ∈ {None, balanced} searched too "
+        "(`baseline-svm-or-balanced`), "
         "and a class-balanced logistic regression on log-normalised expression "
         "(`baseline-logreg`). Why this protocol: [cpu-protocol.md](cpu-protocol.md).",
         "",

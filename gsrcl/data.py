@@ -41,7 +41,16 @@ def load_dataset(spec: Dataset) -> ad.AnnData:
         adata = adata[~unlabelled].copy()
     adata = checked_values(spec, adata)
     _check_scale(spec, adata.X)
-    return _without_empty(spec, adata)
+    return in_id_order(_without_empty(spec, adata))
+
+
+def in_id_order(adata: ad.AnnData) -> ad.AnnData:
+    """The cells sorted by id: every split, shuffle and training batch is drawn from this order,
+    so the same cells stored in another row order give identical results."""
+    order = np.argsort(adata.obs_names.to_numpy(dtype=str), kind="stable")
+    if (order == np.arange(adata.n_obs)).all():
+        return adata
+    return adata[order].copy()
 
 
 def load_unlabelled(spec: Dataset) -> ad.AnnData:

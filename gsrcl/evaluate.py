@@ -104,8 +104,9 @@ class FoldClassifier:
         inner_folds: int,
         metric: str,
         device: str = "cpu",
+        seed: int = 0,
     ) -> None:
-        self.spec, self.inner_folds, self.metric = spec, inner_folds, metric
+        self.spec, self.inner_folds, self.metric, self.seed = spec, inner_folds, metric, seed
         if uses_precomputed_kernel(spec):
             self.kernel = PrecomputedRBF(x_train, device)
         else:
@@ -129,11 +130,14 @@ class FoldClassifier:
             return search.fit(self.x_train, y).best_estimator_
 
     def inner_splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stratified inner folds of a seeded shuffle: cells stored grouped by subtype (sorted
+        files are common) must not put a whole subtype in one inner fold and skew the search."""
         smallest = np.unique(y, return_counts=True)[1].min()
         n_splits = max(2, min(self.inner_folds, smallest))
+        kfold = StratifiedKFold(n_splits, shuffle=True, random_state=self.seed % 2**32)
         with warnings.catch_warnings():  # multi-class baselines may hold a class smaller than k
             warnings.simplefilter("ignore")
-            return list(StratifiedKFold(n_splits).split(np.zeros(len(y)), y))
+            return list(kfold.split(np.zeros(len(y)), y))
 
     def _score(self, y: np.ndarray, model: Any, kernel: np.ndarray) -> float:
         """The inner-CV score of an SVC on a kernel, computed as scikit-learn's scorer would."""
@@ -163,11 +167,11 @@ class FoldClassifier:
 
 
 def calibrated_classifier(
-    spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds: int, metric: str
+    spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds: int, metric: str, seed: int
 ) -> CalibratedClassifierCV:
     """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
     probabilities learnt from its inner-CV decision values (a model to export and reuse)."""
-    fold = FoldClassifier(spec, x, inner_folds, metric)
+    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed)
     chosen = fold.fit(y)
     estimator = chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)
     calibrated = CalibratedClassifierCV(

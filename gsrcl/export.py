@@ -135,7 +135,12 @@ def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log
         start = time.perf_counter()
         y = labels == task
         model = calibrated_classifier(
-            evaluation.classifier, embeddings[digest], y, evaluation.inner_folds, evaluation.metric
+            evaluation.classifier,
+            embeddings[digest],
+            y,
+            evaluation.inner_folds,
+            evaluation.metric,
+            experiment.seed,
         )
         classifier_name = f"classifiers/{results.safe_name(task)}.skops"
         skops.io.dump(model, staging / classifier_name)

@@ -30,6 +30,9 @@ from gsrcl.settings import Classifier, Dataset, Experiment, Method
 from gsrcl.splits import Folds, load_folds
 
 BASELINE = "baseline"
+# Bumped when the same settings give other numbers (2: cells in id order, shuffled inner CV), so
+# results of an older runner are redone rather than mixed with new ones.
+SCORING_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
         "split": asdict(experiment.split),
         "evaluation": asdict(experiment.evaluation),
         "seed": experiment.seed,
+        "scoring_version": SCORING_VERSION,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -154,7 +158,7 @@ def run_job(job: Job, experiment: Experiment, run_dir: Path, device: str) -> Non
     start = time.perf_counter()
     timing: dict[str, float] = {}
     if job.method == BASELINE:
-        rows, predictions = run_baselines(fold, experiment, device)
+        rows, predictions = run_baselines(fold, experiment, device, seed)
     else:
         method = _method(experiment, job.method)
         rows, predictions = run_contrastive(fold, method, experiment, device, seed, out, timing)
@@ -189,13 +193,13 @@ def _score_rows(fold: FoldData, method: str, task: str, predicted, score, extra:
     return row, predictions
 
 
-def run_baselines(fold: FoldData, experiment: Experiment, device: str):
+def run_baselines(fold: FoldData, experiment: Experiment, device: str, seed: int):
     rows, predictions = [], []
     evaluation = experiment.evaluation
     for spec in evaluation.baselines:
         x = _baseline_features(fold, spec)
         classifier = FoldClassifier(
-            spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device
+            spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device, seed
         )
         prepared = classifier.prepare(x[fold.test])
         shared = classifier.fit(fold.labels[fold.train]) if spec.multiclass else None
@@ -235,7 +239,7 @@ def run_contrastive(
     groups = [fold.tasks] if method.loss == "simclr" else [[t] for t in fold.tasks]
     rows, predictions, losses, validation = [], [], [], []
     for tasks in groups:
-        model, result = _train_group(fold, method, experiment, x, tasks, generator)
+        model, result = _train_group(fold, method, experiment, x, tasks, generator, seed)
         for part, seconds in result.seconds.items():
             timing[part] = timing.get(part, 0.0) + seconds
         curve_task = "" if method.loss == "simclr" else tasks[0]
@@ -255,7 +259,9 @@ def run_contrastive(
     return rows, predictions
 
 
-def _train_group(fold: FoldData, method: Method, experiment: Experiment, x, tasks, generator):
+def _train_group(
+    fold: FoldData, method: Method, experiment: Experiment, x, tasks, generator, seed: int
+):
     """One encoder trained on the fold's training cells, its checkpoints chosen for `tasks`."""
     contrastive, evaluation = experiment.contrastive, experiment.evaluation
     x_train = x[fold.train]
@@ -280,6 +286,7 @@ def _train_group(fold: FoldData, method: Method, experiment: Experiment, x, task
         evaluation.classifier,
         evaluation.inner_folds,
         evaluation.metric,
+        seed,
     )
     epochs = contrastive.epochs[method.loss]
     augment = augmentation(method, generator)

@@ -87,17 +87,19 @@ class ValidationScorer:
         classifier: Classifier,
         inner_folds: int,
         metric: str,
+        seed: int = 0,
     ) -> None:
         self.x = (x_train, x_val, x_test)
         self.tasks = tasks
         self.classifier, self.inner_folds, self.metric = classifier, inner_folds, metric
+        self.seed = seed  # of the inner CV shuffle: every snapshot is searched on the same folds
 
     def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, ...]:
         return tuple(embed(encoder, x) for x in self.x)
 
     def score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
         fold = FoldClassifier(
-            self.classifier, train, self.inner_folds, self.metric, str(self.x[0].device)
+            self.classifier, train, self.inner_folds, self.metric, str(self.x[0].device), self.seed
         )
         val_prepared, test_prepared = fold.prepare(val), fold.prepare(test)
         scored = {}

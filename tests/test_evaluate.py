@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scanpy as sc
 from sklearn.metrics import matthews_corrcoef
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, train_test_split
+from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.svm import SVC
 
 from gsrcl.errors import UserError
@@ -43,7 +43,7 @@ def _assert_same_as_grid_search(x, labels, task, spec):
     ours = FoldClassifier(spec, x[train], inner_folds=5, metric="mcc")
     model = ours.fit(y[train])
     predicted, score = ours.task_outputs(model, ours.prepare(x[test]))
-    splits = list(StratifiedKFold(5).split(x[train], y[train]))
+    splits = ours.inner_splits(y[train])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference = GridSearchCV(SVC(), spec.grid, scoring="matthews_corrcoef", cv=splits).fit(
