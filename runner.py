@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
-from gsrcl.errors import UserError
+from gsrcl.errors import Stopped, UserError
+from gsrcl.files import describe_os_error
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,9 +48,14 @@ def emit(line: str) -> None:
     print(line, file=sys.stderr if line.lstrip().startswith(("error:", "warning:")) else sys.stdout)
 
 
+def _stop(signum: int, frame) -> None:
+    raise Stopped()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, _stop)
     try:
         from gsrcl.configfile import load_experiment
         from gsrcl.pipeline import check, report_only, run_experiment
@@ -63,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, permission denied, a file vanished
+        print(f"error: {describe_os_error(error)} (finished jobs are kept)", file=sys.stderr)
+        return 74  # EX_IOERR
     except KeyboardInterrupt:
-        print("interrupted: finished jobs are kept; rerun to continue", file=sys.stderr)
+        print("interrupted (Ctrl-C): finished jobs are kept; rerun to continue", file=sys.stderr)
         return 130
+    except Stopped:
+        print("stopped (SIGTERM): finished jobs are kept; rerun to continue", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

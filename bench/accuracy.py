@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from gsrcl import jobs, report  # noqa: E402
 from gsrcl.pipeline import run_experiment  # noqa: E402
 from gsrcl.presets import PAPER, PBMC68K, STRONG_EVALUATION, masking  # noqa: E402
-from gsrcl.results import read_summary  # noqa: E402
+from gsrcl.run_folder import RunFolder  # noqa: E402
 from gsrcl.settings import Compute, Dataset, Experiment, Method  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -149,8 +149,9 @@ def main() -> None:
     exp = experiment()
     start = time.perf_counter()
     status = run_experiment(exp, log=print)
-    minutes = _wall_minutes(jobs.run_dir_of(exp), time.perf_counter() - start)
-    summary = read_summary(jobs.run_dir_of(exp) / "summary.csv")
+    run = RunFolder.of(exp)
+    minutes = _wall_minutes(run.path, time.perf_counter() - start)
+    summary = run.read_summary()
     page = results_page(exp, summary, minutes)
     (ROOT / "docs" / "results.md").write_text(page)
     print("\n" + page)

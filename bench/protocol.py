@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -30,10 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench import accuracy  # noqa: E402
 from bench.accuracy import PROTOCOL, SHARED, WIDTH  # noqa: E402
-from gsrcl import jobs  # noqa: E402
 from gsrcl.pipeline import run_experiment  # noqa: E402
 from gsrcl.presets import PAPER, PBMC68K, STRONG_EVALUATION  # noqa: E402
-from gsrcl.results import read_summary  # noqa: E402
+from gsrcl.run_folder import RunFolder  # noqa: E402
 from gsrcl.settings import Dataset, Evaluation, Experiment, Method  # noqa: E402
 
 BASE = "cpu protocol"
@@ -90,22 +88,14 @@ def run_study(datasets: dict[str, Dataset]) -> pd.DataFrame:
                 continue
             experiment = variant_experiment(name, seed, chosen)
             run_experiment(experiment, log=lambda line: None)
-            run_dir = jobs.run_dir_of(experiment)
-            summary = read_summary(run_dir / "summary.csv")
+            run = RunFolder.of(experiment)
+            summary = run.read_summary()
             means = summary[summary["method"] != ""].groupby("dataset")["mcc_mean"].mean()
             for dataset in means.index:
-                minutes = _job_minutes(run_dir / "jobs" / dataset)
+                minutes = sum(s["total"] for s in run.job_seconds(dataset)) / 60
                 rows.append((dataset, name, seed, means[dataset], minutes))
                 print(f"{name}, seed {seed}, {dataset}: {means[dataset]:.3f} ({minutes:.1f} min)")
     return pd.DataFrame(rows, columns=["dataset", "variant", "seed", "mcc", "minutes"])
-
-
-def _job_minutes(dataset_dir: Path) -> float:
-    """Minutes of the dataset's jobs (each on one core; two run at a time), however many runs."""
-    seconds = [
-        json.loads(p.read_text())["seconds"]["total"] for p in dataset_dir.glob("*/*/metrics.json")
-    ]
-    return sum(seconds) / 60
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ from gsrcl.augment import gaussian_noise  # noqa: E402
 from gsrcl.encoder import ContrastiveModel  # noqa: E402
 from gsrcl.losses import nt_xent  # noqa: E402
 from gsrcl.presets import PAPER  # noqa: E402
-from gsrcl.results import read_summary  # noqa: E402
+from gsrcl.run_folder import RunFolder  # noqa: E402
 
 WIDTH = PAPER.methods[0].encoder
 HEAD = PAPER.methods[0].head
@@ -163,7 +163,7 @@ def run_config(dataset: str, epochs: int, precision: str) -> None:
         files = {(p.stat().st_dev, p.stat().st_ino): p for p in results.rglob("*") if p.is_file()}
         written = sum(p.stat().st_size for p in files.values())  # a hard-linked file counts once
         seconds = _job_seconds(results)
-        summary = read_summary(results / "bench" / "summary.csv")
+        summary = RunFolder(results / "bench").read_summary()
         print(
             f"  {precision}, {epochs} epochs: {wall / 60:.1f} min wall, peak memory of a "
             f"process {peak_mib:.0f} MiB, {written / 2**20:.0f} MiB written\n"
@@ -177,11 +177,8 @@ def run_config(dataset: str, epochs: int, precision: str) -> None:
 
 def _job_seconds(results: Path) -> dict[str, float]:
     """Seconds summed over the jobs: total, training, waiting on validation."""
-    import json
-
     summed = {"total": 0.0, "training": 0.0, "validation_wait": 0.0}
-    for metrics in results.rglob("metrics.json"):
-        seconds = json.loads(metrics.read_text()).get("seconds", {})
+    for seconds in RunFolder(results / "bench").job_seconds():
         for part in summed:
             summed[part] += seconds.get(part, 0.0)
     return summed

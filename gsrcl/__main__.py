@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from gsrcl.errors import UserError
+from gsrcl.files import describe_os_error
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             from gsrcl.configfile import load_experiment
             from gsrcl.export import export_model
+            from gsrcl.run_folder import RunFolder
 
             experiment = load_experiment(args.config, args.overrides)
-            folder = export_model(experiment, args.dataset, args.method, args.out)
+            with RunFolder.of(experiment).lock():  # no runner may change the jobs meanwhile
+                folder = export_model(experiment, args.dataset, args.method, args.out)
             print(f"model in {folder}")
         else:
             from gsrcl.annotate import Query, annotate
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, permission denied, a file vanished
+        print(f"error: {describe_os_error(error)}", file=sys.stderr)
+        return 74
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from gsrcl import data, reference
 from gsrcl.checkpoints import encoder_input, logged_expression, preprocessing_key
 from gsrcl.errors import UserError
+from gsrcl.files import atomic_write, write_csv
 from gsrcl.readers import BUNDLED
-from gsrcl.results import atomic_write, write_csv
 from gsrcl.settings import Dataset
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,6 @@ def _read_query(query: Query, model: reference.ReferenceModel) -> ad.AnnData:
             f"query {query.path} {mismatch}, but the reference model was trained on {wanted}; "
             f"give the query as {wanted} (choose the matrix with --layer or --use-raw)"
         )
-    if not adata.var_names.is_unique:
-        log.warning("query: gene names are not unique; the first of each name is used")
-        adata = adata[:, ~adata.var_names.duplicated()].copy()
     return adata
 
 

@@ -14,31 +14,28 @@ from gsrcl.preprocess import Fitted
 from gsrcl.settings import Method
 
 
-def save_encoder(
-    path: Path,
+def encoder_record(
     state: dict,
     kwargs: dict,
     genes: list[str],
     fitted: Fitted,
     method: Method,
     epoch: int,
-) -> None:
-    torch.save(
-        {
-            "state_dict": state,
-            "kwargs": kwargs,
-            "genes": genes,
-            "method": asdict(method),
-            "preprocess": {
-                "values": fitted.values,
-                "target_sum": fitted.target_sum,
-                "mean": None if fitted.mean is None else torch.from_numpy(fitted.mean),
-                "std": None if fitted.std is None else torch.from_numpy(fitted.std),
-            },
-            "epoch": epoch,  # its validation score per task is in the job's metrics.json
+) -> dict:
+    """What an encoder file holds (saved with torch.save, loaded with weights_only=True)."""
+    return {
+        "state_dict": state,
+        "kwargs": kwargs,
+        "genes": genes,
+        "method": asdict(method),
+        "preprocess": {
+            "values": fitted.values,
+            "target_sum": fitted.target_sum,
+            "mean": None if fitted.mean is None else torch.from_numpy(fitted.mean),
+            "std": None if fitted.std is None else torch.from_numpy(fitted.std),
         },
-        path,
-    )
+        "epoch": epoch,  # its validation score per task is in the job's metrics.json
+    }
 
 
 def load_encoder(path: Path) -> tuple[torch.nn.Module, dict]:

@@ -63,6 +63,19 @@ def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     if not adata.obs_names.is_unique:
         log.warning("dataset %s: cell ids are not unique; made unique with suffixes", spec.name)
         adata.obs_names_make_unique()
+    if adata.n_vars == 0:
+        raise UserError(f"dataset {spec.name}: {spec.path} holds no gene columns")
+    if not adata.var_names.is_unique:
+        repeated = adata.var_names[adata.var_names.duplicated()].unique()
+        log.warning(
+            "dataset %s: %d gene names occur more than once (e.g. %s); each repeat is kept as "
+            "its own gene, renamed with a suffix (%s-1, ...), as anndata's var_names_make_unique",
+            spec.name,
+            len(repeated),
+            list(repeated[:3]),
+            repeated[0],
+        )
+        adata.var_names_make_unique()
     adata.X = _as_float32(adata.X)
     values = _stored(adata.X)
     where = f"dataset {spec.name}: {spec.path}"
@@ -117,9 +130,11 @@ def _labels_from_table(spec: Dataset, adata: ad.AnnData) -> np.ndarray:
             raise UserError(f"dataset {spec.name}: labels file {path} lists a cell id twice")
         matched = by_id.reindex(adata.obs_names)
         if matched.isna().all():
+            genes = adata.var_names.isin(by_id.index).any() and not spec.transpose
+            hint = "; they are the matrix's column names: set transpose=True" if genes else ""
             raise UserError(
                 f"dataset {spec.name}: no cell id of {path} matches the matrix's cell ids "
-                f"(e.g. {list(by_id.index[:2])} vs {list(adata.obs_names[:2])})"
+                f"(e.g. {list(by_id.index[:2])} vs {list(adata.obs_names[:2])}){hint}"
             )
         return matched.to_numpy(dtype=object)
     if table.shape[1] != 1:
@@ -128,9 +143,15 @@ def _labels_from_table(spec: Dataset, adata: ad.AnnData) -> np.ndarray:
             "column (a label per cell, in order) or two (cell id, label)"
         )
     if len(table) != adata.n_obs:
+        hint = (
+            f"; the matrix has {adata.n_vars} columns, one per label: if its rows are genes and "
+            "its columns cells, set transpose=True"
+            if len(table) == adata.n_vars and not spec.transpose
+            else ""
+        )
         raise UserError(
             f"dataset {spec.name}: labels file {path} has {len(table)} labels for {adata.n_obs} "
-            "cells; it needs one label per cell, in the matrix's cell order"
+            f"cells; it needs one label per cell, in the matrix's cell order{hint}"
         )
     return table.iloc[:, 0].to_numpy(dtype=object)
 
@@ -194,6 +215,12 @@ def _without_empty(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     genes = np.asarray((adata.X != 0).sum(axis=0)).ravel() > 0
     if cells.all() and genes.all():
         return adata
+    if not cells.any():
+        raise UserError(
+            f"dataset {spec.name}: every value of {spec.path} is 0 ({adata.n_obs} cells × "
+            f"{adata.n_vars} genes): it holds no expression; choose the matrix that does "
+            "(layer or use_raw)"
+        )
     log.warning(
         "dataset %s: removed %d all-zero cells and %d all-zero genes",
         spec.name,

@@ -24,8 +24,9 @@ import torch.multiprocessing as mp
 
 from gsrcl import jobs
 from gsrcl.errors import UserError
+from gsrcl.files import describe_os_error
 from gsrcl.jobs import Job
-from gsrcl.results import atomic_write, clear_job, mark_done
+from gsrcl.run_folder import RunFolder
 from gsrcl.settings import Experiment
 
 POLL_SECONDS = 0.5
@@ -49,30 +50,36 @@ class Slot:
     threads: int
 
 
-def execute(job: Job, experiment: Experiment, run_dir: Path, device: str) -> Outcome:
+def execute(job: Job, experiment: Experiment, run: RunFolder, device: str) -> Outcome:
     """Run one job into a cleared folder; DONE is written last, a failure leaves error.txt."""
-    folder = jobs.job_dir(run_dir, job)
-    clear_job(folder)
+    folder = run.job(job)
     start = time.perf_counter()
     try:
-        jobs.run_job(job, experiment, run_dir, device)
+        folder.clear()
+        jobs.run_job(job, experiment, run, device)
+        seconds = time.perf_counter() - start
+        folder.mark_done(jobs.fingerprint(experiment, job), device, seconds)
     except Exception as error:  # a failing job is recorded; the others go on
-        return record_failure(job, run_dir, device, start, traceback.format_exc(), error)
-    mark_done(folder, jobs.fingerprint(experiment, job))
-    return Outcome(job.id, "done", device, time.perf_counter() - start)
+        return record_failure(job, run, device, start, traceback.format_exc(), error)
+    return Outcome(job.id, "done", device, seconds)
 
 
 def record_failure(
-    job: Job, run_dir: Path, device: str, start: float, text: str, error: BaseException | str
+    job: Job, run: RunFolder, device: str, start: float, text: str, error: BaseException | str
 ) -> Outcome:
-    folder = jobs.job_dir(run_dir, job)
-    atomic_write(folder / "error.txt", lambda tmp: tmp.write_text(text))
+    """The failed job's Outcome, and its error.txt where the disk still takes it."""
     if isinstance(error, torch.OutOfMemoryError):
         summary = f"out of memory on {device}: {str(error).splitlines()[0]}"
+    elif isinstance(error, OSError) and error.errno is not None:
+        summary = describe_os_error(error)
     elif isinstance(error, BaseException):
         summary = f"{type(error).__name__}: {error}".splitlines()[0]
     else:
         summary = error
+    try:
+        run.job(job).record_error(summary, text)
+    except OSError as write_error:  # a full disk cannot take the report of the full disk
+        summary += f" (error.txt not written: {write_error.strerror})"
     return Outcome(job.id, "failed", device, time.perf_counter() - start, summary)
 
 
@@ -88,16 +95,16 @@ def plan_slots(
 # ---- the worker process ----
 
 
-def _worker(slot: Slot, experiment: Experiment, run_dir: Path, inbox, outbox, parent: int) -> None:
+def _worker(slot: Slot, experiment: Experiment, run: RunFolder, inbox, outbox, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle: it stops us
     pin(slot)
     _exit_with_parent(parent)
-    _log_to_file(run_dir / "logs" / f"worker-{slot.index}.log")
+    _log_to_file(run.logs / f"worker-{slot.index}.log")
     log = logging.getLogger("gsrcl.worker")
     outbox.put(("ready", slot.index, None))
     while (job := inbox.get()) is not None:
         log.info("start %s on %s", job.id, slot.device)
-        outcome = execute(job, experiment, run_dir, slot.device)
+        outcome = execute(job, experiment, run, slot.device)
         log.info("%s %s in %.1f s %s", outcome.status, job.id, outcome.seconds, outcome.error)
         outbox.put(("outcome", slot.index, outcome))
 
@@ -138,10 +145,10 @@ def _log_to_file(path: Path) -> None:
 class Pool:
     """Workers on slots; `run` hands out jobs until every job has an outcome."""
 
-    def __init__(self, slots: list[Slot], experiment: Experiment, run_dir: Path) -> None:
+    def __init__(self, slots: list[Slot], experiment: Experiment, run: RunFolder) -> None:
         self.context = mp.get_context("spawn")
         self.outbox = self.context.Queue()
-        self.experiment, self.run_dir = experiment, run_dir
+        self.experiment, self.folder = experiment, run
         self.workers: dict[int, tuple] = {}  # slot index → (process, inbox)
         self.slots = slots
         self.failed_starts = 0
@@ -150,7 +157,7 @@ class Pool:
         inbox = self.context.Queue()
         process = self.context.Process(
             target=_worker,
-            args=(slot, self.experiment, self.run_dir, inbox, self.outbox, os.getpid()),
+            args=(slot, self.experiment, self.folder, inbox, self.outbox, os.getpid()),
             daemon=True,
             name=f"gsrcl-worker-{slot.index}",
         )
@@ -204,7 +211,7 @@ class Pool:
                 self.failed_starts += 1
                 if self.failed_starts > 3 * len(self.slots):
                     raise UserError(
-                        f"worker processes fail to start; see {self.run_dir / 'logs'}. A script "
+                        f"worker processes fail to start; see {self.folder.logs}. A script "
                         "that calls gsrcl must guard its top level with "
                         "`if __name__ == '__main__':` (workers are spawned)"
                     )
@@ -213,7 +220,7 @@ class Pool:
             job, start = running.pop(index)
             device = self.slots[index].device
             reason = f"worker process died (exit code {process.exitcode}; killed or out of memory)"
-            outcome = record_failure(job, self.run_dir, device, start, reason + "\n", reason)
+            outcome = record_failure(job, self.folder, device, start, reason + "\n", reason)
             on_outcome(outcome)
             failed.append(outcome)
             if pending:

@@ -8,7 +8,6 @@ encoder's embeddings of every labelled cell, with calibrated probabilities. Layo
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -19,11 +18,13 @@ import numpy as np
 import skops.io
 import torch
 
-from gsrcl import data, jobs, neighbourhood, reference, results
+from gsrcl import data, jobs, neighbourhood, reference
 from gsrcl.checkpoints import encoder_input, load_encoder
 from gsrcl.environment import package_versions
 from gsrcl.errors import UserError
 from gsrcl.evaluate import calibrated_classifier
+from gsrcl.files import safe_name, sha256
+from gsrcl.run_folder import RunFolder
 from gsrcl.settings import Dataset, Experiment
 from gsrcl.train import embed
 
@@ -37,14 +38,16 @@ def export_model(
 ) -> Path:
     """Write the reference model of `dataset` (by `method`, default the config's export.method)
     from the run's results; return its folder."""
-    run_dir = jobs.run_dir_of(experiment)
+    run = RunFolder.of(experiment)
     spec = _dataset(experiment, dataset)
-    method = _method(experiment, run_dir, spec.name, method or experiment.export.method)
-    chosen = _chosen_encoders(experiment, run_dir, spec.name, method)
-    folder = out or run_dir / "models" / f"{spec.name}-{method}"
+    method = _method(experiment, run, spec.name, method or experiment.export.method)
+    chosen = _chosen_encoders(experiment, run, spec.name, method)
+    folder = Path(out) if out else run.model_path(spec.name, method)
+    reference.check_replaceable(folder)
     log(f"export: {spec.name}, {method}, {len(chosen)} cell types → {folder}")
     adata = data.load_dataset(spec)
-    with tempfile.TemporaryDirectory(dir=_parent(folder)) as tmp:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
         staging = Path(tmp) / "model"
         entries = _write_files(staging, experiment, adata, chosen, log)
         (staging / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
@@ -53,15 +56,8 @@ def export_model(
         arrays = neighbourhood.fit(adata, labels, spec.values, types)
         neighbourhood.save(staging / reference.NEIGHBOURHOODS, arrays)
         reference.write_manifest(staging, _manifest(experiment, spec, method, adata, entries))
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)  # the folder appears whole, or not at all
+        reference.swap_in(staging, folder, Path(tmp))
     return folder
-
-
-def _parent(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return folder.parent
 
 
 def _dataset(experiment: Experiment, name: str | None) -> Dataset:
@@ -73,7 +69,7 @@ def _dataset(experiment: Experiment, name: str | None) -> Dataset:
     return experiment.datasets[names.index(name)]
 
 
-def _method(experiment: Experiment, run_dir: Path, dataset: str, name: str) -> str:
+def _method(experiment: Experiment, run: RunFolder, dataset: str, name: str) -> str:
     """The method asked for, or for "best" the contrastive method with the highest mean MCC."""
     methods = [m.name for m in experiment.methods]
     if not methods:
@@ -82,36 +78,35 @@ def _method(experiment: Experiment, run_dir: Path, dataset: str, name: str) -> s
         if name not in methods:
             raise UserError(f"method {name!r} is not in the config; choose one of {methods}")
         return name
-    summary_path = run_dir / "summary.csv"
-    if not summary_path.exists():
-        raise UserError(f"no results in {run_dir}; run the experiment first")
-    summary = results.read_summary(summary_path)
+    summary = run.read_summary()
     scored = summary[(summary["dataset"] == dataset) & summary["method"].isin(methods)]
     if scored.empty:
-        raise UserError(f"{summary_path} holds no scored task of {dataset}; run it first")
+        raise UserError(f"{run.path}'s summary holds no scored task of {dataset}; run it first")
     means = scored.groupby("method")["mcc_mean"].mean()
     return str(means.reindex(methods).idxmax())
 
 
-def _chosen_encoders(experiment: Experiment, run_dir: Path, dataset: str, method: str) -> dict:
+def _chosen_encoders(experiment: Experiment, run: RunFolder, dataset: str, method: str) -> dict:
     """For each task: the fold whose chosen checkpoint scored best on the validation cells."""
     best: dict[str, dict] = {}
     for fold in range(experiment.split.folds):
         job = jobs.Job(dataset, method, fold)
-        folder = jobs.job_dir(run_dir, job)
-        if not results.is_done(folder, jobs.fingerprint(experiment, job)):
+        folder = run.job(job)
+        state = folder.state(jobs.fingerprint(experiment, job))
+        if state.status != "done":
+            why = f": {state.reason}" if state.reason else ""
             raise UserError(
-                f"job {job.id} is not finished with the current config; run the experiment "
+                f"job {job.id} is {state.status}{why}; run the experiment with this config "
                 "(python3 runner.py) before exporting"
             )
-        for row in json.loads((folder / "metrics.json").read_text())["rows"]:
+        for row in folder.metrics():
             if row["task"] not in best or row["validation_score"] > best[row["task"]]["score"]:
                 best[row["task"]] = {
                     "fold": fold,
                     "epoch": row["epoch"],
                     "score": row["validation_score"],
                     "test_mcc": row["mcc"],
-                    "path": folder / f"encoder-{results.safe_name(row['task'])}.pt",
+                    "path": folder.encoder_path(row["task"]),
                 }
     return best
 
@@ -125,7 +120,7 @@ def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log
     embeddings: dict[str, np.ndarray] = {}
     entries = []
     for task, pick in chosen.items():
-        digest = reference.sha256(pick["path"])
+        digest = sha256(pick["path"])
         encoder_name = f"encoders/{digest[:16]}.pt"
         if digest not in embeddings:
             shutil.copyfile(pick["path"], staging / encoder_name)
@@ -142,7 +137,7 @@ def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log
             evaluation.metric,
             experiment.seed,
         )
-        classifier_name = f"classifiers/{results.safe_name(task)}.skops"
+        classifier_name = f"classifiers/{safe_name(task)}.skops"
         skops.io.dump(model, staging / classifier_name)
         log(
             f"  {task}: fold {pick['fold']}, epoch {pick['epoch']}, classifier refit on "

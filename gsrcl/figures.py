@@ -20,13 +20,15 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
 from umap import UMAP  # noqa: E402
 
+from gsrcl.labels import ordered  # noqa: E402
+
 DIFFICULT = 0.9  # a task whose baseline MCC is below this is "difficult" (the paper's threshold)
 
 
 def type_colours(types: list[str]) -> dict[str, tuple]:
     """One colour per cell type, the same in every figure of a dataset."""
     palette = plt.get_cmap("tab20").colors
-    return {t: palette[i % len(palette)] for i, t in enumerate(sorted(types))}
+    return {t: palette[i % len(palette)] for i, t in enumerate(ordered(types))}
 
 
 def method_colours(methods: list[str]) -> dict[str, tuple]:
@@ -76,13 +78,13 @@ def training_curves(
 ) -> Figure:
     """Loss per epoch (one line per fold) and validation score per epoch and task (mean over
     folds), with each fold's chosen checkpoint marked."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
     for fold, part in losses.groupby("fold"):
         curve = part.groupby("epoch")["loss"].mean()  # SupCon: mean over its per-task encoders
         left.plot(curve.index, curve.to_numpy(), label=f"fold {fold}", lw=1)
     left.set_xlabel("epoch")
     left.set_ylabel("contrastive loss")
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper right")  # loss falls: the top right stays clear
     for task, part in validation.groupby("task", sort=False):
         curve = part.groupby("epoch")["score"].mean()
         right.plot(curve.index, curve.to_numpy(), color=colours.get(task), lw=1, label=task)
@@ -99,7 +101,9 @@ def training_curves(
     )
     right.set_xlabel("epoch")
     right.set_ylabel("validation score (mean over folds)")
-    right.legend(fontsize=6, ncol=2)
+    # beside the axes, in as many columns as the tasks need: never over the curves
+    columns = 1 + validation["task"].nunique() // 14
+    right.legend(fontsize=6, ncol=columns, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
@@ -109,7 +113,7 @@ def precision_recall(predictions: pd.DataFrame, tasks: list[str], methods: list[
     """Precision-recall per task, one curve per method, test folds pooled."""
     columns = min(4, len(tasks))
     rows = int(np.ceil(len(tasks) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
     colours = method_colours(methods)
     for ax, task in zip(axes.ravel(), tasks, strict=False):
         for method in methods:
@@ -122,7 +126,15 @@ def precision_recall(predictions: pd.DataFrame, tasks: list[str], methods: list[
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("recall", fontsize=8)
         ax.set_ylabel("precision", fontsize=8)
-        ax.legend(fontsize=6, title="AP", title_fontsize=6)
+        ax.legend(  # below the axes, so no curve is hidden
+            fontsize=6,
+            title="AP",
+            title_fontsize=6,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.28),
+            ncol=2,
+            frameon=False,
+        )
     for ax in axes.ravel()[len(tasks) :]:
         ax.axis("off")
     fig.tight_layout()

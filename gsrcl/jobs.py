@@ -22,12 +22,12 @@ import torch
 
 from gsrcl import data, preprocess, train
 from gsrcl.augment import augmentation
-from gsrcl.checkpoints import save_encoder
+from gsrcl.checkpoints import encoder_record
 from gsrcl.encoder import ContrastiveModel
 from gsrcl.evaluate import FoldClassifier, binary_scores
-from gsrcl.results import link_or_copy, safe_name, write_csv, write_json
+from gsrcl.run_folder import LOSS, PREDICTIONS, VALIDATION, JobFolder, RunFolder
 from gsrcl.settings import Classifier, Dataset, Experiment, Method
-from gsrcl.splits import Folds, load_folds
+from gsrcl.splits import Folds, folds_from_record
 
 BASELINE = "baseline"
 # Bumped when the same settings give other numbers (2: cells in id order, shuffled inner CV), so
@@ -68,18 +68,6 @@ def plan(experiment: Experiment) -> list[Job]:
     ]
 
 
-def run_dir_of(experiment: Experiment) -> Path:
-    return Path(experiment.results_dir) / experiment.name
-
-
-def job_dir(run_dir: Path, job: Job) -> Path:
-    return run_dir / "jobs" / job.dataset / job.method / f"fold-{job.fold}"
-
-
-def splits_path(run_dir: Path, dataset: str) -> Path:
-    return run_dir / "splits" / f"{dataset}.json"
-
-
 def job_seed(experiment: Experiment, job: Job) -> int:
     """A seed of its own for each job, derived from the experiment seed and the job id."""
     digest = hashlib.sha256(f"{experiment.seed}/{job.id}".encode()).hexdigest()
@@ -98,6 +86,12 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
         "scoring_version": SCORING_VERSION,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def experiment_fingerprint(experiment: Experiment) -> str:
+    """Everything the results of the whole experiment depend on: its jobs' fingerprints."""
+    prints = [f"{job.id}={fingerprint(experiment, job)}" for job in plan(experiment)]
+    return hashlib.sha256("\n".join(prints).encode()).hexdigest()
 
 
 def _dataset(experiment: Experiment, name: str) -> Dataset:
@@ -142,7 +136,7 @@ class FoldData:
     tasks: list[str]
 
 
-def run_job(job: Job, experiment: Experiment, run_dir: Path, device: str) -> None:
+def run_job(job: Job, experiment: Experiment, run: RunFolder, device: str) -> None:
     """Compute a job and write its files into its (already cleared) folder."""
     seed = job_seed(experiment, job)
     torch.manual_seed(seed)
@@ -150,11 +144,12 @@ def run_job(job: Job, experiment: Experiment, run_dir: Path, device: str) -> Non
     random.seed(seed)
     spec = _dataset(experiment, job.dataset)
     adata = cached_dataset(spec)
-    folds = load_folds(splits_path(run_dir, spec.name), split_meta(spec, experiment, adata))
+    meta = split_meta(spec, experiment, adata)
+    folds = folds_from_record(run.read_splits(spec.name), meta)
     if folds is None:
         raise RuntimeError(f"the splits of {spec.name} are missing or stale; rerun the runner")
     fold = _fold_data(adata, spec, folds, job.fold)
-    out = job_dir(run_dir, job)
+    out = run.job(job)
     start = time.perf_counter()
     timing: dict[str, float] = {}
     if job.method == BASELINE:
@@ -165,8 +160,8 @@ def run_job(job: Job, experiment: Experiment, run_dir: Path, device: str) -> Non
     timing["total"] = time.perf_counter() - start
     for row in rows:
         row.update(dataset=job.dataset, fold=job.fold)
-    write_csv(out / "predictions.csv", pd.DataFrame(predictions))
-    write_json(out / "metrics.json", {"job": job.id, "rows": rows, "seconds": timing})
+    out.write_table(PREDICTIONS, pd.DataFrame(predictions))
+    out.write_metrics(job.id, rows, timing)
 
 
 def _fold_data(adata: ad.AnnData, spec: Dataset, folds: Folds, fold: int) -> FoldData:
@@ -227,7 +222,7 @@ def run_contrastive(
     experiment: Experiment,
     device: str,
     seed: int,
-    out: Path,
+    out: JobFolder,
     timing: dict[str, float],
 ):
     """Train (once, or once per task for SupCon), score each task's chosen encoder on the test
@@ -254,8 +249,8 @@ def run_contrastive(
             rows.append(row)
             predictions += cells
         _save_encoders(out, result.best, model, fitted, fold, method)
-    write_csv(out / "loss.csv", pd.DataFrame(losses, columns=["task", "epoch", "loss"]))
-    write_csv(out / "validation.csv", pd.DataFrame(validation, columns=["epoch", "task", "score"]))
+    out.write_table(LOSS, pd.DataFrame(losses, columns=["task", "epoch", "loss"]))
+    out.write_table(VALIDATION, pd.DataFrame(validation, columns=["epoch", "task", "score"]))
     return rows, predictions
 
 
@@ -301,17 +296,16 @@ def _method_features(fold: FoldData, method: Method) -> preprocess.Fitted:
     return preprocess.fit_log1p(fold.values)
 
 
-def _save_encoders(out, chosen: dict, model, fitted, fold, method) -> None:
+def _save_encoders(out: JobFolder, chosen: dict, model, fitted, fold, method) -> None:
     """One encoder file per task; tasks that chose the same snapshot share one file on disk
     (hard links), so a SimCLR job writes each distinct snapshot once."""
     genes = fold.adata.var_names if fitted.genes is None else fold.adata.var_names[fitted.genes]
     written: dict[int, Path] = {}
     for task, checkpoint in chosen.items():
-        path = out / f"encoder-{safe_name(task)}.pt"
         if checkpoint.epoch in written:
-            link_or_copy(written[checkpoint.epoch], path)
+            out.share_encoder(written[checkpoint.epoch], task)
             continue
-        save_encoder(
-            path, checkpoint.state, model.kwargs, list(genes), fitted, method, checkpoint.epoch
+        record = encoder_record(
+            checkpoint.state, model.kwargs, list(genes), fitted, method, checkpoint.epoch
         )
-        written[checkpoint.epoch] = path
+        written[checkpoint.epoch] = out.save_encoder(task, record)

@@ -6,19 +6,20 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-from gsrcl import dispatch, jobs, report, results, splits
+from gsrcl import dispatch, jobs, report, splits
 from gsrcl.data import LABEL
 from gsrcl.environment import package_versions
 from gsrcl.errors import UserError
 from gsrcl.evaluate import estimator_for
 from gsrcl.export import export_model
 from gsrcl.progress import Progress
+from gsrcl.run_folder import JobState, RunFolder
 from gsrcl.settings import Dataset, Experiment
+from gsrcl.summary import mcc_table, summarize
 
 
 def check_executor(experiment: Experiment) -> None:
@@ -35,15 +36,14 @@ def check_classifiers(experiment: Experiment) -> None:
         estimator_for(spec)
 
 
-def prepare(experiment: Experiment, log: Callable[[str], None]) -> tuple[Path, list[str]]:
+def prepare(experiment: Experiment, run: RunFolder, log: Callable[[str], None]) -> list[str]:
     """Write experiment.json and the splits of every dataset that reads (reused when still
     valid); a dataset that does not read is reported and left out. Returns the readable ones."""
-    run_dir = jobs.run_dir_of(experiment)
-    results.write_json(run_dir / "experiment.json", environment_record(experiment))
+    run.write_record(environment_record(experiment))
     ready = []
     for spec in experiment.datasets:
         try:
-            folds = dataset_folds(spec, experiment, run_dir)
+            folds = dataset_folds(spec, experiment, run)
         except UserError as error:
             log(f"error: {error}")
             continue
@@ -51,15 +51,14 @@ def prepare(experiment: Experiment, log: Callable[[str], None]) -> tuple[Path, l
         describe_tasks(spec.name, jobs.cached_dataset(spec), folds, log)
     if not ready:
         raise UserError("no dataset could be read; fix the errors above")
-    return run_dir, ready
+    return ready
 
 
-def dataset_folds(spec: Dataset, experiment: Experiment, run_dir: Path | None) -> splits.Folds:
-    """The dataset's folds: the saved ones when still valid, else new ones (saved if run_dir)."""
+def dataset_folds(spec: Dataset, experiment: Experiment, run: RunFolder | None) -> splits.Folds:
+    """The dataset's folds: the saved ones when still valid, else new ones (saved if `run`)."""
     adata = jobs.cached_dataset(spec)
     meta = jobs.split_meta(spec, experiment, adata)
-    path = jobs.splits_path(run_dir, spec.name) if run_dir else None
-    folds = splits.load_folds(path, meta) if path else None
+    folds = splits.folds_from_record(run.read_splits(spec.name), meta) if run else None
     if folds is None:
         labels = adata.obs[LABEL].to_numpy(dtype=str)
         try:
@@ -68,8 +67,8 @@ def dataset_folds(spec: Dataset, experiment: Experiment, run_dir: Path | None) -
             )
         except UserError as error:
             raise UserError(f"dataset {spec.name}: {error}") from None
-        if path:
-            splits.save_folds(folds, path, meta)
+        if run:
+            run.write_splits(spec.name, splits.folds_record(folds, meta))
     return folds
 
 
@@ -103,12 +102,13 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
         f"seed {experiment.seed}"
     )
     log(_where_jobs_run(experiment))
-    log(f"{len(planned)} jobs planned; results in {jobs.run_dir_of(experiment)}")
+    log(f"{len(planned)} jobs planned; results in {RunFolder.of(experiment).path}")
     return 1 if failed else 0
 
 
 def environment_record(experiment: Experiment) -> dict:
     return {
+        "fingerprint": jobs.experiment_fingerprint(experiment),
         "config": asdict(experiment),
         "seed": experiment.seed,
         "versions": package_versions(),
@@ -133,21 +133,31 @@ def run_experiment(
 ) -> int:
     """Run the jobs `mode` selects; return the exit status (1 when a job failed).
 
-    resume: every job not finished with the current settings; force: every job;
-    failed: only jobs whose last attempt failed."""
+    resume: every job not done with the current settings; force: every job; failed: every job
+    not done, refusing a folder that holds jobs of another config."""
     check_executor(experiment)
     check_classifiers(experiment)
-    run_dir, ready = prepare(experiment, log)
-    planned = [job for job in jobs.plan(experiment) if job.dataset in ready]
-    todo = [job for job in planned if _selected(job, experiment, run_dir, mode)]
-    log(f"{len(planned)} jobs planned, {len(planned) - len(todo)} skipped, {len(todo)} to run")
-    outcomes = run_jobs(experiment, run_dir, todo, log)
-    write_manifest(run_dir, planned, outcomes)
-    summary = write_summary(experiment, run_dir, planned)
-    log("\n" + results.mcc_table(summary))
-    write_report(experiment, run_dir, log)
-    exported = export_models(experiment, ready, log) if experiment.export.after_run else True
-    log(f"\nresults in {run_dir}")
+    run = RunFolder.of(experiment)
+    with run.lock(log):
+        planned = jobs.plan(experiment)
+        states = job_states(experiment, run, planned)
+        if mode == "failed":
+            _refuse_stale(run, states, "--rerun-failed reruns failed jobs of the same config")
+        ready = prepare(experiment, run, log)
+        planned = [job for job in planned if job.dataset in ready]
+        todo = [job for job in planned if _selected(states[job], mode, job, log)]
+        stale = sum(states[job].status == "stale" for job in todo)
+        if stale:
+            log(f"{stale} jobs were made with another config; they run again")
+        log(f"{len(planned)} jobs planned, {len(planned) - len(todo)} skipped, {len(todo)} to run")
+        outcomes = run_jobs(experiment, run, todo, log)
+        states = job_states(experiment, run, planned)
+        write_manifest(run, planned, states, outcomes)
+        summary = write_summary(experiment, run, states)
+        log("\n" + mcc_table(summary))
+        write_report(experiment, run, states, log)
+        exported = export_models(experiment, ready, log) if experiment.export.after_run else True
+    log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         table = pd.DataFrame(failed)[["job", "device", "error"]].to_string(index=False)
@@ -156,6 +166,23 @@ def run_experiment(
     if unread:
         log(f"\n{unread} dataset(s) could not be read; see the errors above")
     return 1 if failed or unread or not exported else 0
+
+
+def job_states(
+    experiment: Experiment, run: RunFolder, planned: list[jobs.Job]
+) -> dict[jobs.Job, JobState]:
+    """Every planned job's one answer to "is it done?" (fingerprint and files checked)."""
+    return {job: run.job(job).state(jobs.fingerprint(experiment, job)) for job in planned}
+
+
+def _refuse_stale(run: RunFolder, states: dict[jobs.Job, JobState], what: str) -> None:
+    stale = [job.id for job, state in states.items() if state.status == "stale"]
+    if stale:
+        raise UserError(
+            f"{run.path} holds {len(stale)} jobs made with another config (e.g. {stale[0]}); "
+            f"{what}: run `python3 runner.py` with this config to redo them, or go back to the "
+            "config they were made with (experiment.json)"
+        )
 
 
 def export_models(experiment: Experiment, datasets: list[str], log: Callable[[str], None]) -> bool:
@@ -170,13 +197,10 @@ def export_models(experiment: Experiment, datasets: list[str], log: Callable[[st
     return made
 
 
-def _selected(job: jobs.Job, experiment: Experiment, run_dir: Path, mode: str) -> bool:
-    folder = jobs.job_dir(run_dir, job)
-    if mode == "force":
-        return True
-    if mode == "failed":
-        return (folder / "error.txt").exists()
-    return not results.is_done(folder, jobs.fingerprint(experiment, job))
+def _selected(state: JobState, mode: str, job: jobs.Job, log: Callable[[str], None]) -> bool:
+    if state.status in ("corrupt", "incomplete") and mode != "force":
+        log(f"warning: {job.id} is {state.status} ({state.reason}); running it again")
+    return mode == "force" or state.status != "done"
 
 
 def worker_slots(experiment: Experiment) -> list[dispatch.Slot]:
@@ -199,16 +223,16 @@ def _where_jobs_run(experiment: Experiment) -> str:
 
 
 def run_jobs(
-    experiment: Experiment, run_dir: Path, todo: list[jobs.Job], log: Callable[[str], None]
+    experiment: Experiment, run: RunFolder, todo: list[jobs.Job], log: Callable[[str], None]
 ) -> list[dispatch.Outcome]:
     if not todo:
         return []
     if experiment.compute.executor == "ray":
         from gsrcl.ray_pool import RayPool  # Ray is optional: imported only when chosen
 
-        pool = RayPool(experiment, run_dir, gpus=experiment.compute.devices != "cpu")
+        pool = RayPool(experiment, run, gpus=experiment.compute.devices != "cpu")
     else:
-        pool = dispatch.Pool(worker_slots(experiment), experiment, run_dir)
+        pool = dispatch.Pool(worker_slots(experiment), experiment, run)
     progress = Progress(len(todo), log)
     try:
         return pool.run(todo, progress.started, progress.finished)
@@ -216,10 +240,15 @@ def run_jobs(
         progress.close()
 
 
-def write_report(experiment: Experiment, run_dir: Path, log: Callable[[str], None]) -> None:
+def write_report(
+    experiment: Experiment,
+    run: RunFolder,
+    states: dict[jobs.Job, JobState],
+    log: Callable[[str], None],
+) -> None:
     """report.html, summary.md and figures; a report that fails never costs the results."""
     try:
-        log(f"report: {report.build(experiment, run_dir)}")
+        log(f"report: {report.build(experiment, run, _done(states))}")
     except Exception as error:
         log(
             f"warning: the report could not be built ({type(error).__name__}: {error}); "
@@ -228,32 +257,54 @@ def write_report(experiment: Experiment, run_dir: Path, log: Callable[[str], Non
 
 
 def report_only(experiment: Experiment, log: Callable[[str], None] = print) -> int:
-    """`--report-only`: rebuild summary and report from an existing results folder."""
-    run_dir = jobs.run_dir_of(experiment)
-    if not (run_dir / "experiment.json").exists():
-        raise UserError(f"no results in {run_dir}; run the experiment first")
-    write_summary(experiment, run_dir, jobs.plan(experiment))
-    log(f"report: {report.build(experiment, run_dir)}")
+    """`--report-only`: rebuild manifest, summary and report from an existing results folder;
+    a folder that holds results of another config is refused, never mixed in."""
+    run = RunFolder.of(experiment)
+    if not run.exists():
+        raise UserError(f"no results in {run.path}; run the experiment first")
+    with run.lock(log):
+        planned = jobs.plan(experiment)
+        states = job_states(experiment, run, planned)
+        _refuse_stale(run, states, "--report-only reports the current config's results")
+        for job, state in states.items():
+            if state.status == "corrupt":
+                log(f"warning: {job.id} is corrupt ({state.reason}); left out; rerun to redo it")
+        write_manifest(run, planned, states, [])
+        write_summary(experiment, run, states)
+        log(f"report: {report.build(experiment, run, _done(states))}")
     return 0
 
 
+def _done(states: dict[jobs.Job, JobState]) -> set[jobs.Job]:
+    return {job for job, state in states.items() if state.status == "done"}
+
+
 def write_manifest(
-    run_dir: Path, planned: list[jobs.Job], outcomes: list[dispatch.Outcome]
+    run: RunFolder,
+    planned: list[jobs.Job],
+    states: dict[jobs.Job, JobState],
+    outcomes: list[dispatch.Outcome],
 ) -> None:
-    """One row per planned job; jobs not run now keep the row of the run that did them."""
-    path = run_dir / "manifest.csv"
-    rows = {}
-    if path.exists():
-        rows = {r["job"]: r for r in pd.read_csv(path, keep_default_na=False).to_dict("records")}
-    rows.update({o.job: asdict(o) for o in outcomes})
-    ordered = [rows.get(j.id, {"job": j.id, "status": "not run"}) for j in planned]
-    results.write_csv(
-        path, pd.DataFrame(ordered, columns=["job", "status", "device", "seconds", "error"])
-    )
+    """One row per planned job, from the job's own folder: a job done by an earlier invocation
+    keeps the device and seconds of the invocation that ran it."""
+    now = {o.job: o for o in outcomes}
+    rows = []
+    for job in planned:
+        state, outcome = states[job], now.get(job.id)
+        status = "not run" if state.status == "missing" else state.status
+        if state.status == "done":
+            device, seconds = state.device, state.seconds
+        else:
+            device, seconds = (outcome.device, outcome.seconds) if outcome else ("", None)
+        rows.append([job.id, status, device, seconds, state.reason])
+    run.write_manifest(pd.DataFrame(rows, columns=["job", "status", "device", "seconds", "error"]))
 
 
-def write_summary(experiment: Experiment, run_dir: Path, planned: list[jobs.Job]) -> pd.DataFrame:
-    job_dirs = [jobs.job_dir(run_dir, j) for j in planned]
-    summary = results.summarize(run_dir, job_dirs, jobs.method_names(experiment))
-    results.write_csv(run_dir / "summary.csv", summary)
+def write_summary(
+    experiment: Experiment, run: RunFolder, states: dict[jobs.Job, JobState]
+) -> pd.DataFrame:
+    datasets = [d.name for d in experiment.datasets]
+    done = [run.job(job) for job in states if states[job].status == "done"]
+    summary = summarize(run, datasets, done, jobs.method_names(experiment))
+    run.write_summary(summary)
     return summary

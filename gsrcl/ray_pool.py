@@ -19,6 +19,7 @@ import gsrcl
 from gsrcl import dispatch
 from gsrcl.errors import UserError
 from gsrcl.jobs import Job
+from gsrcl.run_folder import RunFolder
 from gsrcl.settings import Experiment
 
 INSTALL = "pip install 'ray[default]==2.60.0'"
@@ -53,17 +54,17 @@ def _run_one(
     gpus = ray.get_gpu_ids()
     device = "cuda:0" if gpus else "cpu"
     dispatch.pin(dispatch.Slot(0, device, threads))
-    return dispatch.execute(job, experiment, Path(run_dir), device)
+    return dispatch.execute(job, experiment, RunFolder(Path(run_dir)), device)
 
 
 class RayPool:
     """Submits every job as a Ray task and collects the outcomes as they finish."""
 
-    def __init__(self, experiment: Experiment, run_dir: Path, gpus: bool) -> None:
+    def __init__(self, experiment: Experiment, run: RunFolder, gpus: bool) -> None:
         """`gpus`: one GPU per job when the cluster has GPUs (else CPUs per job)."""
         self.ray = import_ray()
         self.experiment = experiment
-        self.run_dir = run_dir.resolve()
+        self.folder = RunFolder(run.path.resolve())
         compute = experiment.compute
         if not self.ray.is_initialized():
             self.ray.init(
@@ -90,7 +91,7 @@ class RayPool:
         where = "ray (GPU)" if self.options["num_gpus"] else f"ray ({self.threads} CPU)"
         # Ray queues the tasks and says nothing when one starts: `on_start` is not called
         submitted = {
-            task.remote(job, self.experiment, str(self.run_dir), os.getcwd(), self.threads): (
+            task.remote(job, self.experiment, str(self.folder.path), os.getcwd(), self.threads): (
                 job,
                 time.perf_counter(),
             )
@@ -115,4 +116,4 @@ class RayPool:
         except self.ray.exceptions.RayError as error:  # the task's process died, or Ray failed
             reason = f"ray task failed ({type(error).__name__}; killed or out of memory)"
             text = f"{reason}\n{error}\n"
-            return dispatch.record_failure(job, self.run_dir, where, start, text, reason)
+            return dispatch.record_failure(job, self.folder, where, start, text, reason)

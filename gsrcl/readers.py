@@ -7,6 +7,9 @@ the scziDesk-style `.h5` of the GsRCL paper's data (`exprs` dense or CSR group, 
 
 from __future__ import annotations
 
+import csv
+import gzip
+import logging
 import warnings
 from pathlib import Path
 
@@ -22,6 +25,9 @@ from gsrcl.settings import Dataset
 
 BUNDLED = {"scanpy:pbmc68k_reduced": sc.datasets.pbmc68k_reduced}
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon"}
+
+log = logging.getLogger(__name__)
 
 
 def read_matrix(spec: Dataset) -> ad.AnnData:
@@ -97,11 +103,17 @@ def _decoded(values: np.ndarray) -> np.ndarray:
 
 
 def _read_table(spec: Dataset, path: Path) -> ad.AnnData:
-    sep = "," if ".csv" in path.name.lower() else "\t"
+    header, sep = _header(spec, path)
     table = pd.read_csv(path, sep=sep, index_col=0)
+    if len(header) == table.shape[1] + 1:  # pandas renames repeated names (X.1): keep them,
+        table.columns = header[1:]  # so the repeat is reported and named as for .h5ad
     if spec.transpose:
         table = table.T
-    non_numeric = [str(c) for c in table.columns if not pd.api.types.is_numeric_dtype(table[c])]
+    non_numeric = [
+        str(c)
+        for c, kind in zip(table.columns, table.dtypes, strict=True)
+        if not pd.api.types.is_numeric_dtype(kind)
+    ]
     if non_numeric:
         layout = (
             "genes as rows, cells as columns"
@@ -117,3 +129,25 @@ def _read_table(spec: Dataset, path: Path) -> ad.AnnData:
         obs=pd.DataFrame(index=table.index.astype(str)),
         var=pd.DataFrame(index=table.columns.astype(str)),
     )
+
+
+def _header(spec: Dataset, path: Path) -> tuple[list[str], str]:
+    """The header's names and the separator it uses: the one of tab, comma and semicolon that
+    splits it most (a tab-separated file named .csv is common), said when it is not the one the
+    file name suggests."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", errors="replace") as file:
+        first = file.readline().rstrip("\r\n")
+    sep = max(SEPARATORS, key=first.count)
+    named = "," if ".csv" in path.name.lower() else "\t"
+    if first.count(sep) == 0:
+        sep = named
+    elif sep != named:
+        log.warning(
+            "dataset %s: %s is %s-separated, not as its name says; read as %s-separated",
+            spec.name,
+            path,
+            SEPARATORS[sep],
+            SEPARATORS[sep],
+        )
+    return next(csv.reader([first], delimiter=sep), []), sep

@@ -17,17 +17,21 @@ Loading checks every checksum first, so a file changed or swapped after export i
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import skops.io
 import torch
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.svm import SVC
 
 from gsrcl.checkpoints import load_encoder
 from gsrcl.errors import UserError
+from gsrcl.files import sha256
 from gsrcl.neighbourhood import Neighbourhoods
 
 FORMAT = "gsrcl-reference-model"
@@ -39,14 +43,10 @@ TRUSTED_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
 ]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# skops trusts every scikit-learn estimator by default; a GsRCL classifier is exactly this
+CLASSIFIER_TYPES = (CalibratedClassifierCV, SVC)
+MAX_MANIFEST_BYTES = 8 << 20  # a manifest of thousands of cell types is well under 1 MB
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -86,13 +86,16 @@ def load(folder: str | Path) -> ReferenceModel:
     types = []
     for entry in manifest["cell_types"]:
         if entry["encoder"] not in encoders:
-            encoders[entry["encoder"]] = _encoder(folder / entry["encoder"])
+            encoders[entry["encoder"]] = _encoder(_inside(folder, entry["encoder"]))
         encoder, checkpoint = encoders[entry["encoder"]]
-        classifier = _classifier(folder / entry["classifier"])
+        classifier = _classifier(_inside(folder, entry["classifier"]))
         types.append(
             CellTypeModel(entry["name"], encoder, entry["encoder"], checkpoint, classifier)
         )
-    genes = (folder / "genes.txt").read_text().splitlines()
+    try:
+        genes = (folder / "genes.txt").read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{folder / 'genes.txt'} is not text; export the model again") from None
     try:
         neighbourhoods = Neighbourhoods(folder / NEIGHBOURHOODS, genes, manifest["values"])
     except (ValueError, KeyError, OSError) as error:
@@ -107,9 +110,11 @@ def _manifest(folder: Path) -> dict:
             f"{folder} is not a GsRCL reference model (no {MANIFEST}); export one with "
             "`python3 -m gsrcl export --config CONFIG`"
         )
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UserError(f"{path} is {path.stat().st_size} bytes, too large for a GsRCL manifest")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:
         raise UserError(f"{path} is not valid JSON ({error}); export the model again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{path} is not a GsRCL reference model manifest")
@@ -118,11 +123,45 @@ def _manifest(folder: Path) -> dict:
             f"{path} has format version {manifest.get('version')}; this GsRCL reads version "
             f"{VERSION}; export the model again with this version"
         )
+    problem = _schema_problem(manifest)
+    if problem:
+        raise UserError(f"{path}: {problem}; export the model again")
     return manifest
 
 
+def _schema_problem(manifest: dict) -> str:
+    """What makes the manifest unusable, or "" (types checked before any value is used)."""
+    for key, kind in (("dataset", str), ("method", str), ("values", str), ("cell_types", list)):
+        if not isinstance(manifest.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    if manifest["values"] not in ("counts", "log"):
+        return "'values' must be 'counts' or 'log'"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v) for k, v in files.items()
+    ):
+        return "'files' must map each file name to its SHA-256"
+    for entry in manifest["cell_types"]:
+        parts = ("name", "encoder", "classifier")
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(p), str) for p in parts):
+            return f"each of 'cell_types' needs the text fields {list(parts)}"
+    return ""
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """The file `name` of the model folder, refusing any way out of it (absolute paths, '..',
+    a link that points elsewhere): a manifest must never make us load a file it did not ship."""
+    relative = PurePosixPath(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise UserError(f"{folder}: {MANIFEST} names {name!r}, outside the model folder")
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise UserError(f"{folder}: {name} leads outside the model folder; refusing it")
+    return path
+
+
 def _verify_checksums(folder: Path, manifest: dict) -> None:
-    listed = manifest.get("files", {})
+    listed = manifest["files"]
     needed = {"genes.txt", NEIGHBOURHOODS} | {
         e[part] for e in manifest.get("cell_types", []) for part in ("encoder", "classifier")
     }
@@ -130,7 +169,7 @@ def _verify_checksums(folder: Path, manifest: dict) -> None:
     if unlisted:
         raise UserError(f"{folder}: {MANIFEST} gives no checksum for {unlisted}; refusing them")
     for name, expected in listed.items():
-        path = folder / name
+        path = _inside(folder, name)
         if not path.is_file():
             raise UserError(f"{folder}: {name} is missing; copy the whole model folder")
         if sha256(path) != expected:
@@ -149,11 +188,61 @@ def _encoder(path: Path) -> tuple[torch.nn.Module, dict]:
 
 def _classifier(path: Path) -> Any:
     try:
-        return skops.io.load(path, trusted=TRUSTED_TYPES)
+        model = skops.io.load(path, trusted=TRUSTED_TYPES)
     except skops.io.exceptions.UntrustedTypesFoundException as error:
         raise UserError(f"{path} holds types a GsRCL classifier never holds: {error}") from None
     except Exception as error:
         raise UserError(f"{path} is not a GsRCL classifier file ({error})") from None
+    if not _is_gsrcl_classifier(model):
+        raise UserError(
+            f"{path} holds a {type(model).__name__}, not the calibrated SVM GsRCL exports; "
+            "export the model again"
+        )
+    return model
+
+
+def _is_gsrcl_classifier(model: Any) -> bool:
+    """A Platt-calibrated SVC over the classes False / True, nothing else."""
+    if type(model) is not CalibratedClassifierCV:
+        return False
+    inner = getattr(model, "calibrated_classifiers_", [])
+    classes = [bool(c) for c in getattr(model, "classes_", [])]
+    return bool(inner) and classes == [False, True] and all(type(c.estimator) is SVC for c in inner)
+
+
+def check_replaceable(folder: Path) -> None:
+    """Export writes only where it may: a new or empty folder, or a model folder it made."""
+    if not folder.exists():
+        return
+    if folder.is_dir() and not any(folder.iterdir()):
+        return
+    if not _is_model_folder(folder):
+        raise UserError(
+            f"{folder} exists and is not a GsRCL model folder; export never overwrites other "
+            "files: choose another --out"
+        )
+
+
+def _is_model_folder(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def swap_in(staging: Path, folder: Path, scratch: Path) -> None:
+    """Put the finished `staging` folder in place of `folder`: the old model moves into
+    `scratch` (removed with it) only once the new one is whole, and comes back if the swap fails."""
+    previous = scratch / "previous"
+    if folder.exists():
+        os.rename(folder, previous)
+    try:
+        os.rename(staging, folder)
+    except OSError:
+        if previous.exists():
+            os.rename(previous, folder)
+        raise
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

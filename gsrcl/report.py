@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import torch
 from gsrcl import figures, jobs
 from gsrcl.checkpoints import encoder_input, load_encoder
 from gsrcl.data import LABEL, log_expression
-from gsrcl.results import METRICS, atomic_write, read_summary, safe_name
+from gsrcl.jobs import Job
+from gsrcl.run_folder import LOSS, PREDICTIONS, VALIDATION, RunFolder
 from gsrcl.settings import Experiment
+from gsrcl.summary import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,15 @@ def html_table(summary: pd.DataFrame, metric: str, methods: list[str]) -> str:
     return f"<table><tr>{header}</tr>{body}</table>"
 
 
-def write_summary_md(run_dir: Path, summary: pd.DataFrame, methods: list[str]) -> None:
-    parts = [f"# {run_dir.name}: mean ± standard error over folds (best per row in bold)"]
+def write_summary_md(run: RunFolder, summary: pd.DataFrame, methods: list[str]) -> None:
+    parts = [f"# {run.path.name}: mean ± standard error over folds (best per row in bold)"]
     for metric in METRICS:
         parts += [f"\n## {metric.upper()}\n", markdown_table(summary, metric, methods)]
     skipped = summary[summary["method"] == ""]
     if not skipped.empty:
         parts.append("\n## Not scored\n")
         parts += [f"- {r.dataset} / {r.task}: {r.note}" for r in skipped.itertuples()]
-    atomic_write(run_dir / "summary.md", lambda tmp: tmp.write_text("\n".join(parts) + "\n"))
+    run.write_page("summary.md", "\n".join(parts) + "\n")
 
 
 # ---- figures ----
@@ -89,16 +90,15 @@ def write_summary_md(run_dir: Path, summary: pd.DataFrame, methods: list[str]) -
 class FigureSet:
     """Saves each figure as PNG under figures/ and keeps it for embedding in the page."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
         self.html: list[str] = []
 
     def add(self, name: str, fig, caption: str) -> None:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
         figures.plt.close(fig)
-        atomic_write(self.folder / f"{name}.png", lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        self.run.write_figure(name, buffer.getvalue())
         data = base64.b64encode(buffer.getvalue()).decode()
         self.html.append(
             f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
@@ -106,26 +106,30 @@ class FigureSet:
         )
 
 
-def _job_frames(run_dir: Path, experiment: Experiment, dataset: str, method: str, name: str):
-    frames = []
-    for fold in range(experiment.split.folds):
-        folder = jobs.job_dir(run_dir, jobs.Job(dataset, method, fold))
-        if (folder / "DONE").exists() and (folder / name).exists():
-            frames.append(pd.read_csv(folder / name, keep_default_na=False).assign(fold=fold))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+class DoneJobs:
+    """The files of the jobs whose results count (done with this config, files intact)."""
 
+    def __init__(self, run: RunFolder, experiment: Experiment, done: set[Job]) -> None:
+        self.run, self.folds, self.done = run, range(experiment.split.folds), done
 
-def _chosen(run_dir: Path, experiment: Experiment, dataset: str, method: str) -> pd.DataFrame:
-    rows = []
-    for fold in range(experiment.split.folds):
-        folder = jobs.job_dir(run_dir, jobs.Job(dataset, method, fold))
-        if (folder / "DONE").exists():
-            rows += json.loads((folder / "metrics.json").read_text())["rows"]
-    return pd.DataFrame(rows, columns=["task", "epoch", "validation_score"])
+    def folders(self, dataset: str, method: str):
+        for fold in self.folds:
+            job = Job(dataset, method, fold)
+            if job in self.done:
+                yield fold, self.run.job(job)
+
+    def table(self, dataset: str, method: str, name: str) -> pd.DataFrame:
+        frames = [f.table(name).assign(fold=k) for k, f in self.folders(dataset, method)]
+        frames = [frame for frame in frames if not frame.empty]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def chosen(self, dataset: str, method: str) -> pd.DataFrame:
+        rows = [row for _, folder in self.folders(dataset, method) for row in folder.metrics()]
+        return pd.DataFrame(rows, columns=["task", "epoch", "validation_score"])
 
 
 def dataset_figures(
-    figs: FigureSet, run_dir: Path, experiment: Experiment, spec, summary: pd.DataFrame
+    figs: FigureSet, done: DoneJobs, experiment: Experiment, spec, summary: pd.DataFrame
 ) -> None:
     name, methods = spec.name, jobs.method_names(experiment)
     part = summary[summary["dataset"] == name]
@@ -136,19 +140,19 @@ def dataset_figures(
     figs.add(f"{name}-mcc", mcc, f"{name}: MCC per cell type and method")
     adata = jobs.cached_dataset(spec)
     labels = adata.obs[LABEL].to_numpy(dtype=str)
-    colours = figures.type_colours(sorted(set(labels)))  # every figure of the dataset agrees
+    colours = figures.type_colours(list(labels))  # every figure of the dataset agrees
     for method in experiment.methods:
-        _training_figure(figs, run_dir, experiment, name, method.name, colours)
-    _pr_figure(figs, run_dir, experiment, name, tasks, methods)
-    _umap_figure(figs, run_dir, experiment, spec, tasks, colours)
+        _training_figure(figs, done, name, method.name, colours)
+    _pr_figure(figs, done, experiment, name, tasks, methods)
+    _umap_figure(figs, done, experiment, spec, tasks, colours)
 
 
-def _training_figure(figs, run_dir, experiment, name: str, method: str, colours) -> None:
-    losses = _job_frames(run_dir, experiment, name, method, "loss.csv")
+def _training_figure(figs, done: DoneJobs, name: str, method: str, colours) -> None:
+    losses = done.table(name, method, LOSS)
     if losses.empty:
         return
-    validation = _job_frames(run_dir, experiment, name, method, "validation.csv")
-    chosen = _chosen(run_dir, experiment, name, method)
+    validation = done.table(name, method, VALIDATION)
+    chosen = done.chosen(name, method)
     fig = figures.training_curves(losses, validation, chosen, colours, f"{name}: {method}")
     figs.add(
         f"{name}-{method}-training",
@@ -157,9 +161,9 @@ def _training_figure(figs, run_dir, experiment, name: str, method: str, colours)
     )
 
 
-def _pr_figure(figs, run_dir, experiment, name: str, tasks: list[str], methods) -> None:
+def _pr_figure(figs, done: DoneJobs, experiment, name: str, tasks: list[str], methods) -> None:
     jobs_methods = [jobs.BASELINE, *(m.name for m in experiment.methods)]
-    frames = [_job_frames(run_dir, experiment, name, m, "predictions.csv") for m in jobs_methods]
+    frames = [done.table(name, m, PREDICTIONS) for m in jobs_methods]
     predictions = pd.concat(frames, ignore_index=True)
     if predictions.empty:
         return
@@ -168,14 +172,14 @@ def _pr_figure(figs, run_dir, experiment, name: str, tasks: list[str], methods) 
     figs.add(f"{name}-pr", fig, f"{name}: precision-recall per cell type (test folds pooled)")
 
 
-def _umap_figure(figs, run_dir: Path, experiment: Experiment, spec, tasks, colours) -> None:
+def _umap_figure(figs, done: DoneJobs, experiment: Experiment, spec, tasks, colours) -> None:
     """UMAPs of all cells: log-expression, and the first method's fold-0 encoder chosen for the
     first scored type."""
-    paths = [
-        jobs.job_dir(run_dir, jobs.Job(spec.name, m.name, 0)) / f"encoder-{safe_name(tasks[0])}.pt"
+    found = [
+        (m, done.run.job(Job(spec.name, m.name, 0)).encoder_path(tasks[0]))
         for m in experiment.methods
+        if Job(spec.name, m.name, 0) in done.done
     ]
-    found = [(m, p) for m, p in zip(experiment.methods, paths, strict=True) if p.exists()]
     if not found:
         return
     method, path = found[0]
@@ -202,21 +206,20 @@ def _umap_figure(figs, run_dir: Path, experiment: Experiment, spec, tasks, colou
 # ---- the page ----
 
 
-def build(experiment: Experiment, run_dir: Path) -> Path:
-    """Write summary.md, figures/*.png and report.html; return the report's path."""
-    summary = read_summary(run_dir / "summary.csv")
+def build(experiment: Experiment, run: RunFolder, done: set[Job]) -> Path:
+    """Write summary.md, figures/*.png and report.html from the `done` jobs; return the
+    report's path."""
+    summary = run.read_summary()
     methods = jobs.method_names(experiment)
-    write_summary_md(run_dir, summary, methods)
-    figs = FigureSet(run_dir / "figures")
+    write_summary_md(run, summary, methods)
+    figs = FigureSet(run)
     for spec in experiment.datasets:
         try:
-            dataset_figures(figs, run_dir, experiment, spec, summary)
+            dataset_figures(figs, DoneJobs(run, experiment, done), experiment, spec, summary)
         except Exception as error:  # a figure that fails must not cost the rest of the report
             log.warning("report: figures of %s failed: %s", spec.name, error)
-    page = _page(experiment, run_dir, summary, methods, figs.html)
-    path = run_dir / "report.html"
-    atomic_write(path, lambda tmp: tmp.write_text(page))
-    return path
+    page = _page(experiment, run, summary, methods, figs.html)
+    return run.write_page("report.html", page)
 
 
 STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}
@@ -263,9 +266,9 @@ def _items(title: str, lines: list[str], css: str = "") -> str:
     return f"<h3>{title}</h3><ul class='{css}'>{items}</ul>"
 
 
-def _page(experiment, run_dir, summary, methods, figure_html) -> str:
-    record = json.loads((run_dir / "experiment.json").read_text())
-    manifest = pd.read_csv(run_dir / "manifest.csv", keep_default_na=False)
+def _page(experiment, run: RunFolder, summary, methods, figure_html) -> str:
+    record = run.read_record()
+    manifest = run.read_manifest()
     facts = "".join(
         f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>"
         for k, v in _facts(experiment, record, manifest, methods)

@@ -14,13 +14,12 @@ import dataclasses
 import json
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from gsrcl.errors import UserError
-from gsrcl.results import write_json
+from gsrcl.labels import label_key
 from gsrcl.settings import Split
 
 VALIDATION = -1  # fold number of the validation (checkpoint selection) cells
@@ -117,7 +116,9 @@ def plan_tasks(
 ) -> list[Task]:
     present, counts = np.unique(labels, return_counts=True)
     sizes = dict(zip(present.tolist(), counts.tolist(), strict=True))
-    wanted = list(cell_types) if cell_types else sorted(sizes, key=lambda t: (-sizes[t], t))
+    wanted = (
+        list(cell_types) if cell_types else sorted(sizes, key=lambda t: (-sizes[t], label_key(t)))
+    )
     unknown = [t for t in wanted if t not in sizes]
     if unknown:
         raise UserError(
@@ -141,24 +142,25 @@ def _scorable(positive: np.ndarray, folds: Folds, n_folds: int) -> tuple[bool, s
     return True, ""
 
 
-def save_folds(folds: Folds, path: Path, meta: dict) -> None:
-    write_json(
-        path,
-        {
-            **meta,
-            "cells": folds.cells,
-            "assignment": folds.assignment.tolist(),
-            "tasks": [asdict(t) for t in folds.tasks],
-        },
-    )
+def folds_record(folds: Folds, meta: dict) -> dict:
+    """The folds as saved in the results folder, with the `meta` they were made for."""
+    return {
+        **meta,
+        "cells": folds.cells,
+        "assignment": folds.assignment.tolist(),
+        "tasks": [asdict(t) for t in folds.tasks],
+    }
 
 
-def load_folds(path: Path, meta: dict) -> Folds | None:
+def folds_from_record(saved: dict | None, meta: dict) -> Folds | None:
     """The saved folds if they were made with the same `meta` (seed, split settings, cells)."""
-    if not path.exists():
+    if saved is None:
         return None
-    saved = json.loads(path.read_text())
     meta = json.loads(json.dumps(meta))  # compare as saved (tuples become lists)
     if any(saved.get(k) != v for k, v in meta.items()):
         return None
-    return Folds(saved["cells"], np.array(saved["assignment"]), [Task(**t) for t in saved["tasks"]])
+    try:
+        tasks = [Task(**t) for t in saved["tasks"]]
+        return Folds(saved["cells"], np.array(saved["assignment"]), tasks)
+    except (KeyError, TypeError):
+        return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -22,6 +23,8 @@ class FailsOnce(LogisticRegression):
         if self.trigger and _claim(self.trigger):
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self.how == "enospc":
+                raise OSError(errno.ENOSPC, "No space left on device", "/x/y")
             raise ValueError("injected failure")
         return super().predict_proba(X)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -203,3 +204,91 @@ def test_the_command_line_labels_a_query_and_answers_bad_input_with_a_message(an
     )
     assert missing.returncode == 2 and missing.stderr.startswith("error: query")
     assert "Traceback" not in missing.stderr
+
+
+def _forged(model, tmp_path, name, change):
+    """A copy of the model whose manifest `change(manifest, folder)` edits."""
+    copy = _copy(model, tmp_path / name)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    change(manifest, copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_a_manifest_cannot_reach_outside_its_folder_or_break_the_loader(annotated, tmp_path):
+    query, model = annotated["folder"] / "query.h5ad", annotated["model"]
+    encoder = json.loads((model / "manifest.json").read_text())["cell_types"][0]["encoder"]
+    outside = tmp_path / "elsewhere.pt"
+    shutil.copyfile(model / encoder, outside)  # a valid encoder, checksum matching
+
+    def absolute(manifest, folder):
+        manifest["cell_types"][0]["encoder"] = str(outside)
+        manifest["files"][str(outside)] = sha256(outside)
+
+    def dotdot(manifest, folder):
+        name = "../../elsewhere.pt"
+        manifest["cell_types"][0]["encoder"] = name
+        manifest["files"][name] = sha256(outside)
+
+    def symlink(manifest, folder):
+        (folder / encoder).unlink()
+        (folder / encoder).symlink_to(outside)
+
+    _refused(_forged(model, tmp_path, "abs", absolute), query, "outside the model folder")
+    _refused(_forged(model, tmp_path, "up", dotdot), query, "outside the model folder")
+    _refused(_forged(model, tmp_path, "link", symlink), query, "leads outside the model folder")
+
+    def no_dataset(manifest, folder):
+        del manifest["dataset"]
+
+    def files_list(manifest, folder):
+        manifest["files"] = list(manifest["files"])
+
+    _refused(_forged(model, tmp_path, "key", no_dataset), query, "'dataset' is missing")
+    _refused(_forged(model, tmp_path, "list", files_list), query, "'files' must map")
+    deep = _copy(model, tmp_path / "deep")
+    (deep / "manifest.json").write_text("[" * 100000 + "]" * 100000)
+    _refused(deep, query, "not valid JSON")
+    huge = _copy(model, tmp_path / "huge")
+    with open(huge / "manifest.json", "a") as file:
+        file.write(" " * (9 << 20))
+    _refused(huge, query, "too large")
+    binary = _forged(model, tmp_path, "bin", lambda m, f: None)
+    (binary / "genes.txt").write_bytes(bytes(range(128, 256)) * 4)
+    manifest = json.loads((binary / "manifest.json").read_text())
+    manifest["files"]["genes.txt"] = sha256(binary / "genes.txt")
+    (binary / "manifest.json").write_text(json.dumps(manifest))
+    _refused(binary, query, "genes.txt is not text")
+
+
+def test_a_classifier_of_another_scikit_learn_type_is_refused(annotated, tmp_path):
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+
+    query, model = annotated["folder"] / "query.h5ad", annotated["model"]
+    swapped = _copy(model, tmp_path / "swap")
+    manifest = json.loads((swapped / "manifest.json").read_text())
+    classifier = manifest["cell_types"][0]["classifier"]
+    other = LogisticRegression().fit(np.eye(4), [False, True, False, True])
+    skops.io.dump(other, swapped / classifier)
+    manifest["files"][classifier] = sha256(swapped / classifier)
+    (swapped / "manifest.json").write_text(json.dumps(manifest))
+    _refused(swapped, query, "holds a LogisticRegression, not the calibrated SVM")
+
+
+def test_export_never_deletes_a_folder_it_did_not_write(annotated, tmp_path):
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.txt").write_text("four years of work")
+    with pytest.raises(UserError, match="not a GsRCL model folder"):
+        export_model(annotated["experiment"], out=user, log=lambda _: None)
+    assert (user / "thesis.txt").read_text() == "four years of work"
+    # a model folder it wrote is replaced whole, with the user's umask
+    again = export_model(annotated["experiment"], out=tmp_path / "model", log=lambda _: None)
+    before = json.loads((again / "manifest.json").read_text())["created"]
+    export_model(annotated["experiment"], out=again, log=lambda _: None)
+    assert (again / "manifest.json").exists() and before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "thesis"]  # no leftovers
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (annotated["out"] / "predictions.csv").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -4,8 +4,8 @@ import pandas as pd
 import torch
 
 from gsrcl.encoder import build_encoder
+from gsrcl.files import safe_name
 from gsrcl.pipeline import run_experiment
-from gsrcl.results import safe_name
 from tests.conftest import tiny_experiment
 
 TASKS = ["CD19+ B", "CD34+", "Dendritic"]  # the order of the config's cell_types

@@ -219,3 +219,40 @@ def test_vr_files_of_the_wrong_length_are_refused(tmp_path, counts):
     (tmp_path / "T_VR_Labels.csv").write_text("1,0,1\n")
     with pytest.raises(UserError, match="one row of 8 values 0 or 1"):
         load_dataset(Dataset(name="d", path=path, labels_file=str(tmp_path / "*_VR_Labels.csv")))
+
+
+def test_repeated_gene_names_are_reported_and_kept_apart(tmp_path, counts, caplog):
+    var = pd.DataFrame(index=["Cd3e", "Cd19", "Cd3e", "Nkg7", "Actb"])
+    obs = pd.DataFrame({"cell_type": TYPES}, index=CELLS)
+    ad.AnnData(counts, obs=obs, var=var).write_h5ad(tmp_path / "d.h5ad")
+    table = pd.DataFrame(counts, index=CELLS, columns=list(var.index))
+    table.to_csv(tmp_path / "d.csv")
+    for name in ("d.h5ad", "d.csv"):
+        caplog.clear()
+        spec = Dataset(name="d", path=str(tmp_path / name), labels_file=None)
+        if name.endswith(".csv"):
+            spec = Dataset(name="d", path=spec.path, labels_file=_write_labels(tmp_path / "l.csv"))
+        with caplog.at_level(logging.WARNING):
+            adata = load_dataset(spec)
+        assert list(adata.var_names) == ["Cd3e", "Cd19", "Cd3e-1", "Nkg7", "Actb"], name
+        assert "1 gene names occur more than once (e.g. ['Cd3e'])" in caplog.text
+
+
+def test_a_tab_separated_file_named_csv_is_read_and_said(tmp_path, counts, caplog):
+    pd.DataFrame(counts, index=CELLS, columns=GENES).to_csv(tmp_path / "m.csv", sep="\t")
+    spec = Dataset(
+        name="d", path=str(tmp_path / "m.csv"), labels_file=_write_labels(tmp_path / "l.csv")
+    )
+    with caplog.at_level(logging.WARNING):
+        _check(load_dataset(spec), counts)
+    assert "m.csv is tab-separated, not as its name says" in caplog.text
+
+
+def test_an_all_zero_matrix_and_a_genes_as_rows_table_get_the_message_that_fits(tmp_path, counts):
+    with pytest.raises(UserError, match=r"every value of .*d.h5ad is 0 \(8 cells × 5 genes\)"):
+        load_dataset(Dataset(name="d", path=_h5ad(tmp_path, np.zeros_like(counts))))
+    genes_by_cells = pd.DataFrame(counts.T, index=GENES, columns=CELLS)
+    genes_by_cells.to_csv(tmp_path / "g.csv")
+    labels = _write_labels(tmp_path / "l.csv")
+    with pytest.raises(UserError, match="8 labels for 5 cells.*set transpose=True"):
+        load_dataset(Dataset(name="d", path=str(tmp_path / "g.csv"), labels_file=labels))

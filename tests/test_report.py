@@ -28,15 +28,15 @@ def test_report_from_a_tiny_real_run_and_rebuilt_after_a_failure(tmp_path):
     assert "| dataset | task | baseline-svm | simclr-noise | supcon-noise |" in markdown
     assert re.search(r"\| pbmc68k_reduced \| CD19\+ B \| .*\d\.\d{3} ± \d\.\d{3}", markdown)
 
-    # a partly failed run still gets a report that says what failed
-    shutil.rmtree(run_dir / "jobs" / "pbmc68k_reduced" / "supcon-noise" / "fold-1")
-    manifest = run_dir / "manifest.csv"
-    manifest.write_text(
-        manifest.read_text().replace(
-            "pbmc68k_reduced/supcon-noise/fold-1,done", "pbmc68k_reduced/supcon-noise/fold-1,failed"
-        )
-    )
+    # a partly failed run still gets a report that says what failed and what is missing
+    failed = run_dir / "jobs" / "pbmc68k_reduced" / "supcon-noise" / "fold-1"
+    shutil.rmtree(failed)
+    failed.mkdir()
+    (failed / "error.txt").write_text("ValueError: injected\n\nTraceback ...")
+    shutil.rmtree(run_dir / "jobs" / "pbmc68k_reduced" / "supcon-noise" / "fold-2")
     (run_dir / "report.html").unlink()
     assert report_only(experiment, log=lambda _: None) == 0
     page = (run_dir / "report.html").read_text()
-    assert "Failed or missing jobs" in page and "supcon-noise/fold-1: failed" in page
+    assert "Failed or missing jobs" in page and "7 done, 2 not done" in page
+    assert "supcon-noise/fold-1: failed ValueError: injected" in page
+    assert "supcon-noise/fold-2: not run" in page

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from gsrcl.errors import UserError
+from gsrcl.run_folder import RunFolder
 from gsrcl.settings import Split
-from gsrcl.splits import VALIDATION, load_folds, make_folds, save_folds
+from gsrcl.splits import VALIDATION, folds_from_record, folds_record, make_folds
 
 
 def _labels():
@@ -50,11 +51,13 @@ def test_unknown_cell_type_is_a_clear_error():
 def test_saved_folds_are_reused_only_when_settings_match(tmp_path):
     labels = _labels()
     folds = make_folds([str(i) for i in range(len(labels))], labels, Split(), 0, None)
-    path = tmp_path / "splits.json"
-    save_folds(folds, path, {"seed": 0})
-    loaded = load_folds(path, {"seed": 0})
+    run = RunFolder(tmp_path)
+    run.write_splits("d", folds_record(folds, {"seed": 0}))
+    loaded = folds_from_record(run.read_splits("d"), {"seed": 0})
     assert np.array_equal(loaded.assignment, folds.assignment) and loaded.tasks == folds.tasks
-    assert load_folds(path, {"seed": 1}) is None
+    assert folds_from_record(run.read_splits("d"), {"seed": 1}) is None
+    (tmp_path / "splits" / "d.json").write_text('{"seed": 0, "cel')  # truncated: made anew
+    assert run.read_splits("d") is None
 
 
 def test_a_dataset_too_small_for_the_folds_is_a_clear_error():

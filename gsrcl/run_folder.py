@@ -1,0 +1,333 @@
+"""The results folder of an experiment: its one owner. Every path in it is built here and every
+file in it is read and written here.
+
+```
+results/<experiment>/
+  experiment.json        resolved config, package versions, devices, seed (of the results held)
+  .lock                  held by the runner using the folder: host, pid, start time
+  splits/<dataset>.json  validation cells, fold assignment, tasks (with reasons for skipped ones)
+  jobs/<dataset>/<method>/fold-<k>/   metrics.json, loss.csv, validation.csv, predictions.csv,
+                                      encoder-<task>.pt (tasks sharing a snapshot share the file:
+                                      hard links), DONE (written last) | error.txt
+  logs/worker-<n>.log    what each worker process did
+  manifest.csv           one row per job: status, device, seconds, error
+  summary.csv | summary.md | report.html | figures/   derived from the done jobs
+  models/<dataset>-<method>/   exported reference models
+```
+
+A job is *done* when its DONE marker exists, names the fingerprint of the current config, and every
+file it lists still has the size and SHA-256 it had when the job finished. That one answer
+(`JobFolder.state`) serves resume, `--rerun-failed`, the summary, the report and export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import pandas as pd
+
+from gsrcl.errors import UserError
+from gsrcl.files import (
+    atomic_write,
+    link_or_copy,
+    safe_name,
+    sha256,
+    write_csv,
+    write_json,
+    write_text,
+)
+
+DONE = "DONE"
+ERROR = "error.txt"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+LOSS = "loss.csv"
+VALIDATION = "validation.csv"
+SUMMARY = "summary.csv"
+DERIVED = ("summary.csv", "summary.md", "report.html", "figures")  # rebuilt from the jobs
+
+Status = Literal["done", "stale", "corrupt", "failed", "incomplete", "missing"]
+
+
+@dataclass(frozen=True)
+class JobState:
+    status: Status
+    reason: str = ""  # what is wrong, for stale / corrupt / failed / incomplete
+    device: str = ""  # done: where it ran
+    seconds: float = 0.0  # done: how long it took
+
+
+class JobFolder:
+    """One job's files: written by the job, trusted only once `state` says done."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # ---- writing, by the job ----
+
+    def clear(self) -> None:
+        """Remove a previous attempt, marker first, so no stale file is ever trusted."""
+        (self.path / DONE).unlink(missing_ok=True)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+
+    def write_metrics(self, job_id: str, rows: list[dict], seconds: dict[str, float]) -> None:
+        write_json(self.path / METRICS, {"job": job_id, "rows": rows, "seconds": seconds})
+
+    def write_table(self, name: str, frame: pd.DataFrame) -> None:
+        """predictions.csv, loss.csv or validation.csv."""
+        write_csv(self.path / name, frame)
+
+    def encoder_path(self, task: str) -> Path:
+        return self.path / f"encoder-{safe_name(task)}.pt"
+
+    def save_encoder(self, task: str, checkpoint: dict) -> Path:
+        import torch  # only jobs that train save encoders
+
+        path = self.encoder_path(task)
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        return path
+
+    def share_encoder(self, source: Path, task: str) -> None:
+        """`task` chose the same snapshot as the encoder at `source`: one file, two names."""
+        link_or_copy(source, self.encoder_path(task))
+
+    def mark_done(self, fingerprint: str, device: str, seconds: float) -> None:
+        """The marker, written last: the fingerprint and each file's size and checksum."""
+        digests: dict[tuple[int, int], str] = {}  # hard-linked encoders are read once
+        files = {}
+        for path in sorted(self.path.iterdir()):
+            if path.is_file() and path.name != DONE:
+                stat = path.stat()
+                key = (stat.st_dev, stat.st_ino)
+                digests.setdefault(key, sha256(path))
+                files[path.name] = {"size": stat.st_size, "sha256": digests[key]}
+        marker = {"fingerprint": fingerprint, "files": files, "device": device}
+        write_json(self.path / DONE, {**marker, "seconds": seconds, "finished": _now()})
+
+    def record_error(self, summary: str, text: str) -> None:
+        """error.txt: the one-line summary, then the traceback."""
+        write_text(self.path / ERROR, f"{summary}\n\n{text}")
+
+    # ---- reading ----
+
+    def state(self, fingerprint: str) -> JobState:
+        marker = self.path / DONE
+        if not marker.exists():
+            return self._unfinished()
+        try:
+            saved = json.loads(marker.read_text())
+            files = saved["files"]
+            device, seconds = str(saved.get("device", "")), float(saved.get("seconds", 0.0))
+        except (ValueError, KeyError, TypeError, OSError):
+            return JobState("corrupt", f"{marker} is unreadable or from an older runner")
+        if saved.get("fingerprint") != fingerprint:
+            return JobState("stale", "made with another config")
+        problem = _damage(self.path, files)
+        if problem:
+            return JobState("corrupt", problem)
+        return JobState("done", device=device, seconds=seconds)
+
+    def _unfinished(self) -> JobState:
+        error = self.path / ERROR
+        if error.exists():
+            first = error.read_text(errors="replace").splitlines()[:1]
+            return JobState("failed", first[0] if first else "failed")
+        if self.path.exists() and any(self.path.iterdir()):
+            return JobState("incomplete", "stopped before it finished")
+        return JobState("missing")
+
+    def metrics(self) -> list[dict]:
+        """The rows of metrics.json (call on done jobs only: their files are checked)."""
+        return json.loads((self.path / METRICS).read_text())["rows"]
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A table of a done job, cell types kept as text (labels may look like numbers)."""
+        path = self.path / name
+        if not path.exists():
+            return pd.DataFrame()
+        return pd.read_csv(path, keep_default_na=False, dtype={"task": str, "cell": str})
+
+
+def _damage(folder: Path, files: dict[str, dict]) -> str:
+    """What is wrong with the files a DONE marker lists, or "" when all are intact."""
+    hashed: dict[tuple[int, int], str] = {}  # hard-linked encoders are read once
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        stat = path.stat()
+        if stat.st_size != expected["size"]:
+            return f"{name} has {stat.st_size} bytes, {expected['size']} when written"
+        key = (stat.st_dev, stat.st_ino)
+        if key not in hashed:
+            hashed[key] = sha256(path)
+        if hashed[key] != expected["sha256"]:
+            return f"{name} changed after the job wrote it"
+    return ""
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class JobKey(Protocol):
+    dataset: str
+    method: str
+    fold: int
+
+
+class RunFolder:
+    """`results/<experiment>/`: the paths and files of one experiment's results."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, experiment: Any) -> RunFolder:
+        """The folder of an `Experiment`: <results_dir>/<name>."""
+        return cls(Path(experiment.results_dir) / experiment.name)
+
+    def job(self, job: JobKey) -> JobFolder:
+        return JobFolder(self.path / "jobs" / job.dataset / job.method / f"fold-{job.fold}")
+
+    def read_splits(self, dataset: str) -> dict | None:
+        """The saved splits of a dataset; None when missing or unreadable (they are remade:
+        the same seed and cells give the same splits)."""
+        try:
+            saved = json.loads((self.path / "splits" / f"{dataset}.json").read_text())
+        except (ValueError, OSError):
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    def write_splits(self, dataset: str, record: dict) -> None:
+        write_json(self.path / "splits" / f"{dataset}.json", record)
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def model_path(self, dataset: str, method: str) -> Path:
+        return self.path / "models" / f"{dataset}-{method}"
+
+    def exists(self) -> bool:
+        return (self.path / "experiment.json").exists()
+
+    def job_seconds(self, dataset: str = "*") -> list[dict[str, float]]:
+        """Each finished job's seconds (total, training, validation_wait), for benchmarks."""
+        paths = self.path.glob(f"jobs/{dataset}/*/*/{METRICS}")
+        return [json.loads(p.read_text()).get("seconds", {}) for p in sorted(paths)]
+
+    # ---- the record of the config ----
+
+    def read_record(self) -> dict:
+        path = self.path / "experiment.json"
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, OSError) as error:
+            raise UserError(f"{path} is unreadable ({error}); rerun the experiment") from None
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """experiment.json; results derived under another config (summary, report) go first, so
+        the folder never shows results of one config beside the record of another."""
+        previous = self._recorded_fingerprint()
+        if previous is not None and previous != record["fingerprint"]:
+            for name in DERIVED:
+                path = self.path / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        write_json(self.path / "experiment.json", record)
+
+    def _recorded_fingerprint(self) -> str | None:
+        try:
+            return json.loads((self.path / "experiment.json").read_text()).get("fingerprint")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+    # ---- derived files ----
+
+    def write_manifest(self, frame: pd.DataFrame) -> None:
+        write_csv(self.path / "manifest.csv", frame)
+
+    def read_manifest(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "manifest.csv", keep_default_na=False)
+
+    def write_summary(self, frame: pd.DataFrame) -> None:
+        write_csv(self.path / SUMMARY, frame)
+
+    def read_summary(self) -> pd.DataFrame:
+        """summary.csv with its numbers as numbers and unscored tasks' empty cells as "" / NaN."""
+        path = self.path / SUMMARY
+        if not path.exists():
+            raise UserError(f"no summary in {self.path}; run the experiment first")
+        text = {"dataset": str, "task": str, "method": str, "note": str}
+        summary = pd.read_csv(path, keep_default_na=False, dtype=text)
+        for column in [c for c in summary if c.endswith(("_mean", "_se"))] + ["folds"]:
+            summary[column] = pd.to_numeric(summary[column], errors="coerce")
+        return summary
+
+    def write_page(self, name: str, text: str) -> Path:
+        """summary.md or report.html."""
+        path = self.path / name
+        write_text(path, text)
+        return path
+
+    def write_figure(self, name: str, png: bytes) -> None:
+        atomic_write(self.figures / f"{name}.png", lambda tmp: tmp.write_bytes(png))
+
+    # ---- one runner at a time ----
+
+    @contextlib.contextmanager
+    def lock(self, log=None) -> Iterator[None]:
+        """Hold the folder for this process's life in it: a second runner stops at once, naming
+        the holder. The kernel drops the lock when its holder dies (even by SIGKILL), so a
+        killed runner's lock is taken over, never left to block."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(
+                    f"{self.path} is in use by another runner ({_holder(path)}); wait for it to "
+                    "finish or stop it, or give this run another name or results_dir"
+                ) from None
+            previous = _holder(path)
+            if previous != "unknown holder" and log is not None:
+                log(f"warning: took over the lock of a runner that stopped ({previous})")
+            os.ftruncate(fd, 0)
+            holder = {"host": platform.node(), "pid": os.getpid(), "started": _now()}
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text())
+        return f"host {holder['host']}, pid {holder['pid']}, started {holder['started']}"
+    except (ValueError, KeyError, OSError, TypeError):
+        return "unknown holder"
