@@ -35,6 +35,10 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask
         os.replace(tmp, path)
+    except OSError as error:
+        if error.filename or error.errno is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error  # name the file
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -91,4 +95,5 @@ def describe_os_error(error: OSError) -> str:
         30: "the file system is read-only; point results_dir at a writable folder and rerun",
         122: "the disk quota is exhausted; free some space and rerun",
     }.get(error.errno, "fix the cause and rerun")
-    return f"cannot access{where}: {error.strerror or error}; {advice}"
+    verb = "cannot write" if error.errno in (28, 30, 122) else "cannot access"
+    return f"{verb}{where}: {error.strerror or error}; {advice}"

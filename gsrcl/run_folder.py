@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import platform
@@ -95,8 +96,12 @@ class JobFolder:
     def save_encoder(self, task: str, checkpoint: dict) -> Path:
         import torch  # only jobs that train save encoders
 
+        # serialised in memory first: torch's own file writer reports a full disk as an opaque
+        # RuntimeError, Python's as the OSError (ENOSPC, the path) a user can act on
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         path = self.encoder_path(task)
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
         return path
 
     def share_encoder(self, source: Path, task: str) -> None:

@@ -141,7 +141,7 @@ def test_a_job_that_meets_a_full_disk_says_what_to_do(tmp_path):
     failing = failing_baseline(tmp_path, "enospc")
     experiment = _baselines(tmp_path, evaluation=Evaluation(SVM, (SVM, failing), inner_folds=3))
     status, log = _run(experiment)
-    assert status == 1 and "cannot access /x/y: No space left on device; free some space" in log
+    assert status == 1 and "cannot write /x/y: No space left on device; free some space" in log
 
 
 # ---- one runner per folder, and every way of stopping ----
