@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import joblib
 import numpy as np
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
@@ -21,6 +22,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from gsrcl.errors import UserError
 from gsrcl.kernel_svm import KernelSVM, PrecomputedRBF
 from gsrcl.settings import Classifier
+from gsrcl.workers import SERIAL, Workers
 
 # scikit-learn scorer names for the selection metric: (binary task, multi-class labels)
 SKLEARN_SCORERS = {
@@ -94,8 +96,24 @@ class Prepared:
     features: np.ndarray
 
 
+def inner_splits(y: np.ndarray, inner_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified inner folds of a seeded shuffle: cells stored grouped by subtype (sorted
+    files are common) must not put a whole subtype in one inner fold and skew the search.
+    They depend only on the labels, so a job builds them once, not once per checkpoint."""
+    smallest = np.unique(y, return_counts=True)[1].min()
+    n_splits = max(2, min(inner_folds, smallest))
+    kfold = StratifiedKFold(n_splits, shuffle=True, random_state=seed % 2**32)
+    with warnings.catch_warnings():  # multi-class baselines may hold a class smaller than k
+        warnings.simplefilter("ignore")
+        return list(kfold.split(np.zeros(len(y)), y))
+
+
+Splits = list[tuple[np.ndarray, np.ndarray]]
+
+
 class FoldClassifier:
-    """The configured classifier on one set of training features, fitted once per label vector."""
+    """The configured classifier on one set of training features, fitted once per label vector;
+    independent fits run on `workers`' threads."""
 
     def __init__(
         self,
@@ -105,8 +123,10 @@ class FoldClassifier:
         metric: str,
         device: str = "cpu",
         seed: int = 0,
+        workers: Workers = SERIAL,
     ) -> None:
         self.spec, self.inner_folds, self.metric, self.seed = spec, inner_folds, metric, seed
+        self.workers = workers
         if uses_precomputed_kernel(spec):
             self.kernel = PrecomputedRBF(x_train, device)
         else:
@@ -115,29 +135,37 @@ class FoldClassifier:
     def prepare(self, x: np.ndarray) -> Prepared:
         return Prepared(self.kernel.distances(x) if self.kernel else x)
 
-    def fit(self, y: np.ndarray) -> Any:
+    def fit(self, y: np.ndarray, splits: Splits | None = None) -> Any:
         """Grid search by inner CV scored with the metric, then refit on all training cells."""
-        splits = self.inner_splits(y)
-        if self.kernel is not None:
-            best = self.kernel.search(y, self.spec.grid, self.spec.params, splits, self._score)
-            return self.kernel.fit(y, {**self.spec.params, **best})
-        scorer = SKLEARN_SCORERS[self.metric][len(np.unique(y)) > 2]
-        search = GridSearchCV(
-            estimator_for(self.spec), self.spec.grid, scoring=scorer, cv=splits, refit=True
+        return self.fit_many([y], [splits])[0]
+
+    def fit_many(self, labels: list[np.ndarray], splits: list[Splits | None]) -> list[Any]:
+        """`fit` for several label vectors (tasks) at once, their fits spread over the workers."""
+        splits = [
+            s if s is not None else self.inner_splits(y)
+            for y, s in zip(labels, splits, strict=True)
+        ]
+        if self.kernel is None:
+            return [self._grid_search(y, s) for y, s in zip(labels, splits, strict=True)]
+        params = self.spec.params
+        problems = list(zip(labels, splits, strict=True))
+        best = self.kernel.search(problems, self.spec.grid, params, self._score, self.workers)
+        return self.workers.map(
+            lambda i: self.kernel.fit(labels[i], {**params, **best[i]}), range(len(labels))
         )
-        with warnings.catch_warnings():
+
+    def _grid_search(self, y: np.ndarray, splits: Splits) -> Any:
+        scorer = SKLEARN_SCORERS[self.metric][len(np.unique(y)) > 2]
+        threads = self.workers.threads if self.workers.threads > 1 else None
+        search = GridSearchCV(
+            estimator_for(self.spec), self.spec.grid, scoring=scorer, cv=splits, n_jobs=threads
+        )
+        with warnings.catch_warnings(), joblib.parallel_backend("threading"):
             warnings.simplefilter("ignore")
             return search.fit(self.x_train, y).best_estimator_
 
-    def inner_splits(self, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Stratified inner folds of a seeded shuffle: cells stored grouped by subtype (sorted
-        files are common) must not put a whole subtype in one inner fold and skew the search."""
-        smallest = np.unique(y, return_counts=True)[1].min()
-        n_splits = max(2, min(self.inner_folds, smallest))
-        kfold = StratifiedKFold(n_splits, shuffle=True, random_state=self.seed % 2**32)
-        with warnings.catch_warnings():  # multi-class baselines may hold a class smaller than k
-            warnings.simplefilter("ignore")
-            return list(kfold.split(np.zeros(len(y)), y))
+    def inner_splits(self, y: np.ndarray) -> Splits:
+        return inner_splits(y, self.inner_folds, self.seed)
 
     def _score(self, y: np.ndarray, model: Any, kernel: np.ndarray) -> float:
         """The inner-CV score of an SVC on a kernel, computed as scikit-learn's scorer would."""

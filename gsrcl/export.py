@@ -27,6 +27,7 @@ from gsrcl.files import safe_name, sha256
 from gsrcl.run_folder import RunFolder
 from gsrcl.settings import Dataset, Experiment
 from gsrcl.train import embed
+from gsrcl.workers import Workers
 
 
 def export_model(
@@ -112,51 +113,64 @@ def _chosen_encoders(experiment: Experiment, run: RunFolder, dataset: str, metho
 
 
 def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log) -> list[dict]:
-    """Copy each distinct encoder once; fit and save each type's calibrated classifier."""
+    """Copy each distinct encoder once; fit (the types side by side) and save each type's
+    calibrated classifier."""
     (staging / "encoders").mkdir(parents=True)
     (staging / "classifiers").mkdir()
     labels = adata.obs[data.LABEL].to_numpy(dtype=str)
     evaluation = experiment.evaluation
     embeddings: dict[str, np.ndarray] = {}
-    entries = []
+    digests = {}
     for task, pick in chosen.items():
-        digest = sha256(pick["path"])
-        encoder_name = f"encoders/{digest[:16]}.pt"
+        digests[task] = digest = sha256(pick["path"])
         if digest not in embeddings:
-            shutil.copyfile(pick["path"], staging / encoder_name)
+            shutil.copyfile(pick["path"], staging / _encoder_name(digest))
             encoder, checkpoint = load_encoder(pick["path"])
             x, _ = encoder_input(checkpoint, adata)
             embeddings[digest] = embed(encoder, torch.from_numpy(x))
+
+    def refit(task: str) -> tuple[object, float]:
         start = time.perf_counter()
-        y = labels == task
         model = calibrated_classifier(
             evaluation.classifier,
-            embeddings[digest],
-            y,
+            embeddings[digests[task]],
+            labels == task,
             evaluation.inner_folds,
             evaluation.metric,
             experiment.seed,
         )
+        return model, time.perf_counter() - start
+
+    with Workers(torch.get_num_threads()) as workers:
+        fitted = dict(zip(chosen, workers.map(refit, list(chosen)), strict=True))
+    entries = []
+    for task, pick in chosen.items():
+        model, seconds = fitted[task]
         classifier_name = f"classifiers/{safe_name(task)}.skops"
         skops.io.dump(model, staging / classifier_name)
+        cells = int((labels == task).sum())
         log(
             f"  {task}: fold {pick['fold']}, epoch {pick['epoch']}, classifier refit on "
-            f"{len(y)} cells ({int(y.sum())} of the type) in {time.perf_counter() - start:.1f} s"
+            f"{len(labels)} cells ({cells} of the type) in {seconds:.1f} s"
         )
         entries.append(
             {
                 "name": task,
-                "encoder": encoder_name,
+                "encoder": _encoder_name(digests[task]),
                 "classifier": classifier_name,
                 "fold": pick["fold"],
                 "epoch": pick["epoch"],
                 "validation_score": pick["score"],
                 "test_mcc": pick["test_mcc"],
-                "cells": int(y.sum()),
+                "cells": cells,
                 "classifier_params": _params(model),
             }
         )
     return entries
+
+
+def _encoder_name(digest: str) -> str:
+    return f"encoders/{digest[:16]}.pt"
 
 
 def _params(model) -> dict:

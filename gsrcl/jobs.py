@@ -28,6 +28,7 @@ from gsrcl.evaluate import FoldClassifier, binary_scores
 from gsrcl.run_folder import LOSS, PREDICTIONS, VALIDATION, JobFolder, RunFolder
 from gsrcl.settings import Classifier, Dataset, Experiment, Method
 from gsrcl.splits import Folds, folds_from_record
+from gsrcl.workers import Workers
 
 BASELINE = "baseline"
 # Bumped when the same settings give other numbers (2: cells in id order, shuffled inner CV), so
@@ -152,11 +153,15 @@ def run_job(job: Job, experiment: Experiment, run: RunFolder, device: str) -> No
     out = run.job(job)
     start = time.perf_counter()
     timing: dict[str, float] = {}
-    if job.method == BASELINE:
-        rows, predictions = run_baselines(fold, experiment, device, seed)
-    else:
-        method = _method(experiment, job.method)
-        rows, predictions = run_contrastive(fold, method, experiment, device, seed, out, timing)
+    # the worker's CPU share (pin() set torch's threads to it) serves the classifier fits too
+    with Workers(torch.get_num_threads()) as workers:
+        if job.method == BASELINE:
+            rows, predictions = run_baselines(fold, experiment, device, seed, workers)
+        else:
+            method = _method(experiment, job.method)
+            rows, predictions = run_contrastive(
+                fold, method, experiment, device, seed, out, timing, workers
+            )
     timing["total"] = time.perf_counter() - start
     for row in rows:
         row.update(dataset=job.dataset, fold=job.fold)
@@ -188,22 +193,25 @@ def _score_rows(fold: FoldData, method: str, task: str, predicted, score, extra:
     return row, predictions
 
 
-def run_baselines(fold: FoldData, experiment: Experiment, device: str, seed: int):
+def run_baselines(fold: FoldData, experiment: Experiment, device: str, seed: int, workers: Workers):
     rows, predictions = [], []
     evaluation = experiment.evaluation
+    y_train = fold.labels[fold.train]
     for spec in evaluation.baselines:
         x = _baseline_features(fold, spec)
         classifier = FoldClassifier(
-            spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device, seed
+            spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device, seed, workers
         )
         prepared = classifier.prepare(x[fold.test])
-        shared = classifier.fit(fold.labels[fold.train]) if spec.multiclass else None
-        for task in fold.tasks:
-            if shared is None:
-                model, positive_class = classifier.fit(fold.labels[fold.train] == task), True
-            else:
-                model, positive_class = shared, task
-            predicted, score = classifier.task_outputs(model, prepared, positive_class)
+        if spec.multiclass:  # one model; each task reads its class's column
+            models = [classifier.fit(y_train)] * len(fold.tasks)
+            positives = fold.tasks
+        else:
+            binary = [y_train == task for task in fold.tasks]
+            models = classifier.fit_many(binary, [None] * len(binary))
+            positives = [True] * len(fold.tasks)
+        for task, model, positive in zip(fold.tasks, models, positives, strict=True):
+            predicted, score = classifier.task_outputs(model, prepared, positive)
             row, cells = _score_rows(fold, baseline_name(spec), task, predicted, score, {})
             rows.append(row)
             predictions += cells
@@ -224,6 +232,7 @@ def run_contrastive(
     seed: int,
     out: JobFolder,
     timing: dict[str, float],
+    workers: Workers,
 ):
     """Train (once, or once per task for SupCon), score each task's chosen encoder on the test
     fold, save it; `timing` gets the seconds spent training and waiting on validation."""
@@ -234,7 +243,7 @@ def run_contrastive(
     groups = [fold.tasks] if method.loss == "simclr" else [[t] for t in fold.tasks]
     rows, predictions, losses, validation = [], [], [], []
     for tasks in groups:
-        model, result = _train_group(fold, method, experiment, x, tasks, generator, seed)
+        model, result = _train_group(fold, method, experiment, x, tasks, generator, seed, workers)
         for part, seconds in result.seconds.items():
             timing[part] = timing.get(part, 0.0) + seconds
         curve_task = "" if method.loss == "simclr" else tasks[0]
@@ -255,7 +264,14 @@ def run_contrastive(
 
 
 def _train_group(
-    fold: FoldData, method: Method, experiment: Experiment, x, tasks, generator, seed: int
+    fold: FoldData,
+    method: Method,
+    experiment: Experiment,
+    x,
+    tasks,
+    generator,
+    seed: int,
+    workers: Workers,
 ):
     """One encoder trained on the fold's training cells, its checkpoints chosen for `tasks`."""
     contrastive, evaluation = experiment.contrastive, experiment.evaluation
@@ -282,6 +298,7 @@ def _train_group(
         evaluation.inner_folds,
         evaluation.metric,
         seed,
+        workers,
     )
     epochs = contrastive.epochs[method.loss]
     augment = augmentation(method, generator)

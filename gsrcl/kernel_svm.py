@@ -19,6 +19,10 @@ import torch
 from sklearn.model_selection import ParameterGrid
 from sklearn.svm import SVC
 
+from gsrcl.workers import Workers
+
+SHARED_KERNEL_BYTES = 1 << 30  # kernels of all training cells kept per search, at most
+
 
 def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """||a_i - b_j||² for all pairs, as libsvm computes it: |a|² + |b|² - 2 a·b."""
@@ -73,31 +77,73 @@ class PrecomputedRBF:
 
     def search(
         self,
-        y: np.ndarray,
+        problems: list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]],
         grid: dict[str, list],
         params: dict[str, Any],
-        splits: list[tuple[np.ndarray, np.ndarray]],
         score,
-    ) -> dict[str, Any]:
-        """The best candidate of `grid` by mean inner-CV score (`score(y, svc, test kernel)`)."""
+        workers: Workers,
+    ) -> list[dict[str, Any]]:
+        """For each problem (labels, inner splits): the best candidate of `grid` by mean inner-CV
+        score (`score(y, svc, test kernel)`).
+
+        The work of all problems comes in units of one inner split × one gamma (its kernels, then
+        a fit per C), run on the `workers`' threads (libsvm releases the GIL); each score lands in
+        the cell a sequential search would fill, so the choice is the same."""
         candidates = list(ParameterGrid(grid))
-        scores = np.full((len(candidates), len(splits)), np.nan)
-        for s, (train, test) in enumerate(splits):
-            kernels: dict[float, tuple[np.ndarray, np.ndarray]] = {}
-            for c, candidate in enumerate(candidates):
-                gamma = self.gamma(candidate.get("gamma", params.get("gamma", "scale")), train)
-                if gamma not in kernels:  # one kernel per gamma, shared by every C
-                    kernels[gamma] = (
-                        np.exp(-gamma * self.train_distances[np.ix_(train, train)]),
-                        np.exp(-gamma * self.train_distances[np.ix_(test, train)]),
-                    )
-                fit_kernel, test_kernel = kernels[gamma]
-                model = self._fit(fit_kernel, y[train], gamma, {**params, **candidate})
-                if model is not None:
-                    scores[c, s] = score(y[test], model.svc, test_kernel)
-        means = scores.mean(axis=1)
-        best = int(np.argmax(np.where(np.isnan(means), -np.inf, means)))
-        return candidates[best]
+        units = [
+            (p, s, gamma, members)
+            for p, (_, splits) in enumerate(problems)
+            for s, (train, _) in enumerate(splits)
+            for gamma, members in self._by_gamma(candidates, params, train).items()
+        ]
+
+        shared = self._shared_kernels(candidates, params)
+
+        def run(unit: tuple[int, int, float, list[int]]) -> list[float]:
+            p, s, gamma, members = unit
+            y, (train, test) = problems[p][0], problems[p][1][s]
+            if gamma in shared:  # the same numbers as exp of the sub-matrix, computed once
+                fit_kernel = shared[gamma][np.ix_(train, train)]
+                test_kernel = shared[gamma][np.ix_(test, train)]
+            else:
+                fit_kernel = np.exp(-gamma * self.train_distances[np.ix_(train, train)])
+                test_kernel = np.exp(-gamma * self.train_distances[np.ix_(test, train)])
+            scores = []
+            for c in members:
+                model = self._fit(fit_kernel, y[train], gamma, {**params, **candidates[c]})
+                scores.append(np.nan if model is None else score(y[test], model.svc, test_kernel))
+            return scores
+
+        scores = [np.full((len(candidates), len(splits)), np.nan) for _, splits in problems]
+        for (p, s, _, members), unit_scores in zip(units, workers.map(run, units), strict=True):
+            scores[p][members, s] = unit_scores
+        chosen = []
+        for table in scores:
+            means = table.mean(axis=1)
+            chosen.append(candidates[int(np.argmax(np.where(np.isnan(means), -np.inf, means)))])
+        return chosen
+
+    def _shared_kernels(self, candidates: list[dict], params: dict) -> dict[float, np.ndarray]:
+        """The kernel of all training cells for each gamma that does not depend on the rows
+        (every value but "scale"): every task and inner split slices it instead of computing
+        exp again. Skipped when the kernels would not fit in SHARED_KERNEL_BYTES."""
+        values = {c.get("gamma", params.get("gamma", "scale")) for c in candidates} - {"scale"}
+        gammas = {self.gamma(v) for v in values}
+        if len(gammas) * self.train_distances.nbytes > SHARED_KERNEL_BYTES:
+            return {}
+        return {g: np.exp(-g * self.train_distances) for g in gammas}
+
+    def _by_gamma(self, candidates: list[dict], params: dict, train: np.ndarray) -> dict:
+        """The candidates grouped by the gamma they resolve to on these training rows ("scale"
+        is a variance over the rows: computed once, not once per candidate)."""
+        resolved: dict[Any, float] = {}
+        groups: dict[float, list[int]] = {}
+        for c, candidate in enumerate(candidates):
+            value = candidate.get("gamma", params.get("gamma", "scale"))
+            if value not in resolved:
+                resolved[value] = self.gamma(value, train)
+            groups.setdefault(resolved[value], []).append(c)
+        return groups
 
     def fit(self, y: np.ndarray, params: dict[str, Any]) -> KernelSVM:
         gamma = self.gamma(params.get("gamma", "scale"))

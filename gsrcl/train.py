@@ -23,9 +23,10 @@ import torch
 
 from gsrcl.augment import Augment
 from gsrcl.encoder import ContrastiveModel
-from gsrcl.evaluate import FoldClassifier
+from gsrcl.evaluate import FoldClassifier, inner_splits
 from gsrcl.losses import nt_xent, supcon
 from gsrcl.settings import Classifier, Contrastive
+from gsrcl.workers import SERIAL, Workers
 
 
 @dataclass
@@ -76,7 +77,8 @@ class Scored:
 
 class ValidationScorer:
     """Embeds a snapshot's training, validation and test cells (on the device) and scores every
-    task (on the CPU): `tasks[name] = (training labels, validation labels)`."""
+    task (on the CPU, over the job's `workers`): `tasks[name] = (training labels, validation
+    labels)`. What depends only on the cells and labels (the inner splits) is built once."""
 
     def __init__(
         self,
@@ -88,28 +90,39 @@ class ValidationScorer:
         inner_folds: int,
         metric: str,
         seed: int = 0,
+        workers: Workers = SERIAL,
     ) -> None:
         self.x = (x_train, x_val, x_test)
         self.tasks = tasks
         self.classifier, self.inner_folds, self.metric = classifier, inner_folds, metric
-        self.seed = seed  # of the inner CV shuffle: every snapshot is searched on the same folds
+        self.seed, self.workers = seed, workers  # the inner CV shuffle: the same at every step
+        self.splits = {name: inner_splits(y, inner_folds, seed) for name, (y, _) in tasks.items()}
 
     def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, ...]:
         return tuple(embed(encoder, x) for x in self.x)
 
     def score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
         fold = FoldClassifier(
-            self.classifier, train, self.inner_folds, self.metric, str(self.x[0].device), self.seed
+            self.classifier,
+            train,
+            self.inner_folds,
+            self.metric,
+            str(self.x[0].device),
+            self.seed,
+            self.workers,
         )
+        names = list(self.tasks)
+        models = fold.fit_many([self.tasks[n][0] for n in names], [self.splits[n] for n in names])
         val_prepared, test_prepared = fold.prepare(val), fold.prepare(test)
-        scored = {}
-        for name, (y_train, y_val) in self.tasks.items():
-            model = fold.fit(y_train)
-            scored[name] = Scored(
-                fold.score_metric(model, val_prepared, y_val),
-                fold.task_outputs(model, test_prepared),
+
+        def outputs(i: int) -> Scored:
+            y_val = self.tasks[names[i]][1]
+            return Scored(
+                fold.score_metric(models[i], val_prepared, y_val),
+                fold.task_outputs(models[i], test_prepared),
             )
-        return scored
+
+        return dict(zip(names, self.workers.map(outputs, range(len(names))), strict=True))
 
 
 class CheckpointSelector:

@@ -94,3 +94,22 @@ def test_mini_batch_training_with_batchnorm_and_bf16_runs_and_learns():
     )
     assert all(np.isfinite(result.losses)) and result.losses[-1] < result.losses[0]
     assert max(c.score for c in result.best.values()) > 0.8
+
+
+def test_scoring_on_several_threads_equals_scoring_on_one():
+    """Tasks, inner folds and grid candidates are fitted side by side: the same numbers."""
+    from gsrcl.workers import Workers
+
+    _, serial = _problem(4)
+    rng = np.random.default_rng(5)
+    embeddings = [rng.normal(size=(n, 16)) for n in (80, 20, 20)]
+    one = serial.score(*embeddings)
+    with Workers(3) as workers:
+        serial.workers = workers
+        three = serial.score(*embeddings)
+    assert one.keys() == three.keys()
+    for task in one:
+        assert one[task].score == three[task].score
+        assert all(
+            np.array_equal(a, b) for a, b in zip(one[task].test, three[task].test, strict=True)
+        )
