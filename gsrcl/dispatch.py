@@ -55,9 +55,10 @@ def execute(job: Job, experiment: Experiment, run: RunFolder, device: str) -> Ou
     folder = run.job(job)
     start = time.perf_counter()
     try:
-        folder.clear()
+        folder.prepare()
         jobs.run_job(job, experiment, run, device)
         seconds = time.perf_counter() - start
+        folder.drop_progress()
         folder.mark_done(jobs.fingerprint(experiment, job), device, seconds)
     except Exception as error:  # a failing job is recorded; the others go on
         return record_failure(job, run, device, start, traceback.format_exc(), error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +30,8 @@ from gsrcl.run_folder import LOSS, PREDICTIONS, VALIDATION, JobFolder, RunFolder
 from gsrcl.settings import Classifier, Dataset, Experiment, Method
 from gsrcl.splits import Folds, folds_from_record
 from gsrcl.workers import Workers
+
+log = logging.getLogger(__name__)
 
 BASELINE = "baseline"
 # Bumped when the same settings give other numbers (2: cells in id order, shuffled inner CV), so
@@ -160,7 +163,15 @@ def run_job(job: Job, experiment: Experiment, run: RunFolder, device: str) -> No
         else:
             method = _method(experiment, job.method)
             rows, predictions = run_contrastive(
-                fold, method, experiment, device, seed, out, timing, workers
+                fold,
+                method,
+                experiment,
+                device,
+                seed,
+                out,
+                timing,
+                workers,
+                fingerprint(experiment, job),
             )
     timing["total"] = time.perf_counter() - start
     for row in rows:
@@ -233,6 +244,7 @@ def run_contrastive(
     out: JobFolder,
     timing: dict[str, float],
     workers: Workers,
+    fingerprint: str,
 ):
     """Train (once, or once per task for SupCon), score each task's chosen encoder on the test
     fold, save it; `timing` gets the seconds spent training and waiting on validation."""
@@ -241,26 +253,101 @@ def run_contrastive(
     generator = torch.Generator(device=device).manual_seed(seed)
     # one training for SimCLR (all tasks); one per task for SupCon (it needs the task's labels)
     groups = [fold.tasks] if method.loss == "simclr" else [[t] for t in fold.tasks]
-    rows, predictions, losses, validation = [], [], [], []
-    for tasks in groups:
-        model, result = _train_group(fold, method, experiment, x, tasks, generator, seed, workers)
-        for part, seconds in result.seconds.items():
-            timing[part] = timing.get(part, 0.0) + seconds
-        curve_task = "" if method.loss == "simclr" else tasks[0]
-        losses += [
-            {"task": curve_task, "epoch": e + 1, "loss": v} for e, v in enumerate(result.losses)
-        ]
-        validation += result.validation
-        for task in tasks:
-            best = result.best[task]  # its classifier's test outputs were kept in validation
-            extra = {"epoch": best.epoch, "validation_score": best.score}
-            row, cells = _score_rows(fold, method.name, task, *best.test, extra)
-            rows.append(row)
-            predictions += cells
+    progress = JobProgress(out, fingerprint, generator)
+    for i, tasks in enumerate(groups):
+        if i < len(progress.finished):
+            continue  # trained by an earlier attempt: its encoders are in the folder
+        progress.begin(i)
+        model, result = _train_group(
+            fold, method, experiment, x, tasks, generator, seed, workers, progress
+        )
+        part = _group_results(fold, method, tasks, result)
         _save_encoders(out, result.best, model, fitted, fold, method)
+        progress.finish(part)
+    parts = progress.finished
+    for name in ("training", "validation_wait"):
+        timing[name] = sum(part["seconds"].get(name, 0.0) for part in parts)
+    losses = [row for part in parts for row in part["losses"]]
+    validation = [row for part in parts for row in part["validation"]]
     out.write_table(LOSS, pd.DataFrame(losses, columns=["task", "epoch", "loss"]))
     out.write_table(VALIDATION, pd.DataFrame(validation, columns=["epoch", "task", "score"]))
-    return rows, predictions
+    rows = [row for part in parts for row in part["rows"]]
+    return rows, [cell for part in parts for cell in part["predictions"]]
+
+
+def _group_results(fold: FoldData, method: Method, tasks: list[str], result) -> dict:
+    """One training's rows, per-cell predictions, curves and seconds, as plain data."""
+    curve_task = "" if method.loss == "simclr" else tasks[0]
+    part = {
+        "rows": [],
+        "predictions": [],
+        "losses": [
+            {"task": curve_task, "epoch": e + 1, "loss": v} for e, v in enumerate(result.losses)
+        ],
+        "validation": result.validation,
+        "seconds": result.seconds,
+    }
+    for task in tasks:
+        best = result.best[task]  # its classifier's test outputs were kept in validation
+        extra = {"epoch": best.epoch, "validation_score": best.score}
+        row, cells = _score_rows(fold, method.name, task, *best.test, extra)
+        part["rows"].append(row)
+        part["predictions"] += cells
+    return json.loads(json.dumps(part, default=_plain))  # numpy scalars → Python's
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+class JobProgress:
+    """A contrastive job's progress, saved in its folder at every validation step: the trainings
+    already finished (their results; their encoders are files) and the state of the one under
+    way. A rerun after the job was killed resumes it and gives the uninterrupted job's results."""
+
+    def __init__(self, folder: JobFolder, fingerprint: str, generator: torch.Generator) -> None:
+        self.folder, self.fingerprint, self.generator = folder, fingerprint, generator
+        saved = folder.load_progress(str(generator.device))
+        if saved is None or saved.get("fingerprint") != fingerprint:
+            if any(folder.path.iterdir()):  # another config's, or unreadable: start afresh
+                folder.clear()
+            saved = None
+        self.saved = saved
+        self.finished: list[dict] = json.loads(saved["finished"]) if saved else []
+        self.group = 0
+        if saved and saved.get("current") is None:  # between trainings: the next one's RNG
+            torch.set_rng_state(saved["torch_rng"].cpu())
+            generator.set_state(saved["generator"].cpu())
+
+    def begin(self, group: int) -> None:
+        self.group = group
+
+    def load(self) -> dict | None:
+        current = self.saved.get("current") if self.saved else None
+        if current is None or current["group"] != self.group:
+            return None
+        log.info("resuming %s at epoch %d", self.folder.path, current["epoch"])
+        return current
+
+    def save(self, state: dict) -> None:
+        self.folder.save_progress(self._record({**state, "group": self.group}))
+
+    def finish(self, part: dict) -> None:
+        self.finished.append(part)
+        self.saved = None
+        self.folder.save_progress(
+            self._record(
+                None, torch_rng=torch.get_rng_state(), generator=self.generator.get_state()
+            )
+        )
+
+    def _record(self, current: dict | None, **rng) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "finished": json.dumps(self.finished),
+            "current": current,
+            **rng,
+        }
 
 
 def _train_group(
@@ -272,6 +359,7 @@ def _train_group(
     generator,
     seed: int,
     workers: Workers,
+    progress: JobProgress,
 ):
     """One encoder trained on the fold's training cells, its checkpoints chosen for `tasks`."""
     contrastive, evaluation = experiment.contrastive, experiment.evaluation
@@ -303,7 +391,7 @@ def _train_group(
     epochs = contrastive.epochs[method.loss]
     augment = augmentation(method, generator)
     return model, train.train(
-        model, x_train, augment, contrastive, epochs, scorer, generator, labels
+        model, x_train, augment, contrastive, epochs, scorer, generator, labels, progress
     )
 
 

@@ -150,6 +150,9 @@ def run_experiment(
         if stale:
             log(f"{stale} jobs were made with another config; they run again")
         log(f"{len(planned)} jobs planned, {len(planned) - len(todo)} skipped, {len(todo)} to run")
+        if mode == "force":  # from scratch: no job resumes a saved training
+            for job in todo:
+                run.job(job).drop_progress()
         outcomes = run_jobs(experiment, run, todo, log)
         states = job_states(experiment, run, planned)
         write_manifest(run, planned, states, outcomes)

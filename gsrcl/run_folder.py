@@ -55,6 +55,7 @@ PREDICTIONS = "predictions.csv"
 LOSS = "loss.csv"
 VALIDATION = "validation.csv"
 SUMMARY = "summary.csv"
+PROGRESS = "progress.pt"  # a running job's training state, kept until it is done
 DERIVED = ("summary.csv", "summary.md", "report.html", "figures")  # rebuilt from the jobs
 
 Status = Literal["done", "stale", "corrupt", "failed", "incomplete", "missing"]
@@ -75,6 +76,14 @@ class JobFolder:
         self.path = path
 
     # ---- writing, by the job ----
+
+    def prepare(self) -> None:
+        """Make the folder ready for an attempt: a job stopped during training keeps its files
+        and progress (it resumes); anything else is cleared."""
+        if (self.path / PROGRESS).exists() and not (self.path / DONE).exists():
+            (self.path / ERROR).unlink(missing_ok=True)
+        else:
+            self.clear()
 
     def clear(self) -> None:
         """Remove a previous attempt, marker first, so no stale file is ever trusted."""
@@ -108,12 +117,36 @@ class JobFolder:
         """`task` chose the same snapshot as the encoder at `source`: one file, two names."""
         link_or_copy(source, self.encoder_path(task))
 
+    def save_progress(self, state: dict) -> None:
+        """The job's training state at a validation step (tensors and plain data), replaced
+        atomically, so a job killed later resumes from here."""
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(self.path / PROGRESS, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+
+    def load_progress(self, device: str) -> dict | None:
+        """The saved training state, or None when there is none or it does not load."""
+        import torch
+
+        path = self.path / PROGRESS
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except Exception:  # a half-written or foreign file: the job starts afresh
+            return None
+
+    def drop_progress(self) -> None:
+        (self.path / PROGRESS).unlink(missing_ok=True)
+
     def mark_done(self, fingerprint: str, device: str, seconds: float) -> None:
         """The marker, written last: the fingerprint and each file's size and checksum."""
         digests: dict[tuple[int, int], str] = {}  # hard-linked encoders are read once
         files = {}
         for path in sorted(self.path.iterdir()):
-            if path.is_file() and path.name != DONE:
+            if path.is_file() and path.name not in (DONE, PROGRESS):
                 stat = path.stat()
                 key = (stat.st_dev, stat.st_ino)
                 digests.setdefault(key, sha256(path))
@@ -149,6 +182,8 @@ class JobFolder:
         if error.exists():
             first = error.read_text(errors="replace").splitlines()[:1]
             return JobState("failed", first[0] if first else "failed")
+        if (self.path / PROGRESS).exists():
+            return JobState("incomplete", "stopped during training; resumes from its last step")
         if self.path.exists() and any(self.path.iterdir()):
             return JobState("incomplete", "stopped before it finished")
         return JobState("missing")

@@ -13,10 +13,12 @@ in memory, one copy per distinct epoch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +29,8 @@ from gsrcl.evaluate import FoldClassifier, inner_splits
 from gsrcl.losses import nt_xent, supcon
 from gsrcl.settings import Classifier, Contrastive
 from gsrcl.workers import SERIAL, Workers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,6 +152,12 @@ class CheckpointSelector:
             self.pending = (epoch, state, self.pool.submit(self.scorer.score, *embeddings))
         self.waited += time.perf_counter() - start
 
+    def settle(self) -> None:
+        """Apply the pending snapshot's scores (its result is needed before a save)."""
+        start = time.perf_counter()
+        self._collect()
+        self.waited += time.perf_counter() - start
+
     def finish(self) -> None:
         start = time.perf_counter()
         self._collect()
@@ -174,6 +184,14 @@ def overlap_validation(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
+class TrainingState(Protocol):
+    """Where a training's state is kept between validation steps (`gsrcl.jobs.JobProgress`)."""
+
+    def load(self) -> dict | None: ...
+
+    def save(self, state: dict) -> None: ...
+
+
 def train(
     model: ContrastiveModel,
     x: torch.Tensor,
@@ -183,8 +201,11 @@ def train(
     scorer: ValidationScorer,
     generator: torch.Generator,
     labels: torch.Tensor | None = None,
+    state: TrainingState | None = None,
 ) -> TrainingResult:
-    """Train on `x` (already on its device); `labels` switches SimCLR to SupCon."""
+    """Train on `x` (already on its device); `labels` switches SimCLR to SupCon. With a `state`,
+    the training state is saved at every validation step and a saved one is resumed from: the
+    result is the one an uninterrupted training gives."""
     # fused: one kernel for the whole update, which at the paper's width (46M parameters) is a
     # memory-bound share of every step (bench/training.py: 129 → 152 GFLOP/s on 2 CPU cores)
     optimizer = torch.optim.Adam(
@@ -193,10 +214,12 @@ def train(
     step = _compiled(model, settings.compile)
     selector = CheckpointSelector(scorer, overlap_validation(settings.overlap_validation, x.device))
     checkpoints = set(validation_epochs(epochs, settings.validate_every))
-    epoch_losses = []
+    epoch_losses: list[torch.Tensor] = []
     start = time.perf_counter()
-    selector.offer(0, model.encoder)
-    for epoch in range(1, epochs + 1):
+    saved = state.load() if state is not None else None
+    first = _restore(saved, model, optimizer, generator, selector, epoch_losses) if saved else 0
+    selector.offer(first, model.encoder)
+    for epoch in range(first + 1, epochs + 1):
         model.train()
         for batch in minibatches(len(x), settings.batch_size, generator, x.device):
             xb = x[batch]
@@ -212,6 +235,9 @@ def train(
             optimizer.step()
         epoch_losses.append(loss.detach())  # read back in bulk: no device sync per epoch
         if epoch in checkpoints:
+            if state is not None and epoch < epochs:
+                selector.settle()
+                state.save(_snapshot(epoch, model, optimizer, generator, selector, epoch_losses))
             selector.offer(epoch, model.encoder)
     selector.finish()
     total = time.perf_counter() - start
@@ -221,6 +247,52 @@ def train(
         best=selector.best,
         seconds={"training": total - selector.waited, "validation_wait": selector.waited},
     )
+
+
+def _snapshot(epoch, model, optimizer, generator, selector, losses) -> dict:
+    """Everything the rest of the training depends on, before the snapshot of `epoch` is
+    scored (a resumed training scores it again)."""
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "losses": torch.stack(losses).cpu(),
+        "validation": selector.validation,
+        "best": {
+            task: {
+                "epoch": c.epoch,
+                "score": c.score,
+                "state": c.state,
+                "test": [torch.from_numpy(np.asarray(a)) for a in c.test],
+            }
+            for task, c in selector.best.items()
+        },
+    }
+
+
+def _restore(saved: dict, model, optimizer, generator, selector, losses: list) -> int:
+    """Put a `_snapshot` back; return its epoch."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    try:
+        generator.set_state(saved["generator"].cpu())
+    except RuntimeError:  # saved on another kind of device: its random stream cannot carry over
+        log.warning("resumed on another kind of device: the noise from here on differs")
+    torch.set_rng_state(saved["torch_rng"].cpu())
+    losses += list(saved["losses"].to(next(model.parameters()).device))
+    selector.validation = list(saved["validation"])
+    selector.best = {
+        task: Checkpoint(
+            c["epoch"],
+            c["score"],
+            {k: v.cpu() for k, v in c["state"].items()},
+            tuple(t.cpu().numpy() for t in c["test"]),
+        )
+        for task, c in saved["best"].items()
+    }
+    return int(saved["epoch"])
 
 
 def _precision(precision: str, device: torch.device):

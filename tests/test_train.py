@@ -113,3 +113,56 @@ def test_scoring_on_several_threads_equals_scoring_on_one():
         assert all(
             np.array_equal(a, b) for a, b in zip(one[task].test, three[task].test, strict=True)
         )
+
+
+class _Killed(BaseException):
+    """What a SIGKILL does to a job, without killing the test."""
+
+
+class _Memory:
+    """A training state kept in memory, through torch.save / torch.load as on disk."""
+
+    def __init__(self, die_at_save: int | None = None) -> None:
+        self.blob, self.saves, self.die_at_save = None, 0, die_at_save
+
+    def load(self):
+        import io
+
+        return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
+
+    def save(self, state):
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self.blob, self.saves = buffer.getvalue(), self.saves + 1
+        if self.saves == self.die_at_save:
+            raise _Killed()
+
+
+def _train_with(settings, x, scorer, state, init_seed=0):
+    torch.manual_seed(init_seed)
+    model = ContrastiveModel(30, (32, 16), (16, 8), batchnorm=False, init_std=0.02)
+    generator = torch.Generator().manual_seed(1)
+    augment = lambda v: gaussian_noise(v, 1.0, generator)  # noqa: E731
+    return train(
+        model, x, augment, settings, settings.epochs["simclr"], scorer, generator, None, state
+    )
+
+
+def test_a_killed_training_resumes_to_the_uninterrupted_result():
+    x, scorer = _problem(6)
+    settings = Contrastive(epochs=12, validate_every=3, lr=1e-2, overlap_validation="on")
+    whole = _train_with(settings, x, scorer, _Memory())
+    state = _Memory(die_at_save=2)  # killed right after saving epoch 6
+    try:
+        _train_with(settings, x, scorer, state)
+    except _Killed:
+        pass
+    resumed = _train_with(settings, x, scorer, state, init_seed=99)  # other initial weights
+    assert resumed.losses == whole.losses and resumed.validation == whole.validation
+    for task, a in whole.best.items():
+        b = resumed.best[task]
+        assert (a.epoch, a.score) == (b.epoch, b.score)
+        assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+        assert all(np.array_equal(u, v) for u, v in zip(a.test, b.test, strict=True))

@@ -1,0 +1,82 @@
+"""The GPU paths. They need CUDA and are skipped without it (`pytest -m cuda` runs only these)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from gsrcl.pipeline import run_experiment
+from gsrcl.settings import Compute, Contrastive
+from tests.conftest import tiny_experiment
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _gpu(tmp_path, **changes):
+    base = tiny_experiment(tmp_path)
+    return tiny_experiment(
+        tmp_path,
+        methods=base.methods[:2],
+        compute=Compute(devices="auto", **changes.pop("compute", {})),
+        **changes,
+    )
+
+
+def test_a_tiny_run_on_cuda_and_two_workers_sharing_the_device(tmp_path):
+    one = _gpu(tmp_path / "one")
+    two = _gpu(tmp_path / "two", compute={"workers_per_device": 2})
+    for experiment in (one, two):
+        assert run_experiment(experiment, log=lambda _: None) == 0
+    manifests = [(tmp_path / n / "results/tiny/manifest.csv").read_text() for n in ("one", "two")]
+    assert all("cuda:0" in m for m in manifests)
+    summaries = [(tmp_path / n / "results/tiny/summary.csv").read_text() for n in ("one", "two")]
+    assert summaries[0] == summaries[1]  # the same jobs, however they are packed
+
+
+def test_bf16_autocast_and_background_validation_on_cuda(tmp_path):
+    contrastive = Contrastive(epochs=6, validate_every=2, lr=1e-3, precision="bf16")
+    overlapped = _gpu(
+        tmp_path / "on", contrastive=dataclasses.replace(contrastive, overlap_validation="on")
+    )
+    synchronous = _gpu(
+        tmp_path / "off", contrastive=dataclasses.replace(contrastive, overlap_validation="off")
+    )
+    for experiment in (overlapped, synchronous):
+        assert run_experiment(experiment, log=lambda _: None) == 0
+    # overlap changes when scores are computed, never which checkpoint is chosen
+    summaries = [(tmp_path / n / "results/tiny/summary.csv").read_text() for n in ("on", "off")]
+    assert summaries[0] == summaries[1]
+
+
+def test_a_training_state_saved_on_cuda_resumes_on_the_cpu():
+    from gsrcl.augment import gaussian_noise
+    from gsrcl.encoder import ContrastiveModel
+    from gsrcl.presets import svm
+    from gsrcl.train import ValidationScorer, train
+    from tests.test_train import _Killed, _Memory
+
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(90, 20, generator=rng)
+    labels = (torch.arange(90) % 3 == 0).numpy()
+    tasks = {"a": (labels[:60], labels[60:75])}
+    settings = Contrastive(epochs=6, validate_every=2, lr=1e-2)
+    state = _Memory(die_at_save=1)
+
+    def run(device: str):
+        xd = x.to(device)
+        scorer = ValidationScorer(xd[:60], xd[60:75], xd[75:], tasks, svm(), 3, "mcc")
+        model = ContrastiveModel(20, (16,), (8,), batchnorm=False, init_std=0.02).to(device)
+        generator = torch.Generator(device=device).manual_seed(1)
+        augment = lambda v: gaussian_noise(v, 1.0, generator)  # noqa: E731
+        return train(model, xd[:60], augment, settings, 6, scorer, generator, None, state)
+
+    with pytest.raises(_Killed):
+        run("cuda:0")
+    resumed = run("cpu")  # the weights, optimizer and scores carry over; the noise stream cannot
+    assert [r["epoch"] for r in resumed.validation] == [0, 2, 4, 6]
+    assert len(resumed.losses) == 6 and all(v == v for v in resumed.losses)

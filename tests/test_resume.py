@@ -1,0 +1,131 @@
+"""A long job killed during training resumes from its last validation step, to the same results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from gsrcl.dispatch import execute
+from gsrcl.jobs import Job
+from gsrcl.pipeline import prepare
+from gsrcl.run_folder import PROGRESS, JobFolder, RunFolder
+from gsrcl.settings import Contrastive
+from tests.conftest import tiny_experiment
+
+
+class _Killed(BaseException):
+    """What SIGKILL does to a worker, raised where the job stands (not caught as a failure)."""
+
+
+def _ready(tmp_path, name, method):
+    experiment = tiny_experiment(
+        tmp_path / name,
+        methods=(method,),
+        contrastive=Contrastive(epochs=8, validate_every=2, lr=1e-3),
+    )
+    run = RunFolder.of(experiment)
+    prepare(experiment, run, log=lambda _: None)
+    return experiment, run
+
+
+@pytest.mark.parametrize("loss, die_at_save", [("simclr", 2), ("supcon", 6)])
+def test_a_job_killed_mid_training_resumes_to_the_uninterrupted_results(
+    tmp_path, monkeypatch, loss, die_at_save
+):
+    method = next(m for m in tiny_experiment(tmp_path).methods if m.loss == loss)
+    job = Job("pbmc68k_reduced", method.name, 0)
+    whole, whole_run = _ready(tmp_path, "whole", method)
+    assert execute(job, whole, whole_run, "cpu").status == "done"
+
+    killed, killed_run = _ready(tmp_path, "killed", method)
+    saves = []
+    save = JobFolder.save_progress
+
+    def dying(self, state):  # SupCon's 6th save: its second task's training, after epoch 4
+        save(self, state)
+        saves.append(state.get("current") and state["current"]["epoch"])
+        if len(saves) == die_at_save:
+            raise _Killed()
+
+    monkeypatch.setattr(JobFolder, "save_progress", dying)
+    with pytest.raises(_Killed):
+        execute(job, killed, killed_run, "cpu")
+    monkeypatch.undo()
+    folder = killed_run.job(job)
+    assert (folder.path / PROGRESS).exists() and folder.state("x").status == "incomplete"
+    assert execute(job, killed, killed_run, "cpu").status == "done"
+    assert not (folder.path / PROGRESS).exists()  # one checkpoint per task is all that stays
+
+    a, b = whole_run.job(job), folder
+    assert a.metrics() == b.metrics()
+    for name in ("predictions.csv", "loss.csv", "validation.csv"):
+        assert (a.path / name).read_text() == (b.path / name).read_text(), name
+    encoders = sorted(p.name for p in a.path.glob("encoder-*.pt"))
+    assert encoders == sorted(p.name for p in b.path.glob("encoder-*.pt"))
+    for name in encoders:
+        assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
+
+
+def test_a_forced_rerun_does_not_resume(tmp_path):
+    from gsrcl.pipeline import run_experiment
+
+    experiment = dataclasses.replace(
+        tiny_experiment(tmp_path), methods=tiny_experiment(tmp_path).methods[:1]
+    )
+    assert run_experiment(experiment, log=lambda _: None) == 0
+    folder = RunFolder.of(experiment).job(Job("pbmc68k_reduced", "simclr-noise", 0))
+    (folder.path / PROGRESS).write_bytes(b"not a training state")
+    lines = []
+    assert run_experiment(experiment, mode="force", log=lines.append) == 0
+    assert not (folder.path / PROGRESS).exists()
+
+
+CONFIG = """
+from gsrcl.settings import *
+from tests.conftest import tiny_experiment
+from pathlib import Path
+base = tiny_experiment(Path({root!r}))
+EXPERIMENT = tiny_experiment(
+    Path({root!r}), methods=base.methods[:1], split=Split(folds=2),
+    contrastive=Contrastive(epochs=100, validate_every=20, lr=1e-3),
+    compute=Compute(devices="cpu", cpu_workers=1))
+"""
+
+
+def test_a_runner_killed_during_training_resumes_to_the_same_summary(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "runner.py"), "--config"]
+    for name in ("killed", "whole"):
+        (tmp_path / f"{name}.py").write_text(CONFIG.format(root=str(tmp_path / name)))
+    runner = subprocess.Popen(
+        [*command, str(tmp_path / "killed.py")],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    progress = tmp_path / "killed" / "results" / "tiny" / "jobs"
+    deadline = time.time() + 300
+    while not list(progress.glob("*/*/*/" + PROGRESS)) and time.time() < deadline:
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGKILL)  # its worker follows it within a second
+    runner.wait()
+    assert list(progress.glob("*/*/*/" + PROGRESS)), "no job was caught during training"
+    for name in ("killed", "whole"):
+        done = subprocess.run(
+            [*command, str(tmp_path / f"{name}.py")], cwd=root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    summary = "results/tiny/summary.csv"
+    assert (tmp_path / "killed" / summary).read_text() == (tmp_path / "whole" / summary).read_text()
+    for metrics in (tmp_path / "whole" / "results/tiny/jobs").glob("*/*/*/metrics.json"):
+        twin = tmp_path / "killed" / metrics.relative_to(tmp_path / "whole")
+        rows = [json.loads(p.read_text())["rows"] for p in (metrics, twin)]
+        assert rows[0] == rows[1], metrics
