@@ -86,44 +86,46 @@ class PrecomputedRBF:
         """For each problem (labels, inner splits): the best candidate of `grid` by mean inner-CV
         score (`score(y, svc, test kernel)`).
 
-        The work of all problems comes in units of one inner split × one gamma (its kernels, then
-        a fit per C), run on the `workers`' threads (libsvm releases the GIL); each score lands in
-        the cell a sequential search would fill, so the choice is the same."""
+        The work of all problems comes in units of one problem's inner split (for each gamma its
+        kernels, then a fit per C), run on the `workers`' threads (libsvm releases the GIL); each
+        score lands in the cell a sequential search would fill, so the choice is the same."""
         candidates = list(ParameterGrid(grid))
-        units = [
-            (p, s, gamma, members)
-            for p, (_, splits) in enumerate(problems)
-            for s, (train, _) in enumerate(splits)
-            for gamma, members in self._by_gamma(candidates, params, train).items()
-        ]
+        shared = self._shared_kernels(candidates, params, workers)
+        units = [(p, s) for p, (_, splits) in enumerate(problems) for s in range(len(splits))]
 
-        shared = self._shared_kernels(candidates, params)
-
-        def run(unit: tuple[int, int, float, list[int]]) -> list[float]:
-            p, s, gamma, members = unit
+        def run(unit: tuple[int, int]) -> list[tuple[list[int], list[float]]]:
+            p, s = unit
             y, (train, test) = problems[p][0], problems[p][1][s]
-            if gamma in shared:  # the same numbers as exp of the sub-matrix, computed once
-                fit_kernel = shared[gamma][np.ix_(train, train)]
-                test_kernel = shared[gamma][np.ix_(test, train)]
-            else:
-                fit_kernel = np.exp(-gamma * self.train_distances[np.ix_(train, train)])
-                test_kernel = np.exp(-gamma * self.train_distances[np.ix_(test, train)])
-            scores = []
-            for c in members:
-                model = self._fit(fit_kernel, y[train], gamma, {**params, **candidates[c]})
-                scores.append(np.nan if model is None else score(y[test], model.svc, test_kernel))
-            return scores
+            results = []
+            for gamma, members in self._by_gamma(candidates, params, train).items():
+                if gamma in shared:  # the same numbers as exp of the sub-matrix, computed once
+                    fit_kernel = shared[gamma][np.ix_(train, train)]
+                    test_kernel = shared[gamma][np.ix_(test, train)]
+                else:
+                    fit_kernel = np.exp(-gamma * self.train_distances[np.ix_(train, train)])
+                    test_kernel = np.exp(-gamma * self.train_distances[np.ix_(test, train)])
+                scores = []
+                for c in members:
+                    model = self._fit(fit_kernel, y[train], gamma, {**params, **candidates[c]})
+                    scores.append(
+                        np.nan if model is None else score(y[test], model.svc, test_kernel)
+                    )
+                results.append((members, scores))
+            return results
 
         scores = [np.full((len(candidates), len(splits)), np.nan) for _, splits in problems]
-        for (p, s, _, members), unit_scores in zip(units, workers.map(run, units), strict=True):
-            scores[p][members, s] = unit_scores
+        for (p, s), results in zip(units, workers.map(run, units), strict=True):
+            for members, unit_scores in results:
+                scores[p][members, s] = unit_scores
         chosen = []
         for table in scores:
             means = table.mean(axis=1)
             chosen.append(candidates[int(np.argmax(np.where(np.isnan(means), -np.inf, means)))])
         return chosen
 
-    def _shared_kernels(self, candidates: list[dict], params: dict) -> dict[float, np.ndarray]:
+    def _shared_kernels(
+        self, candidates: list[dict], params: dict, workers: Workers
+    ) -> dict[float, np.ndarray]:
         """The kernel of all training cells for each gamma that does not depend on the rows
         (every value but "scale"): every task and inner split slices it instead of computing
         exp again. Skipped when the kernels would not fit in SHARED_KERNEL_BYTES."""
@@ -131,7 +133,8 @@ class PrecomputedRBF:
         gammas = {self.gamma(v) for v in values}
         if len(gammas) * self.train_distances.nbytes > SHARED_KERNEL_BYTES:
             return {}
-        return {g: np.exp(-g * self.train_distances) for g in gammas}
+        kernels = workers.map(lambda g: np.exp(-g * self.train_distances), sorted(gammas))
+        return dict(zip(sorted(gammas), kernels, strict=True))
 
     def _by_gamma(self, candidates: list[dict], params: dict, train: np.ndarray) -> dict:
         """The candidates grouped by the gamma they resolve to on these training rows ("scale"

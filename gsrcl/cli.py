@@ -1,0 +1,192 @@
+"""The `gsrcl` command, `python3 -m gsrcl` and `python3 runner.py`: thin wrappers over the API.
+
+gsrcl run      [--config FILE] [--set K=V ...] [--force | --rerun-failed]
+gsrcl check    [--config FILE] [--set K=V ...]
+gsrcl report   [--config FILE] [--set K=V ...]
+gsrcl export   [--config FILE] [--set K=V ...] [--dataset D] [--method M] [--out DIR]
+gsrcl annotate --model DIR --query FILE --out DIR [--threshold 0.5] ...
+gsrcl --version
+
+Every failure the user can act on ends in one `error:` line and a non-zero exit status, never a
+traceback: 2 for a mistake in the config or the input, 74 for a file that cannot be written or
+read, 130 / 143 for Ctrl-C / SIGTERM (finished jobs are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from gsrcl.errors import Stopped, UserError
+from gsrcl.files import describe_os_error
+
+
+def emit(line: str) -> None:
+    """Progress to stdout; errors and warnings to stderr."""
+    print(line, file=sys.stderr if line.lstrip().startswith(("error:", "warning:")) else sys.stdout)
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run a command, turning every failure a user can act on into one line and a status."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        return command()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, permission denied, a file vanished
+        print(f"error: {describe_os_error(error)} (finished jobs are kept)", file=sys.stderr)
+        return 74  # EX_IOERR
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): finished jobs are kept; rerun to continue", file=sys.stderr)
+        return 130
+    except Stopped:
+        print("stopped (SIGTERM): finished jobs are kept; rerun to continue", file=sys.stderr)
+        return 143
+
+
+def _stop(signum: int, frame) -> None:
+    raise Stopped()
+
+
+# ---- the commands ----
+
+
+def run(config: str, overrides: list[str], mode: str = "resume") -> int:
+    from gsrcl.configfile import load_experiment
+    from gsrcl.pipeline import run_experiment
+
+    return run_experiment(load_experiment(config, overrides), mode=mode, log=emit)
+
+
+def check(config: str, overrides: list[str]) -> int:
+    from gsrcl.configfile import load_experiment
+    from gsrcl.pipeline import check as check_plan
+
+    return check_plan(load_experiment(config, overrides), log=emit)
+
+
+def report(config: str, overrides: list[str]) -> int:
+    from gsrcl.configfile import load_experiment
+    from gsrcl.pipeline import report_only
+
+    return report_only(load_experiment(config, overrides), log=emit)
+
+
+def export(args: argparse.Namespace) -> int:
+    from gsrcl.configfile import load_experiment
+    from gsrcl.export import export_model
+    from gsrcl.run_folder import RunFolder
+
+    experiment = load_experiment(args.config, args.overrides)
+    with RunFolder.of(experiment).lock():  # no runner may change the jobs meanwhile
+        folder = export_model(experiment, args.dataset, args.method, args.out, log=emit)
+    emit(f"model in {folder}")
+    return 0
+
+
+def annotate(args: argparse.Namespace) -> int:
+    from gsrcl.annotate import Query, annotate_file
+
+    if args.chunk_size < 1:
+        raise UserError("--chunk-size must be at least 1")
+    query = Query(args.query, args.use_raw, args.layer, args.transpose)
+    annotate_file(
+        args.model, query, args.out, args.threshold, args.chunk_size, not args.no_umap, say=emit
+    )
+    return 0
+
+
+# ---- the parser ----
+
+
+def version() -> str:
+    try:
+        return metadata.version("gsrcl-runner")
+    except metadata.PackageNotFoundError:  # run from a checkout that was not installed
+        return "not installed (run from a checkout)"
+
+
+def _config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="config.py", help="config file (default: config.py)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set contrastive.epochs=20 (repeatable)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="gsrcl", description="Cell-type identification with GsRCL, run and compared fairly."
+    )
+    main.add_argument("--version", action="version", version=f"gsrcl {version()}")
+    commands = main.add_subparsers(dest="command", required=True)
+
+    run_parser = commands.add_parser("run", help="run (or resume) the experiment of a config")
+    _config_options(run_parser)
+    mode = run_parser.add_mutually_exclusive_group()
+    mode.add_argument("--force", action="store_true", help="rerun every job")
+    mode.add_argument(
+        "--rerun-failed", action="store_true", help="rerun the jobs that are not done"
+    )
+    _config_options(commands.add_parser("check", help="check the config and data, print the plan"))
+    _config_options(commands.add_parser("report", help="rebuild summary and report from results"))
+
+    export_parser = commands.add_parser(
+        "export", help="write a reference model from a finished run, for `annotate`"
+    )
+    _config_options(export_parser)
+    export_parser.add_argument("--dataset", help="the dataset (needed when the config has several)")
+    export_parser.add_argument(
+        "--method", help="a contrastive method, or 'best' (config: export.method)"
+    )
+    export_parser.add_argument(
+        "--out", type=Path, help="default results/<exp>/models/<dataset>-<method>"
+    )
+
+    annotate_parser = commands.add_parser("annotate", help="label query cells with a model")
+    annotate_parser.add_argument("--model", required=True, help="a folder written by `export`")
+    annotate_parser.add_argument(
+        "--query", required=True, help="cells to label (.h5ad, .loom, .zarr, .h5, CSV, ...)"
+    )
+    annotate_parser.add_argument("--out", required=True, type=Path, help="folder for the results")
+    annotate_parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="a cell whose best probability is below this is 'Unassigned' (default 0.5)",
+    )
+    annotate_parser.add_argument("--use-raw", action="store_true", help=".h5ad: read .raw")
+    annotate_parser.add_argument("--layer", help=".h5ad: read this layer instead of X")
+    annotate_parser.add_argument(
+        "--transpose", action="store_true", help="CSV/TSV with genes as rows"
+    )
+    annotate_parser.add_argument("--chunk-size", type=int, default=2048, help="cells per chunk")
+    annotate_parser.add_argument("--no-umap", action="store_true", help="skip the UMAP figure")
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    commands = {
+        "run": lambda: run(
+            args.config,
+            args.overrides,
+            "force" if args.force else "failed" if args.rerun_failed else "resume",
+        ),
+        "check": lambda: check(args.config, args.overrides),
+        "report": lambda: report(args.config, args.overrides),
+        "export": lambda: export(args),
+        "annotate": lambda: annotate(args),
+    }
+    return guarded(commands[args.command])
