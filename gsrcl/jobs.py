@@ -253,7 +253,7 @@ def run_contrastive(
     generator = torch.Generator(device=device).manual_seed(seed)
     # one training for SimCLR (all tasks); one per task for SupCon (it needs the task's labels)
     groups = [fold.tasks] if method.loss == "simclr" else [[t] for t in fold.tasks]
-    progress = JobProgress(out, fingerprint, generator)
+    progress = JobProgress(out, fingerprint, generator, experiment.compute.save_progress_seconds)
     for i, tasks in enumerate(groups):
         if i < len(progress.finished):
             continue  # trained by an earlier attempt: its encoders are in the folder
@@ -305,8 +305,11 @@ class JobProgress:
     already finished (their results; their encoders are files) and the state of the one under
     way. A rerun after the job was killed resumes it and gives the uninterrupted job's results."""
 
-    def __init__(self, folder: JobFolder, fingerprint: str, generator: torch.Generator) -> None:
+    def __init__(
+        self, folder: JobFolder, fingerprint: str, generator: torch.Generator, every: float
+    ) -> None:
         self.folder, self.fingerprint, self.generator = folder, fingerprint, generator
+        self.every, self.last = every, time.monotonic()
         saved = folder.load_progress(str(generator.device))
         if saved is None or saved.get("fingerprint") != fingerprint:
             if any(folder.path.iterdir()):  # another config's, or unreadable: start afresh
@@ -329,8 +332,14 @@ class JobProgress:
         log.info("resuming %s at epoch %d", self.folder.path, current["epoch"])
         return current
 
+    def due(self) -> bool:
+        """A save costs a model, its optimizer and the best checkpoints (GBs at the paper's
+        width): at most one every `compute.save_progress_seconds`."""
+        return time.monotonic() - self.last >= self.every
+
     def save(self, state: dict) -> None:
         self.folder.save_progress(self._record({**state, "group": self.group}))
+        self.last = time.monotonic()
 
     def finish(self, part: dict) -> None:
         self.finished.append(part)

@@ -206,6 +206,9 @@ class Compute:
     # of; "ray://head:10001" connects to a remote head node
     ray_address: str | None = None
     ray_cpus_per_job: int = 1  # ray, CPU-only clusters: cores each job reserves (GPU jobs: 1 GPU)
+    # a training saves its state (to resume after a kill) at a validation step at most this often;
+    # 0 saves at every step. At the paper's width one save is GBs, so not every few seconds on a GPU
+    save_progress_seconds: float = 300.0
 
     def check(self) -> list[str]:
         problems = []
@@ -217,6 +220,8 @@ class Compute:
             problems.append("threads must be at least 1, or None")
         if self.ray_cpus_per_job < 1:
             problems.append("ray_cpus_per_job must be at least 1")
+        if self.save_progress_seconds < 0:
+            problems.append("save_progress_seconds must be >= 0")
         return problems
 
 

@@ -189,6 +189,8 @@ class TrainingState(Protocol):
 
     def load(self) -> dict | None: ...
 
+    def due(self) -> bool: ...  # whether this validation step should save
+
     def save(self, state: dict) -> None: ...
 
 
@@ -204,8 +206,8 @@ def train(
     state: TrainingState | None = None,
 ) -> TrainingResult:
     """Train on `x` (already on its device); `labels` switches SimCLR to SupCon. With a `state`,
-    the training state is saved at every validation step and a saved one is resumed from: the
-    result is the one an uninterrupted training gives."""
+    the training state is saved at the validation steps it asks for and a saved one is resumed
+    from: the result is the one an uninterrupted training gives."""
     # fused: one kernel for the whole update, which at the paper's width (46M parameters) is a
     # memory-bound share of every step (bench/training.py: 129 → 152 GFLOP/s on 2 CPU cores)
     optimizer = torch.optim.Adam(
@@ -235,7 +237,7 @@ def train(
             optimizer.step()
         epoch_losses.append(loss.detach())  # read back in bulk: no device sync per epoch
         if epoch in checkpoints:
-            if state is not None and epoch < epochs:
+            if state is not None and epoch < epochs and state.due():
                 selector.settle()
                 state.save(_snapshot(epoch, model, optimizer, generator, selector, epoch_losses))
             selector.offer(epoch, model.encoder)

@@ -11,7 +11,7 @@ from gsrcl.dispatch import execute
 from gsrcl.jobs import Job
 from gsrcl.pipeline import prepare
 from gsrcl.run_folder import PROGRESS, JobFolder, RunFolder
-from gsrcl.settings import Contrastive
+from gsrcl.settings import Compute, Contrastive
 from tests.conftest import tiny_experiment
 
 
@@ -24,6 +24,7 @@ def _ready(tmp_path, name, method):
         tmp_path / name,
         methods=(method,),
         contrastive=Contrastive(epochs=8, validate_every=2, lr=1e-3),
+        compute=Compute(devices="cpu", save_progress_seconds=0),
     )
     run = RunFolder.of(experiment)
     prepare(experiment, run, log=lambda _: None)
@@ -90,7 +91,7 @@ base = tiny_experiment(Path({root!r}))
 EXPERIMENT = tiny_experiment(
     Path({root!r}), methods=base.methods[:1], split=Split(folds=2),
     contrastive=Contrastive(epochs=100, validate_every=20, lr=1e-3),
-    compute=Compute(devices="cpu", cpu_workers=1))
+    compute=Compute(devices="cpu", cpu_workers=1, save_progress_seconds=0))
 """
 
 

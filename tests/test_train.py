@@ -130,6 +130,9 @@ class _Memory:
 
         return None if self.blob is None else torch.load(io.BytesIO(self.blob), weights_only=True)
 
+    def due(self) -> bool:
+        return True
+
     def save(self, state):
         import io
 
