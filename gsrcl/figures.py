@@ -84,7 +84,7 @@ def training_curves(
         left.plot(curve.index, curve.to_numpy(), label=f"fold {fold}", lw=1)
     left.set_xlabel("epoch")
     left.set_ylabel("contrastive loss")
-    left.legend(fontsize=7, loc="upper right")  # loss falls: the top right stays clear
+    left.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=5, frameon=False)
     for task, part in validation.groupby("task", sort=False):
         curve = part.groupby("epoch")["score"].mean()
         right.plot(curve.index, curve.to_numpy(), color=colours.get(task), lw=1, label=task)

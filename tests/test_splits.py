@@ -64,3 +64,14 @@ def test_a_dataset_too_small_for_the_folds_is_a_clear_error():
     labels = np.array(list("aabbcc"))
     with pytest.raises(UserError, match="6 cells are too few .* 5 folds"):
         make_folds([str(i) for i in range(6)], labels, Split(0.2, 5), 0, None)
+
+
+def test_numeric_labels_sort_as_numbers_in_tasks_and_figures():
+    from gsrcl.figures import type_colours
+    from gsrcl.labels import ordered
+
+    labels = np.array([str(i) for i in (10, 2, 1, 11)] * 12)
+    folds = make_folds([str(i) for i in range(len(labels))], labels, Split(0.2, 2), 0, None)
+    assert [t.name for t in folds.tasks] == ["1", "2", "10", "11"]  # same sizes: by value
+    assert ordered(["b", "10", "a", "2", "1.5"]) == ["1.5", "2", "10", "a", "b"]
+    assert list(type_colours(["10", "9", "T cell"])) == ["9", "10", "T cell"]
