@@ -2,17 +2,16 @@
 
 python3 runner.py [--config FILE] [--set section.field=value ...]
                   [--resume | --force | --rerun-failed | --check | --report-only]
+
+The same as the `gsrcl` command's run / check / report (`gsrcl --help`).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import signal
 import sys
 
-from gsrcl.errors import Stopped, UserError
-from gsrcl.files import describe_os_error
+from gsrcl import cli
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -43,42 +42,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def emit(line: str) -> None:
-    """Progress to stdout; errors and warnings to stderr."""
-    print(line, file=sys.stderr if line.lstrip().startswith(("error:", "warning:")) else sys.stdout)
-
-
-def _stop(signum: int, frame) -> None:
-    raise Stopped()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        from gsrcl.configfile import load_experiment
-        from gsrcl.pipeline import check, report_only, run_experiment
-
-        experiment = load_experiment(args.config, args.overrides)
-        if args.check:
-            return check(experiment, log=emit)
-        if args.report_only:
-            return report_only(experiment, log=emit)
-        mode = "force" if args.force else "failed" if args.rerun_failed else "resume"
-        return run_experiment(experiment, mode=mode, log=emit)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # disk full, permission denied, a file vanished
-        print(f"error: {describe_os_error(error)} (finished jobs are kept)", file=sys.stderr)
-        return 74  # EX_IOERR
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): finished jobs are kept; rerun to continue", file=sys.stderr)
-        return 130
-    except Stopped:
-        print("stopped (SIGTERM): finished jobs are kept; rerun to continue", file=sys.stderr)
-        return 143
+    if args.check:
+        return cli.guarded(lambda: cli.check(args.config, args.overrides))
+    if args.report_only:
+        return cli.guarded(lambda: cli.report(args.config, args.overrides))
+    mode = "force" if args.force else "failed" if args.rerun_failed else "resume"
+    return cli.guarded(lambda: cli.run(args.config, args.overrides, mode))
 
 
 if __name__ == "__main__":

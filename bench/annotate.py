@@ -26,7 +26,7 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gsrcl.annotate import Query, annotate  # noqa: E402
+from gsrcl.annotation import Query, annotate_file  # noqa: E402
 from gsrcl.configfile import load_experiment  # noqa: E402
 from gsrcl.export import export_model  # noqa: E402
 from gsrcl.pipeline import run_experiment  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
 
         thinned_query(args.cells, folder / "query.h5ad")
         start = time.perf_counter()
-        table = annotate(
+        table = annotate_file(
             model,
             Query(str(folder / "query.h5ad")),
             folder / "out",
@@ -91,7 +91,9 @@ def main() -> None:
         )
         labelled = time.perf_counter() - start
         start = time.perf_counter()
-        annotate(model, Query(str(folder / "query.h5ad")), folder / "out", say=lambda line: None)
+        annotate_file(
+            model, Query(str(folder / "query.h5ad")), folder / "out", say=lambda line: None
+        )
         with_umap = time.perf_counter() - start
         print(
             f"annotate {args.cells} cells: {labelled:.1f} s (read, label, write); with the UMAP "

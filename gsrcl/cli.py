@@ -92,7 +92,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def annotate(args: argparse.Namespace) -> int:
-    from gsrcl.annotate import Query, annotate_file
+    from gsrcl.annotation import Query, annotate_file
 
     if args.chunk_size < 1:
         raise UserError("--chunk-size must be at least 1")

@@ -53,12 +53,6 @@ def in_id_order(adata: ad.AnnData) -> ad.AnnData:
     return adata[order].copy()
 
 
-def load_unlabelled(spec: Dataset) -> ad.AnnData:
-    """Read a matrix to annotate: unique cell ids, float32 values checked finite and non-negative;
-    every cell kept (its scale is the caller's to check, with `scale_mismatch`)."""
-    return checked_values(spec, read_matrix(spec))
-
-
 def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     if not adata.obs_names.is_unique:
         log.warning("dataset %s: cell ids are not unique; made unique with suffixes", spec.name)

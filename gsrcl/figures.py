@@ -173,15 +173,12 @@ def umaps(
     return fig
 
 
-def query_umap(
-    embedding: np.ndarray, predicted: np.ndarray, types: list[str], unassigned: str
-) -> Figure:
-    """UMAP of annotated query cells in the reference encoder's embedding, coloured by the
-    predicted type (unassigned cells in grey), with the count of each type in the legend."""
+def query_umap(xy: np.ndarray, predicted: np.ndarray, types: list[str], unassigned: str) -> Figure:
+    """UMAP coordinates `xy` of annotated query cells (in the reference encoder's embedding),
+    coloured by the predicted type (unassigned in grey), with each type's count in the legend."""
     colours = {**type_colours(types), unassigned: (0.75, 0.75, 0.75)}
     present = {t: c for t, c in colours.items() if (predicted == t).any()}
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    xy = umap_coordinates(embedding)
     _scatter_types(ax, xy, predicted, present)
     handles, names = ax.get_legend_handles_labels()
     counts = [f"{n} ({int((predicted == n).sum())})" for n in names]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -128,10 +129,29 @@ def devices(experiment: Experiment) -> list[str]:
     return [f"cuda:{i}" for i in wanted]
 
 
+@dataclass
+class RunResult:
+    """What a run leaves: its exit status (0 all done, 1 something failed), the results folder,
+    the summary (dataset × task × method scores), each job run now and the report page."""
+
+    status: int
+    folder: Path
+    summary: pd.DataFrame
+    outcomes: list[dispatch.Outcome]
+    report: Path | None
+
+
 def run_experiment(
     experiment: Experiment, mode: str = "resume", log: Callable[[str], None] = print
 ) -> int:
-    """Run the jobs `mode` selects; return the exit status (1 when a job failed).
+    """Run the jobs `mode` selects; return the exit status (1 when a job failed)."""
+    return execute_experiment(experiment, mode, log).status
+
+
+def execute_experiment(
+    experiment: Experiment, mode: str = "resume", log: Callable[[str], None] = print
+) -> RunResult:
+    """Run the jobs `mode` selects, then summarise, report and (export.after_run) export.
 
     resume: every job not done with the current settings; force: every job; failed: every job
     not done, refusing a folder that holds jobs of another config."""
@@ -158,7 +178,7 @@ def run_experiment(
         write_manifest(run, planned, states, outcomes)
         summary = write_summary(experiment, run, states)
         log("\n" + mcc_table(summary))
-        write_report(experiment, run, states, log)
+        page = write_report(experiment, run, states, log)
         exported = export_models(experiment, ready, log) if experiment.export.after_run else True
     log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
@@ -168,7 +188,8 @@ def run_experiment(
     unread = len(experiment.datasets) - len(ready)
     if unread:
         log(f"\n{unread} dataset(s) could not be read; see the errors above")
-    return 1 if failed or unread or not exported else 0
+    status = 1 if failed or unread or not exported else 0
+    return RunResult(status, run.path, summary, outcomes, page)
 
 
 def job_states(
@@ -248,15 +269,18 @@ def write_report(
     run: RunFolder,
     states: dict[jobs.Job, JobState],
     log: Callable[[str], None],
-) -> None:
+) -> Path | None:
     """report.html, summary.md and figures; a report that fails never costs the results."""
     try:
-        log(f"report: {report.build(experiment, run, _done(states))}")
+        page = report.build(experiment, run, _done(states))
     except Exception as error:
         log(
             f"warning: the report could not be built ({type(error).__name__}: {error}); "
             "the results are complete; rebuild it with --report-only"
         )
+        return None
+    log(f"report: {page}")
+    return page
 
 
 def report_only(experiment: Experiment, log: Callable[[str], None] = print) -> int:

@@ -1,8 +1,9 @@
 """File formats → AnnData (cells × genes). Labels and value checks are `gsrcl.data`'s job.
 
-Formats: `.h5ad` (X, a layer, or .raw); 10x `.h5` and matrix-market folders (scanpy's readers);
-the scziDesk-style `.h5` of the GsRCL paper's data (`exprs` dense or CSR group, `obs`, `obs_names`,
-`var_names`); CSV/TSV/TXT, optionally gzipped, cells × genes or genes × cells (`transpose`).
+Formats: `.h5ad` (X, a layer, or .raw), `.zarr` and `.loom` (anndata's readers); 10x `.h5` and
+matrix-market folders (scanpy's readers); the scziDesk-style `.h5` of the GsRCL paper's data
+(`exprs` dense or CSR group, `obs`, `obs_names`, `var_names`); CSV/TSV/TXT, optionally gzipped,
+cells × genes or genes × cells (`transpose`).
 """
 
 from __future__ import annotations
@@ -32,18 +33,22 @@ log = logging.getLogger(__name__)
 
 def read_matrix(spec: Dataset) -> ad.AnnData:
     if spec.path in BUNDLED:
-        return _select(spec, BUNDLED[spec.path]())
+        return select_matrix(spec, BUNDLED[spec.path]())
     path = Path(spec.path)
     if not path.exists():
         raise UserError(f"dataset {spec.name}: {path} not found; check `path` in the config")
     name = path.name.lower().removesuffix(".gz")
     try:
+        if name.endswith(".zarr"):
+            return select_matrix(spec, ad.read_zarr(path))
+        if name.endswith(".loom"):
+            return select_matrix(spec, _read_loom(path))
         if path.is_dir():
             return sc.read_10x_mtx(path)
         if name.endswith(".h5ad"):
             with warnings.catch_warnings():  # duplicated ids are made unique, with a warning, later
                 warnings.filterwarnings("ignore", message=".*names are not unique")
-                return _select(spec, ad.read_h5ad(path))
+                return select_matrix(spec, ad.read_h5ad(path))
         if name.endswith(".h5"):
             return _read_h5(path)
         if name.endswith(TABLE_SUFFIXES):
@@ -51,12 +56,12 @@ def read_matrix(spec: Dataset) -> ad.AnnData:
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"dataset {spec.name}: cannot read {path}: {error}") from None
     raise UserError(
-        f"dataset {spec.name}: unknown format of {path}; use .h5ad, .h5 (10x or scziDesk), a 10x "
-        "matrix-market folder, or CSV/TSV"
+        f"dataset {spec.name}: unknown format of {path}; use .h5ad, .zarr, .loom, .h5 (10x or "
+        "scziDesk), a 10x matrix-market folder, or CSV/TSV"
     )
 
 
-def _select(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
+def select_matrix(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     """The matrix the dataset names: X, a layer, or .raw (with the same cells and obs)."""
     if spec.use_raw:
         if adata.raw is None:
@@ -70,6 +75,26 @@ def _select(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
             )
         adata.X = adata.layers[spec.layer]
     return adata
+
+
+def _read_loom(path: Path) -> ad.AnnData:
+    """A loom file through anndata's reader (which needs loompy); cell and gene names from the
+    loom convention's CellID / Gene attributes, or the obs_names / var_names anndata writes."""
+    try:
+        import loompy  # noqa: F401  (anndata's read_loom imports it)
+        from anndata.io import read_loom
+    except ImportError:
+        raise UserError(f"reading {path} needs loompy: pip install loompy") from None
+    with h5py.File(path, "r") as f:
+        cells, genes = set(f.get("col_attrs", {})), set(f.get("row_attrs", {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return read_loom(
+            path,
+            sparse=True,
+            obs_names="CellID" if "CellID" in cells else "obs_names",
+            var_names="Gene" if "Gene" in genes else "var_names",
+        )
 
 
 def _read_h5(path: Path) -> ad.AnnData:

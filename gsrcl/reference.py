@@ -20,10 +20,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import anndata as ad
+import numpy as np
+import pandas as pd
 import skops.io
 import torch
 from sklearn.calibration import CalibratedClassifierCV
@@ -75,6 +79,37 @@ class ReferenceModel:
         """Every gene some encoder reads, in the reference's order."""
         used = {g for t in self.types for g in t.checkpoint["genes"]}
         return [g for g in self.reference_genes if g in used]
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ReferenceModel:
+        """Read and verify a model folder written by `gsrcl export`."""
+        return load(folder)
+
+    @property
+    def cell_types(self) -> pd.DataFrame:
+        """The types the model knows and what each was trained on: reference cells of the type,
+        the fold and epoch of its encoder, its validation score and test MCC in the run's CV."""
+        columns = ["name", "cells", "fold", "epoch", "validation_score", "test_mcc"]
+        rows = [{c: entry.get(c) for c in columns} for entry in self.manifest["cell_types"]]
+        return pd.DataFrame(rows, columns=columns)
+
+    @property
+    def main_encoder(self) -> str:
+        """The encoder file most types share: its embedding is the one annotate reports."""
+        counts = Counter(t.encoder_file for t in self.types)
+        return max(counts, key=counts.__getitem__)
+
+    def embed(self, adata: ad.AnnData, chunk_size: int = 2048) -> np.ndarray:
+        """The representation of `adata`'s cells by the main encoder (cells × its width)."""
+        from gsrcl.annotation import embed_cells  # annotation builds on this module
+
+        return embed_cells(self, adata, chunk_size)
+
+    def annotate(self, adata: ad.AnnData, threshold: float = 0.5, **options):
+        """Label an in-memory AnnData (see `gsrcl.annotation.annotate`); returns an Annotation."""
+        from gsrcl.annotation import annotate
+
+        return annotate(adata, self, threshold, **options)
 
 
 def load(folder: str | Path) -> ReferenceModel:

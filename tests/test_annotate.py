@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from gsrcl.annotate import UNASSIGNED, Query, annotate
+from gsrcl.annotation import UNASSIGNED, Query, annotate_file
 from gsrcl.errors import UserError
 from gsrcl.export import export_model
 from gsrcl.pipeline import run_experiment
@@ -54,7 +54,7 @@ def annotated(tmp_path_factory):
     assert run_experiment(experiment, log=lambda line: None) == 0
     model = folder / "results" / "reference" / "models" / "tm_immune-simclr-noise"
     out = folder / "labelled"
-    table = annotate(model, Query(str(folder / "query.h5ad")), out, say=lambda line: None)
+    table = annotate_file(model, Query(str(folder / "query.h5ad")), out, say=lambda line: None)
     truth = full.obs["cell_type"].to_numpy(dtype=str)[~in_reference]
     return {
         "folder": folder,
@@ -101,7 +101,7 @@ def test_outputs_hold_probabilities_labels_embedding_and_figure(annotated):
 
 
 def test_a_threshold_of_one_leaves_every_cell_unassigned(annotated, tmp_path):
-    table = annotate(
+    table = annotate_file(
         annotated["model"],
         Query(str(annotated["folder"] / "query.h5ad")),
         tmp_path,
@@ -135,7 +135,9 @@ def _copy(model, tmp_path):
 
 def _refused(model, query, match):
     with pytest.raises(UserError, match=match):
-        annotate(model, Query(str(query)), model.parent / "out", umap=False, say=lambda _: None)
+        annotate_file(
+            model, Query(str(query)), model.parent / "out", umap=False, say=lambda _: None
+        )
 
 
 def test_tampered_or_foreign_model_files_are_refused(annotated, tmp_path):
@@ -292,3 +294,36 @@ def test_export_never_deletes_a_folder_it_did_not_write(annotated, tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (annotated["out"] / "predictions.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_the_notebook_api_labels_an_anndata_in_memory(annotated):
+    import gsrcl
+
+    query = ad.read_h5ad(annotated["folder"] / "query.h5ad")
+    before = query.copy()
+    model = gsrcl.ReferenceModel.load(annotated["model"])
+    annotation = gsrcl.annotate(query, model, say=lambda _: None)
+    assert annotation.table.equals(annotated["table"])  # the same labels as the file path
+    assert np.array_equal(query.X.toarray(), before.X.toarray()) and query.obs.empty  # untouched
+    labelled = annotation.to_adata(key_added="ref", umap=True)
+    assert list(labelled.obs["ref_prediction"].astype(str)) == list(annotated["table"]["predicted"])
+    assert labelled.obsm["X_ref"].shape == (query.n_obs, 64)
+    assert labelled.obsm["X_ref_umap"].shape == (query.n_obs, 2)
+    assert np.allclose(model.embed(query), annotation.embedding, atol=1e-5)
+    types = model.cell_types
+    assert set(types["name"]) == {"B cell", "T cell", "NK cell", "Monocyte"}
+    assert (types["cells"] > 0).all() and types["validation_score"].notna().all()
+    from_path = gsrcl.annotate(annotated["folder"] / "query.h5ad", annotated["model"], say=print)
+    assert from_path.table.equals(annotation.table)
+
+
+def test_the_gsrcl_command_answers_help_and_version():
+    for flag in ("--help", "--version"):
+        done = subprocess.run(
+            [sys.executable, "-m", "gsrcl", flag], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "gsrcl" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "gsrcl", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert all(c in done.stdout for c in ("run", "check", "report", "export", "annotate"))

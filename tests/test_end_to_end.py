@@ -113,3 +113,16 @@ def test_check_prints_the_plan_without_training(tmp_path):
     assert "CD34+: 13 cells, scored" in text and "12 jobs planned" in text
     assert "simclr-masking-200" in text and "workers: 1 on cpu" in text
     assert not (tmp_path / "results").exists()
+
+
+def test_the_api_runs_an_experiment_and_returns_its_summary(tmp_path):
+    import gsrcl
+
+    experiment = tiny_experiment(tmp_path, methods=())
+    result = gsrcl.run(experiment, log=lambda _: None)
+    assert result.status == 0 and result.folder == tmp_path / "results" / "tiny"
+    assert list(result.summary["task"].unique()) == TASKS
+    assert {o.status for o in result.outcomes} == {"done"} and len(result.outcomes) == 3
+    assert result.report == result.folder / "report.html" and result.report.exists()
+    again = gsrcl.run(experiment, log=lambda _: None)
+    assert again.outcomes == [] and again.summary.equals(result.summary)

@@ -2,6 +2,7 @@
 
 import gzip
 import logging
+import warnings
 
 import anndata as ad
 import h5py
@@ -256,3 +257,14 @@ def test_an_all_zero_matrix_and_a_genes_as_rows_table_get_the_message_that_fits(
     labels = _write_labels(tmp_path / "l.csv")
     with pytest.raises(UserError, match="8 labels for 5 cells.*set transpose=True"):
         load_dataset(Dataset(name="d", path=str(tmp_path / "g.csv"), labels_file=labels))
+
+
+@pytest.mark.parametrize("suffix", [".loom", ".zarr"])
+def test_loom_and_zarr_through_anndatas_readers(tmp_path, counts, suffix):
+    obs = pd.DataFrame({"cell_type": TYPES}, index=CELLS)
+    adata = ad.AnnData(counts, obs=obs, var=pd.DataFrame(index=GENES))
+    path = tmp_path / f"d{suffix}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (adata.write_loom if suffix == ".loom" else adata.write_zarr)(path)
+    _check(load_dataset(Dataset(name="d", path=str(path))), counts)

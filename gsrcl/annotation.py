@@ -27,7 +27,7 @@ from gsrcl import data, reference
 from gsrcl.checkpoints import encoder_input, logged_expression, preprocessing_key
 from gsrcl.errors import UserError
 from gsrcl.files import atomic_write, write_csv
-from gsrcl.readers import BUNDLED
+from gsrcl.readers import BUNDLED, read_matrix, select_matrix
 from gsrcl.settings import Dataset
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,82 @@ class Query:
     transpose: bool = False
 
 
+@dataclass
+class Annotation:
+    """Query cells labelled by a reference model: `table` has one row per cell (prediction, its
+    probability, `outside_reference`, `p_<type>` for every type), `embedding` the encoder's
+    representation (of the encoder most types share)."""
+
+    query: ad.AnnData
+    table: pd.DataFrame
+    embedding: np.ndarray
+    model: reference.ReferenceModel
+    threshold: float
+    umap: np.ndarray | None = None  # 2-D coordinates, once `umap_coordinates` has run
+
+    def umap_coordinates(self) -> np.ndarray:
+        if self.umap is None:
+            from gsrcl.figures import umap_coordinates  # umap-learn only when asked for
+
+            self.umap = umap_coordinates(self.embedding)
+        return self.umap
+
+    def to_adata(self, key_added: str = "gsrcl", umap: bool = False) -> ad.AnnData:
+        """A copy of the query with obs `<key>_prediction`, `<key>_probability`,
+        `<key>_outside_reference`, `<key>_p_<type>`, the embedding in obsm `X_<key>` and (with
+        `umap`, or when already computed) its UMAP in obsm `X_<key>_umap`."""
+        labelled = self.query.copy()
+        table = self.table
+        labelled.obs[f"{key_added}_prediction"] = pd.Categorical(table["predicted"].to_numpy())
+        labelled.obs[f"{key_added}_probability"] = table["probability"].to_numpy()
+        labelled.obs[f"{key_added}_outside_reference"] = table["outside_reference"].to_numpy()
+        for column in [c for c in table if c.startswith("p_")]:
+            labelled.obs[f"{key_added}_{column}"] = table[column].to_numpy()
+        labelled.obsm[f"X_{key_added}"] = self.embedding
+        if umap or self.umap is not None:
+            labelled.obsm[f"X_{key_added}_umap"] = self.umap_coordinates()
+        labelled.uns[key_added] = {
+            "model": str(self.model.folder),
+            "dataset": self.model.manifest["dataset"],
+            "method": self.model.manifest["method"],
+            "threshold": self.threshold,
+            "manifest": json.dumps(self.model.manifest["files"]),
+        }
+        return labelled
+
+    def write(self, out: str | Path, umap: bool = True, say: Callable[[str], None] = print) -> Path:
+        """predictions.csv, query.h5ad and (with `umap`) umap.png in the folder `out`."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "predictions.csv", self.table)
+        atomic_write(out / "query.h5ad", self.to_adata(umap=umap).write_h5ad)
+        if umap:
+            _write_umap(out / "umap.png", self)
+        counts = self.table["predicted"].value_counts()
+        say(
+            f"labelled {len(self.table)} cells: " + ", ".join(f"{t} {n}" for t, n in counts.items())
+        )
+        say(f"results in {out}")
+        return out
+
+
 def annotate(
+    adata: ad.AnnData,
+    model: reference.ReferenceModel,
+    threshold: float = 0.5,
+    chunk_size: int = 2048,
+    use_raw: bool = False,
+    layer: str | None = None,
+    say: Callable[[str], None] = print,
+) -> Annotation:
+    """Label the cells of an in-memory AnnData (left unchanged) with a loaded reference model."""
+    _check_options(threshold, chunk_size)
+    spec = Dataset(name="query", path="the AnnData", use_raw=use_raw, layer=layer)
+    query = _checked_query(select_matrix(spec, adata.copy()), model, "the query")
+    return _label(query, model, threshold, chunk_size, say)
+
+
+def annotate_file(
     model_dir: str | Path,
     query: Query,
     out: str | Path,
@@ -55,24 +130,56 @@ def annotate(
     umap: bool = True,
     say: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Label the query's cells; write predictions.csv, query.h5ad and umap.png into `out`."""
+    """Label the query file's cells; write predictions.csv, query.h5ad and umap.png into `out`."""
+    _check_options(threshold, chunk_size)
+    model = reference.load(model_dir)
+    annotation = _label(_read_query(query, model), model, threshold, chunk_size, say)
+    annotation.write(out, umap, say)
+    return annotation.table
+
+
+def annotate_adata_or_file(
+    cells: ad.AnnData | str | Path,
+    model: reference.ReferenceModel,
+    threshold: float = 0.5,
+    chunk_size: int = 2048,
+    use_raw: bool = False,
+    layer: str | None = None,
+    transpose: bool = False,
+    say: Callable[[str], None] = print,
+) -> Annotation:
+    """`annotate` for an AnnData, or for a file read as the runner reads it."""
+    if isinstance(cells, ad.AnnData):
+        return annotate(cells, model, threshold, chunk_size, use_raw, layer, say)
+    _check_options(threshold, chunk_size)
+    query = _read_query(Query(str(cells), use_raw, layer, transpose), model)
+    return _label(query, model, threshold, chunk_size, say)
+
+
+def embed_cells(model: reference.ReferenceModel, adata: ad.AnnData, chunk_size: int) -> np.ndarray:
+    """The main encoder's representation of `adata`'s cells (left unchanged), in chunks."""
+    query = _checked_query(adata.copy(), model, "the cells")
+    first = next(t for t in model.types if t.encoder_file == model.main_encoder)
+    parts = []
+    for start in range(0, query.n_obs, chunk_size):
+        x, _ = encoder_input(first.checkpoint, query[start : start + chunk_size])
+        with torch.no_grad():
+            parts.append(first.encoder(torch.from_numpy(x)).numpy())
+    return np.concatenate(parts)
+
+
+def _check_options(threshold: float, chunk_size: int) -> None:
     if not 0 <= threshold <= 1:
         raise UserError(f"--threshold must be a probability between 0 and 1, got {threshold}")
-    model = reference.load(model_dir)
-    adata = _read_query(query, model)
+    if chunk_size < 1:
+        raise UserError("--chunk-size must be at least 1")
+
+
+def _label(adata, model, threshold: float, chunk_size: int, say) -> Annotation:
     _check_genes(adata, model, say)
     probabilities, outside, embedding = _probabilities(model, adata, chunk_size)
     table = _predictions(adata.obs_names, model, probabilities, outside, threshold)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "predictions.csv", table)
-    _write_h5ad(out / "query.h5ad", adata, table, embedding, model, threshold)
-    if umap:
-        _write_umap(out / "umap.png", embedding, table["predicted"].to_numpy(), model)
-    counts = table["predicted"].value_counts()
-    say(f"labelled {len(table)} cells: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
-    say(f"results in {out}")
-    return table
+    return Annotation(adata, table, embedding, model, threshold)
 
 
 def _read_query(query: Query, model: reference.ReferenceModel) -> ad.AnnData:
@@ -86,12 +193,18 @@ def _read_query(query: Query, model: reference.ReferenceModel) -> ad.AnnData:
         layer=query.layer,
         transpose=query.transpose,
     )
-    adata = data.load_unlabelled(spec)
+    return _checked_query(read_matrix(spec), model, f"query {query.path}")
+
+
+def _checked_query(adata: ad.AnnData, model: reference.ReferenceModel, what: str) -> ad.AnnData:
+    """Unique ids and genes, float32 values checked finite and non-negative, in the scale the
+    model was trained on."""
+    adata = data.checked_values(Dataset(name="query", path=what, values=model.values), adata)
     mismatch = data.scale_mismatch(model.values, adata.X)
     if mismatch is not None:
         wanted = "raw counts" if model.values == "counts" else "log-normalised values"
         raise UserError(
-            f"query {query.path} {mismatch}, but the reference model was trained on {wanted}; "
+            f"{what} {mismatch}, but the reference model was trained on {wanted}; "
             f"give the query as {wanted} (choose the matrix with --layer or --use-raw)"
         )
     return adata
@@ -122,7 +235,7 @@ def _probabilities(model: reference.ReferenceModel, adata: ad.AnnData, chunk_siz
     by_encoder: dict[str, list[int]] = {}
     for i, cell_type in enumerate(model.types):
         by_encoder.setdefault(cell_type.encoder_file, []).append(i)
-    shown = max(by_encoder, key=lambda f: len(by_encoder[f]))
+    shown = model.main_encoder
     probabilities = np.empty((adata.n_obs, len(model.types)), dtype=np.float32)
     outside = np.empty(adata.n_obs, dtype=bool)
     embedding = None
@@ -164,25 +277,13 @@ def _predictions(cells, model, probabilities, outside, threshold: float) -> pd.D
     return table
 
 
-def _write_h5ad(path: Path, adata, table: pd.DataFrame, embedding, model, threshold) -> None:
-    adata.obs["gsrcl_prediction"] = pd.Categorical(table["predicted"].to_numpy())
-    adata.obs["gsrcl_probability"] = table["probability"].to_numpy()
-    adata.obs["gsrcl_outside_reference"] = table["outside_reference"].to_numpy()
-    for column in [c for c in table if c.startswith("p_")]:
-        adata.obs[f"gsrcl_{column}"] = table[column].to_numpy()
-    adata.obsm["X_gsrcl"] = embedding
-    adata.uns["gsrcl"] = {
-        "model": str(model.folder),
-        "dataset": model.manifest["dataset"],
-        "method": model.manifest["method"],
-        "threshold": threshold,
-        "manifest": json.dumps(model.manifest["files"]),
-    }
-    atomic_write(path, adata.write_h5ad)
+def _write_umap(path: Path, annotation: Annotation) -> None:
+    from gsrcl import figures  # matplotlib only when a figure is asked for
 
-
-def _write_umap(path: Path, embedding: np.ndarray, predicted: np.ndarray, model) -> None:
-    from gsrcl import figures  # matplotlib and UMAP only when a figure is asked for
-
-    fig = figures.query_umap(embedding, predicted, [t.name for t in model.types], UNASSIGNED)
+    fig = figures.query_umap(
+        annotation.umap_coordinates(),
+        annotation.table["predicted"].to_numpy(),
+        [t.name for t in annotation.model.types],
+        UNASSIGNED,
+    )
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
