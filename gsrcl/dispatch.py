@@ -101,6 +101,7 @@ def _worker(slot: Slot, experiment: Experiment, run: RunFolder, inbox, outbox, p
     pin(slot)
     _exit_with_parent(parent)
     _log_to_file(run.logs / f"worker-{slot.index}.log")
+    logging.getLogger("gsrcl.progress").addHandler(_ToRunner(outbox, slot.index))
     log = logging.getLogger("gsrcl.worker")
     outbox.put(("ready", slot.index, None))
     while (job := inbox.get()) is not None:
@@ -108,6 +109,17 @@ def _worker(slot: Slot, experiment: Experiment, run: RunFolder, inbox, outbox, p
         outcome = execute(job, experiment, run, slot.device)
         log.info("%s %s in %.1f s %s", outcome.status, job.id, outcome.seconds, outcome.error)
         outbox.put(("outcome", slot.index, outcome))
+
+
+class _ToRunner(logging.Handler):
+    """A job's progress (its epoch) sent to the runner, which shows it beside the job."""
+
+    def __init__(self, outbox, index: int) -> None:
+        super().__init__()
+        self.outbox, self.index = outbox, index
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.outbox.put(("progress", self.index, record.getMessage()))
 
 
 def pin(slot: Slot) -> None:
@@ -170,6 +182,7 @@ class Pool:
         todo: list[Job],
         on_start: Callable[[Job, str], None],
         on_outcome: Callable[[Outcome], None],
+        on_progress: Callable[[Job, str], None] = lambda job, text: None,
     ) -> list[Outcome]:
         pending = list(reversed(todo))
         running: dict[int, tuple[Job, float]] = {}
@@ -182,6 +195,10 @@ class Pool:
                     kind, index, outcome = self.outbox.get(timeout=POLL_SECONDS)
                 except queue.Empty:
                     outcomes += self._replace_dead(running, pending, on_outcome)
+                    continue
+                if kind == "progress":
+                    if index in running:
+                        on_progress(running[index][0], outcome)
                     continue
                 if kind == "outcome":
                     running.pop(index)

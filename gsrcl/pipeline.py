@@ -259,6 +259,8 @@ def run_jobs(
         pool = dispatch.Pool(worker_slots(experiment), experiment, run)
     progress = Progress(len(todo), log)
     try:
+        if isinstance(pool, dispatch.Pool):  # Ray tasks report only when they end
+            return pool.run(todo, progress.started, progress.finished, progress.step)
         return pool.run(todo, progress.started, progress.finished)
     finally:
         progress.close()

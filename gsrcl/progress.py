@@ -25,6 +25,12 @@ class Progress:
         self.running[job.id] = device
         self._refresh()
 
+    def step(self, job: Job, text: str) -> None:
+        """Where a running job is (its epoch), shown beside it on the live display."""
+        if job.id in self.running:
+            self.running[job.id] = f"{self.running[job.id].split(' ')[0]} {text}"
+            self._refresh()
+
     def finished(self, outcome: Outcome) -> None:
         self.running.pop(outcome.job, None)
         self.done += outcome.status == "done"

@@ -31,6 +31,7 @@ from gsrcl.settings import Classifier, Contrastive
 from gsrcl.workers import SERIAL, Workers
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("gsrcl.progress")  # a worker forwards these to the runner's display
 
 
 @dataclass
@@ -147,10 +148,14 @@ class CheckpointSelector:
         state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         self._collect()
         if self.pool is None:
-            self._keep(epoch, state, self.scorer.score(*embeddings))
+            self._keep(epoch, state, self._timed_score(*embeddings))
         else:
-            self.pending = (epoch, state, self.pool.submit(self.scorer.score, *embeddings))
+            self.pending = (epoch, state, self.pool.submit(self._timed_score, *embeddings))
         self.waited += time.perf_counter() - start
+
+    def _timed_score(self, *embeddings: np.ndarray) -> tuple[dict[str, Scored], float]:
+        start = time.perf_counter()
+        return self.scorer.score(*embeddings), time.perf_counter() - start
 
     def settle(self) -> None:
         """Apply the pending snapshot's scores (its result is needed before a save)."""
@@ -171,7 +176,16 @@ class CheckpointSelector:
             self.pending = None
             self._keep(epoch, state, future.result())
 
-    def _keep(self, epoch: int, state: dict, scored: dict[str, Scored]) -> None:
+    def _keep(self, epoch: int, state: dict, timed: tuple[dict[str, Scored], float]) -> None:
+        scored, seconds = timed
+        mean = np.mean([r.score for r in scored.values()]) if scored else float("nan")
+        log.info(
+            "validation step at epoch %d: %d tasks scored in %.1f s (mean score %.3f)",
+            epoch,
+            len(scored),
+            seconds,
+            mean,
+        )
         for task, result in scored.items():
             self.validation.append({"epoch": epoch, "task": task, "score": result.score})
             best = self.best.get(task)
@@ -237,6 +251,7 @@ def train(
             optimizer.step()
         epoch_losses.append(loss.detach())  # read back in bulk: no device sync per epoch
         if epoch in checkpoints:
+            progress.info("epoch %d/%d", epoch, epochs)
             if state is not None and epoch < epochs and state.due():
                 selector.settle()
                 state.save(_snapshot(epoch, model, optimizer, generator, selector, epoch_losses))

@@ -40,6 +40,9 @@ def test_tiny_run_writes_the_results_layout_with_real_numbers(tmp_path):
 
     manifest = pd.read_csv(run_dir / "manifest.csv")
     assert len(manifest) == 12 and (manifest["status"] == "done").all()
+    worker_log = "".join(p.read_text() for p in (run_dir / "logs").glob("worker-*.log"))
+    assert "validation step at epoch 2: 3 tasks scored in" in worker_log
+    assert "epoch 4/4" in worker_log
 
     job = run_dir / "jobs" / "pbmc68k_reduced" / "simclr-noise" / "fold-0"
     assert {"DONE", "metrics.json", "predictions.csv", "loss.csv", "validation.csv"} <= {
@@ -126,3 +129,15 @@ def test_the_api_runs_an_experiment_and_returns_its_summary(tmp_path):
     assert result.report == result.folder / "report.html" and result.report.exists()
     again = gsrcl.run(experiment, log=lambda _: None)
     assert again.outcomes == [] and again.summary.equals(result.summary)
+
+
+def test_the_live_display_shows_where_each_running_job_is():
+    from gsrcl.jobs import Job
+    from gsrcl.progress import Progress
+
+    progress = Progress(2, log=lambda _: None, live=True)
+    job = Job("d", "simclr-noise", 0)
+    progress.started(job, "cuda:0")
+    progress.step(job, "epoch 50/3000")
+    assert "d/simclr-noise/fold-0 @ cuda:0 epoch 50/3000" in str(progress.bar.postfix)
+    progress.close()
