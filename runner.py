@@ -16,15 +16,7 @@ from gsrcl import cli
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run a GsRCL experiment defined in a config file.")
-    parser.add_argument("--config", default="config.py", help="config file (default: config.py)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set contrastive.epochs=20 (repeatable)",
-    )
+    cli.config_options(parser)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip finished jobs (the default)")
     mode.add_argument("--force", action="store_true", help="rerun every job")

@@ -113,7 +113,7 @@ def version() -> str:
         return "not installed (run from a checkout)"
 
 
-def _config_options(parser: argparse.ArgumentParser) -> None:
+def config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="config.py", help="config file (default: config.py)")
     parser.add_argument(
         "--set",
@@ -133,19 +133,19 @@ def parser() -> argparse.ArgumentParser:
     commands = main.add_subparsers(dest="command", required=True)
 
     run_parser = commands.add_parser("run", help="run (or resume) the experiment of a config")
-    _config_options(run_parser)
+    config_options(run_parser)
     mode = run_parser.add_mutually_exclusive_group()
     mode.add_argument("--force", action="store_true", help="rerun every job")
     mode.add_argument(
         "--rerun-failed", action="store_true", help="rerun the jobs that are not done"
     )
-    _config_options(commands.add_parser("check", help="check the config and data, print the plan"))
-    _config_options(commands.add_parser("report", help="rebuild summary and report from results"))
+    config_options(commands.add_parser("check", help="check the config and data, print the plan"))
+    config_options(commands.add_parser("report", help="rebuild summary and report from results"))
 
     export_parser = commands.add_parser(
         "export", help="write a reference model from a finished run, for `annotate`"
     )
-    _config_options(export_parser)
+    config_options(export_parser)
     export_parser.add_argument("--dataset", help="the dataset (needed when the config has several)")
     export_parser.add_argument(
         "--method", help="a contrastive method, or 'best' (config: export.method)"

@@ -5,6 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sklearn.linear_model import LogisticRegression
@@ -48,3 +52,24 @@ def failing_baseline(folder: Path, how: str) -> Classifier:
         grid={"C": [1.0]},
         multiclass=True,
     )
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = [sys.executable, str(ROOT / "runner.py"), "--config"]
+
+
+def kill_runner_when(config: Path, done: Callable[[], bool], seconds: float = 300) -> None:
+    """Start `runner.py --config config`, SIGKILL it as soon as `done()` holds (its workers
+    follow it within a second), and wait until it is gone."""
+    runner = subprocess.Popen(
+        [*RUNNER, str(config)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + seconds
+    while not done() and time.time() < deadline:
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+
+
+def run_runner(config: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*RUNNER, str(config)], cwd=ROOT, capture_output=True, text=True)

@@ -1,9 +1,5 @@
 import collections
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -113,31 +109,18 @@ EXPERIMENT = tiny_experiment(Path({root!r}), methods=tiny_experiment(Path({root!
 
 
 def test_a_runner_killed_mid_way_resumes_to_the_same_results(tmp_path):
+    from tests.helpers import kill_runner_when, run_runner
+
     for name in ("killed", "whole"):
         (tmp_path / f"{name}.py").write_text(CONFIG.format(root=str(tmp_path / name)))
-    command = [sys.executable, str(ROOT / "runner.py"), "--config"]
-    runner = subprocess.Popen(
-        [*command, str(tmp_path / "killed.py")],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     jobs_dir = tmp_path / "killed" / "results" / "tiny" / "jobs"
-    deadline = time.time() + 120
-    while not list(jobs_dir.glob("*/*/*/DONE")) and time.time() < deadline:
-        time.sleep(0.2)
-    runner.send_signal(signal.SIGKILL)
-    runner.wait()
+    kill_runner_when(tmp_path / "killed.py", lambda: list(jobs_dir.glob("*/*/*/DONE")), 120)
     finished = len(list(jobs_dir.glob("*/*/*/DONE")))
     assert 1 <= finished < 6
-    resumed = subprocess.run(
-        [*command, str(tmp_path / "killed.py")], cwd=ROOT, capture_output=True, text=True
-    )
+    resumed = run_runner(tmp_path / "killed.py")
     assert resumed.returncode == 0, resumed.stderr
     assert f"{finished} skipped" in resumed.stdout or f"{finished + 1} skipped" in resumed.stdout
-    whole = subprocess.run(
-        [*command, str(tmp_path / "whole.py")], cwd=ROOT, capture_output=True, text=True
-    )
+    whole = run_runner(tmp_path / "whole.py")
     assert whole.returncode == 0, whole.stderr
     summary = "results/tiny/summary.csv"
     assert (tmp_path / "killed" / summary).read_text() == (tmp_path / "whole" / summary).read_text()

@@ -96,33 +96,16 @@ EXPERIMENT = tiny_experiment(
 
 
 def test_a_runner_killed_during_training_resumes_to_the_same_summary(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from tests.helpers import kill_runner_when, run_runner
 
-    root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, str(root / "runner.py"), "--config"]
     for name in ("killed", "whole"):
         (tmp_path / f"{name}.py").write_text(CONFIG.format(root=str(tmp_path / name)))
-    runner = subprocess.Popen(
-        [*command, str(tmp_path / "killed.py")],
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     progress = tmp_path / "killed" / "results" / "tiny" / "jobs"
-    deadline = time.time() + 300
-    while not list(progress.glob("*/*/*/" + PROGRESS)) and time.time() < deadline:
-        time.sleep(0.05)
-    runner.send_signal(signal.SIGKILL)  # its worker follows it within a second
-    runner.wait()
-    assert list(progress.glob("*/*/*/" + PROGRESS)), "no job was caught during training"
+    caught = lambda: list(progress.glob("*/*/*/" + PROGRESS))  # noqa: E731
+    kill_runner_when(tmp_path / "killed.py", caught)
+    assert caught(), "no job was caught during training"
     for name in ("killed", "whole"):
-        done = subprocess.run(
-            [*command, str(tmp_path / f"{name}.py")], cwd=root, capture_output=True, text=True
-        )
+        done = run_runner(tmp_path / f"{name}.py")
         assert done.returncode == 0, done.stderr
     summary = "results/tiny/summary.csv"
     assert (tmp_path / "killed" / summary).read_text() == (tmp_path / "whole" / summary).read_text()
