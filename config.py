@@ -4,14 +4,14 @@ As shipped: scanpy's bundled pbmc68k_reduced (700 cells × 765 genes, 10 cell ty
 cell type, GsRCL (SimCLR and SupCon with Gaussian noise), random gene masking with 500 genes, and
 the baselines (the paper's SVM, a class-balanced SVM, a logistic regression), sized to finish in
 under 10 minutes on a 2-core laptop: narrower encoders, 100 SimCLR / 50 SupCon epochs and a 10×
-larger learning rate than the paper's (1e-3), which short trainings need. `gsrcl.presets.PAPER`
-holds the paper's protocol (see configs/paper.py).
+larger learning rate than the paper's (1e-3), which short trainings need.
+`gsrcl.config.presets.PAPER` holds the paper's protocol (see configs/paper.py).
 """
 
 from dataclasses import replace
 
-from gsrcl.presets import PAPER, SMALL_MASKING_ENCODER, STRONG_EVALUATION
-from gsrcl.settings import Compute, Dataset, Experiment, Method
+from gsrcl.config.presets import PAPER, SMALL_MASKING_ENCODER, STRONG_EVALUATION
+from gsrcl.config.settings import Compute, Dataset, Experiment, Method
 
 EXPERIMENT = Experiment(
     name="pbmc68k_reduced",

@@ -24,11 +24,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gsrcl import jobs, report  # noqa: E402
-from gsrcl.pipeline import run_experiment  # noqa: E402
-from gsrcl.presets import PAPER, PBMC68K, STRONG_EVALUATION, masking  # noqa: E402
-from gsrcl.run_folder import RunFolder  # noqa: E402
-from gsrcl.settings import Compute, Dataset, Experiment, Method  # noqa: E402
+from gsrcl.config.presets import PAPER, PBMC68K, STRONG_EVALUATION, masking  # noqa: E402
+from gsrcl.config.settings import Compute, Dataset, Experiment, Method  # noqa: E402
+from gsrcl.report import page as report  # noqa: E402
+from gsrcl.runner import jobs  # noqa: E402
+from gsrcl.runner.pipeline import run_experiment  # noqa: E402
+from gsrcl.runner.run_folder import RunFolder  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 WIDTH = {"encoder": (512, 256), "head": (256, 128)}

@@ -26,11 +26,11 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gsrcl.annotation import Query, annotate_file  # noqa: E402
-from gsrcl.configfile import load_experiment  # noqa: E402
-from gsrcl.export import export_model  # noqa: E402
-from gsrcl.pipeline import run_experiment  # noqa: E402
-from gsrcl.settings import Evaluation  # noqa: E402
+from gsrcl.config.configfile import load_experiment  # noqa: E402
+from gsrcl.config.settings import Evaluation  # noqa: E402
+from gsrcl.reference.annotation import Query, annotate_file  # noqa: E402
+from gsrcl.reference.export import export_model  # noqa: E402
+from gsrcl.runner.pipeline import run_experiment  # noqa: E402
 
 BARON = ROOT.parent / "shared" / "data" / "baron_mouse.h5ad"
 

@@ -23,11 +23,13 @@ from sklearn.svm import SVC
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gsrcl import data, jobs, preprocess  # noqa: E402
-from gsrcl.evaluate import FoldClassifier, binary_scores  # noqa: E402
-from gsrcl.presets import PAPER, STRONG_EVALUATION  # noqa: E402
-from gsrcl.settings import Dataset, Experiment  # noqa: E402
-from gsrcl.splits import make_folds  # noqa: E402
+from gsrcl.config.presets import PAPER, STRONG_EVALUATION  # noqa: E402
+from gsrcl.config.settings import Dataset, Experiment  # noqa: E402
+from gsrcl.data import dataset as data  # noqa: E402
+from gsrcl.data import preprocess  # noqa: E402
+from gsrcl.data.splits import make_folds  # noqa: E402
+from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores  # noqa: E402
+from gsrcl.runner import jobs  # noqa: E402
 
 
 def main() -> None:

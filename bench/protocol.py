@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import accuracy  # noqa: E402
 from bench.accuracy import PROTOCOL, SHARED, WIDTH  # noqa: E402
-from gsrcl.pipeline import run_experiment  # noqa: E402
-from gsrcl.presets import PAPER, PBMC68K, STRONG_EVALUATION  # noqa: E402
-from gsrcl.run_folder import RunFolder  # noqa: E402
-from gsrcl.settings import Dataset, Evaluation, Experiment, Method  # noqa: E402
+from gsrcl.config.presets import PAPER, PBMC68K, STRONG_EVALUATION  # noqa: E402
+from gsrcl.config.settings import Dataset, Evaluation, Experiment, Method  # noqa: E402
+from gsrcl.runner.pipeline import run_experiment  # noqa: E402
+from gsrcl.runner.run_folder import RunFolder  # noqa: E402
 
 BASE = "cpu protocol"
 BASE_METHOD = Method(loss="simclr", augmentation="noise", **WIDTH)

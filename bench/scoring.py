@@ -30,13 +30,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gsrcl import data, preprocess  # noqa: E402
-from gsrcl.encoder import ContrastiveModel  # noqa: E402
-from gsrcl.presets import PAPER  # noqa: E402
-from gsrcl.settings import Dataset  # noqa: E402
-from gsrcl.splits import make_folds  # noqa: E402
-from gsrcl.train import ValidationScorer, embed, validation_epochs  # noqa: E402
-from gsrcl.workers import Workers  # noqa: E402
+from gsrcl.config.presets import PAPER  # noqa: E402
+from gsrcl.config.settings import Dataset  # noqa: E402
+from gsrcl.data import dataset as data  # noqa: E402
+from gsrcl.data import preprocess  # noqa: E402
+from gsrcl.data.splits import make_folds  # noqa: E402
+from gsrcl.evaluate.workers import Workers  # noqa: E402
+from gsrcl.model.encoder import ContrastiveModel  # noqa: E402
+from gsrcl.model.train import ValidationScorer, embed, validation_epochs  # noqa: E402
 
 METHOD = PAPER.methods[0]  # SimCLR + Gaussian noise at the paper's width
 

@@ -32,11 +32,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gsrcl.augment import gaussian_noise  # noqa: E402
-from gsrcl.encoder import ContrastiveModel  # noqa: E402
-from gsrcl.losses import nt_xent  # noqa: E402
-from gsrcl.presets import PAPER  # noqa: E402
-from gsrcl.run_folder import RunFolder  # noqa: E402
+from gsrcl.config.presets import PAPER  # noqa: E402
+from gsrcl.model.augment import gaussian_noise  # noqa: E402
+from gsrcl.model.encoder import ContrastiveModel  # noqa: E402
+from gsrcl.model.losses import nt_xent  # noqa: E402
+from gsrcl.runner.run_folder import RunFolder  # noqa: E402
 
 WIDTH = PAPER.methods[0].encoder
 HEAD = PAPER.methods[0].head
@@ -119,8 +119,8 @@ def part_throughput(peaks: dict, epochs: int) -> None:
 
 
 CONFIG = """
-from gsrcl.presets import PAPER, STRONG_EVALUATION
-from gsrcl.settings import *
+from gsrcl.config.presets import PAPER, STRONG_EVALUATION
+from gsrcl.config.settings import *
 EXPERIMENT = Experiment(
     name="bench", results_dir={results!r},
     datasets=({dataset},),

@@ -8,8 +8,8 @@ trains for fewer epochs than the paper's (configs/paper.py) so a laptop finishes
 
 from dataclasses import replace
 
-from gsrcl.presets import PAPER, STRONG_EVALUATION, masking
-from gsrcl.settings import Compute, Dataset, Experiment, Method
+from gsrcl.config.presets import PAPER, STRONG_EVALUATION, masking
+from gsrcl.config.settings import Compute, Dataset, Experiment, Method
 
 EXPERIMENT = Experiment(
     name="baron_mouse",

@@ -5,8 +5,8 @@ epochs, the paper's SVM grid, random masking at 500/1000/3000/5000 genes. Put th
 under data/ and list them here; Baron Mouse from ../shared/data is the example.
 """
 
-from gsrcl.presets import PAPER
-from gsrcl.settings import Dataset, Experiment
+from gsrcl.config.presets import PAPER
+from gsrcl.config.settings import Dataset, Experiment
 
 EXPERIMENT = Experiment(
     name="paper",

@@ -18,10 +18,10 @@ _API = {
     "run": "gsrcl.api",
     "load_config": "gsrcl.api",
     "annotate": "gsrcl.api",
-    "ReferenceModel": "gsrcl.reference",
-    "Annotation": "gsrcl.annotation",
-    "RunResult": "gsrcl.pipeline",
-    "Experiment": "gsrcl.settings",
+    "ReferenceModel": "gsrcl.reference.model",
+    "Annotation": "gsrcl.reference.annotation",
+    "RunResult": "gsrcl.runner.pipeline",
+    "Experiment": "gsrcl.config.settings",
     "UserError": "gsrcl.errors",
 }
 __all__ = sorted(_API)

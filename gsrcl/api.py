@@ -14,11 +14,11 @@ from pathlib import Path
 
 import anndata as ad
 
-from gsrcl.annotation import Annotation, annotate_adata_or_file
-from gsrcl.configfile import load_experiment
-from gsrcl.pipeline import RunResult, execute_experiment
-from gsrcl.reference import ReferenceModel
-from gsrcl.settings import Experiment
+from gsrcl.config.configfile import load_experiment
+from gsrcl.config.settings import Experiment
+from gsrcl.reference.annotation import Annotation, annotate_adata_or_file
+from gsrcl.reference.model import ReferenceModel
+from gsrcl.runner.pipeline import RunResult, execute_experiment
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Experiment:

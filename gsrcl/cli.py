@@ -59,30 +59,30 @@ def _stop(signum: int, frame) -> None:
 
 
 def run(config: str, overrides: list[str], mode: str = "resume") -> int:
-    from gsrcl.configfile import load_experiment
-    from gsrcl.pipeline import run_experiment
+    from gsrcl.config.configfile import load_experiment
+    from gsrcl.runner.pipeline import run_experiment
 
     return run_experiment(load_experiment(config, overrides), mode=mode, log=emit)
 
 
 def check(config: str, overrides: list[str]) -> int:
-    from gsrcl.configfile import load_experiment
-    from gsrcl.pipeline import check as check_plan
+    from gsrcl.config.configfile import load_experiment
+    from gsrcl.runner.pipeline import check as check_plan
 
     return check_plan(load_experiment(config, overrides), log=emit)
 
 
 def report(config: str, overrides: list[str]) -> int:
-    from gsrcl.configfile import load_experiment
-    from gsrcl.pipeline import report_only
+    from gsrcl.config.configfile import load_experiment
+    from gsrcl.runner.pipeline import report_only
 
     return report_only(load_experiment(config, overrides), log=emit)
 
 
 def export(args: argparse.Namespace) -> int:
-    from gsrcl.configfile import load_experiment
-    from gsrcl.export import export_model
-    from gsrcl.run_folder import RunFolder
+    from gsrcl.config.configfile import load_experiment
+    from gsrcl.reference.export import export_model
+    from gsrcl.runner.run_folder import RunFolder
 
     experiment = load_experiment(args.config, args.overrides)
     with RunFolder.of(experiment).lock():  # no runner may change the jobs meanwhile
@@ -92,7 +92,7 @@ def export(args: argparse.Namespace) -> int:
 
 
 def annotate(args: argparse.Namespace) -> int:
-    from gsrcl.annotation import Query, annotate_file
+    from gsrcl.reference.annotation import Query, annotate_file
 
     if args.chunk_size < 1:
         raise UserError("--chunk-size must be at least 1")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gsrcl.presets import PBMC68K
-from gsrcl.settings import Classifier, Contrastive, Evaluation, Experiment, Method, Split
+from gsrcl.config.presets import PBMC68K
+from gsrcl.config.settings import Classifier, Contrastive, Evaluation, Experiment, Method, Split
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sklearn.linear_model import LogisticRegression
 
-from gsrcl.settings import Classifier
+from gsrcl.config.settings import Classifier
 
 
 class FailsOnce(LogisticRegression):

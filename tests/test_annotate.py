@@ -16,13 +16,21 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from gsrcl.annotation import UNASSIGNED, Query, annotate_file
+from gsrcl.config.presets import svm
+from gsrcl.config.settings import (
+    Contrastive,
+    Dataset,
+    Evaluation,
+    Experiment,
+    Export,
+    Method,
+    Split,
+)
 from gsrcl.errors import UserError
-from gsrcl.export import export_model
-from gsrcl.pipeline import run_experiment
-from gsrcl.presets import svm
-from gsrcl.reference import sha256
-from gsrcl.settings import Contrastive, Dataset, Evaluation, Experiment, Export, Method, Split
+from gsrcl.reference.annotation import UNASSIGNED, Query, annotate_file
+from gsrcl.reference.export import export_model
+from gsrcl.reference.model import sha256
+from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]

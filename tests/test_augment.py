@@ -1,6 +1,6 @@
 import torch
 
-from gsrcl.augment import gaussian_noise, gene_masking
+from gsrcl.model.augment import gaussian_noise, gene_masking
 
 
 def test_gaussian_noise_has_the_configured_spread_and_is_seeded():

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from gsrcl.pipeline import run_experiment
-from gsrcl.settings import Compute, Contrastive
+from gsrcl.config.settings import Compute, Contrastive
+from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import tiny_experiment
 
 pytestmark = [
@@ -54,10 +54,10 @@ def test_bf16_autocast_and_background_validation_on_cuda(tmp_path):
 
 
 def test_a_training_state_saved_on_cuda_resumes_on_the_cpu():
-    from gsrcl.augment import gaussian_noise
-    from gsrcl.encoder import ContrastiveModel
-    from gsrcl.presets import svm
-    from gsrcl.train import ValidationScorer, train
+    from gsrcl.config.presets import svm
+    from gsrcl.model.augment import gaussian_noise
+    from gsrcl.model.encoder import ContrastiveModel
+    from gsrcl.model.train import ValidationScorer, train
     from tests.test_train import _Killed, _Memory
 
     rng = torch.Generator().manual_seed(0)

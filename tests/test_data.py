@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gsrcl.data import LABEL, load_dataset
+from gsrcl.config.settings import Dataset
+from gsrcl.data.dataset import LABEL, load_dataset
 from gsrcl.errors import UserError
-from gsrcl.settings import Dataset
 from tests.conftest import PBMC, shared_file
 
 

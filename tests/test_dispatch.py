@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from gsrcl.dispatch import plan_slots
-from gsrcl.pipeline import run_experiment
-from gsrcl.settings import Classifier, Compute, Evaluation
+from gsrcl.config.settings import Classifier, Compute, Evaluation
+from gsrcl.runner.dispatch import plan_slots
+from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import tiny_experiment
 from tests.helpers import failing_baseline
 
@@ -99,7 +99,7 @@ def test_one_and_two_workers_give_the_same_summary(tmp_path):
 
 
 CONFIG = """
-from gsrcl.settings import *
+from gsrcl.config.settings import *
 from tests.conftest import tiny_experiment
 from tests.helpers import failing_baseline
 from pathlib import Path

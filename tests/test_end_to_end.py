@@ -3,9 +3,9 @@ import json
 import pandas as pd
 import torch
 
-from gsrcl.encoder import build_encoder
 from gsrcl.files import safe_name
-from gsrcl.pipeline import run_experiment
+from gsrcl.model.encoder import build_encoder
+from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import tiny_experiment
 
 TASKS = ["CD19+ B", "CD34+", "Dendritic"]  # the order of the config's cell_types
@@ -95,7 +95,7 @@ def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_pat
 
 
 def test_a_dataset_that_does_not_read_does_not_stop_the_others(tmp_path):
-    from gsrcl.settings import Dataset
+    from gsrcl.config.settings import Dataset
 
     good = tiny_experiment(tmp_path)
     broken = Dataset(name="broken", path=str(tmp_path / "missing.h5ad"))
@@ -108,7 +108,7 @@ def test_a_dataset_that_does_not_read_does_not_stop_the_others(tmp_path):
 
 
 def test_check_prints_the_plan_without_training(tmp_path):
-    from gsrcl.pipeline import check
+    from gsrcl.runner.pipeline import check
 
     lines = []
     assert check(tiny_experiment(tmp_path), log=lines.append) == 0
@@ -132,8 +132,8 @@ def test_the_api_runs_an_experiment_and_returns_its_summary(tmp_path):
 
 
 def test_the_live_display_shows_where_each_running_job_is():
-    from gsrcl.jobs import Job
-    from gsrcl.progress import Progress
+    from gsrcl.runner.jobs import Job
+    from gsrcl.runner.progress import Progress
 
     progress = Progress(2, log=lambda _: None, live=True)
     job = Job("d", "simclr-noise", 0)

@@ -8,10 +8,10 @@ from sklearn.metrics import matthews_corrcoef
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.svm import SVC
 
+from gsrcl.config.presets import LOGISTIC, PAPER, svm
+from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
-from gsrcl.evaluate import FoldClassifier, binary_scores, estimator_for, fast_mcc
-from gsrcl.presets import LOGISTIC, PAPER, svm
-from gsrcl.settings import Classifier
+from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores, estimator_for, fast_mcc
 from tests.conftest import shared_file
 
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from gsrcl.losses import nt_xent, supcon
+from gsrcl.model.losses import nt_xent, supcon
 
 
 def _cosine_logits(z1, z2, t):

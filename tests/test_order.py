@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import scanpy as sc
 
-from gsrcl.evaluate import FoldClassifier, binary_scores
-from gsrcl.pipeline import run_experiment
-from gsrcl.presets import svm
-from gsrcl.settings import Dataset
+from gsrcl.config.presets import svm
+from gsrcl.config.settings import Dataset
+from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores
+from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import tiny_experiment
 
 

@@ -1,7 +1,7 @@
 import anndata as ad
 import numpy as np
 
-from gsrcl.preprocess import fit_lognorm, fit_masking
+from gsrcl.data.preprocess import fit_lognorm, fit_masking
 
 
 def _counts(seed=0, n=120, genes=60):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gsrcl.config.settings import Classifier, Compute, Evaluation
 from gsrcl.errors import UserError
-from gsrcl.pipeline import run_experiment
-from gsrcl.settings import Classifier, Compute, Evaluation
+from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import tiny_experiment
 from tests.helpers import failing_baseline
 
@@ -72,7 +72,7 @@ def test_choosing_ray_without_ray_installed_says_how_to_install_it(tmp_path, mon
 
 def test_the_local_executor_never_imports_ray():
     code = (
-        "import sys, runner, gsrcl.pipeline, gsrcl.dispatch, gsrcl.jobs; "
+        "import sys, runner, gsrcl.runner.pipeline, gsrcl.runner.dispatch, gsrcl.runner.jobs; "
         "print('ray' in sys.modules)"
     )
     done = subprocess.run(

@@ -12,9 +12,9 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from gsrcl.data import LABEL, load_dataset
+from gsrcl.config.settings import Dataset
+from gsrcl.data.dataset import LABEL, load_dataset
 from gsrcl.errors import UserError
-from gsrcl.settings import Dataset
 
 CELLS = [f"cell{i}" for i in range(8)]
 GENES = ["Cd3e", "Cd19", "Lyz2", "Nkg7", "Actb"]

@@ -1,7 +1,7 @@
 import re
 import shutil
 
-from gsrcl.pipeline import report_only, run_experiment
+from gsrcl.runner.pipeline import report_only, run_experiment
 from tests.conftest import tiny_experiment
 
 

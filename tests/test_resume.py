@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from gsrcl.dispatch import execute
-from gsrcl.jobs import Job
-from gsrcl.pipeline import prepare
-from gsrcl.run_folder import PROGRESS, JobFolder, RunFolder
-from gsrcl.settings import Compute, Contrastive
+from gsrcl.config.settings import Compute, Contrastive
+from gsrcl.runner.dispatch import execute
+from gsrcl.runner.jobs import Job
+from gsrcl.runner.pipeline import prepare
+from gsrcl.runner.run_folder import PROGRESS, JobFolder, RunFolder
 from tests.conftest import tiny_experiment
 
 
@@ -70,7 +70,7 @@ def test_a_job_killed_mid_training_resumes_to_the_uninterrupted_results(
 
 
 def test_a_forced_rerun_does_not_resume(tmp_path):
-    from gsrcl.pipeline import run_experiment
+    from gsrcl.runner.pipeline import run_experiment
 
     experiment = dataclasses.replace(
         tiny_experiment(tmp_path), methods=tiny_experiment(tmp_path).methods[:1]
@@ -84,7 +84,7 @@ def test_a_forced_rerun_does_not_resume(tmp_path):
 
 
 CONFIG = """
-from gsrcl.settings import *
+from gsrcl.config.settings import *
 from tests.conftest import tiny_experiment
 from pathlib import Path
 base = tiny_experiment(Path({root!r}))

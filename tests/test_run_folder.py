@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 import runner
+from gsrcl.config.settings import Classifier, Compute, Evaluation
 from gsrcl.errors import UserError
-from gsrcl.pipeline import report_only, run_experiment
-from gsrcl.run_folder import JobFolder, JobState, RunFolder
-from gsrcl.settings import Classifier, Compute, Evaluation
+from gsrcl.runner.pipeline import report_only, run_experiment
+from gsrcl.runner.run_folder import JobFolder, JobState, RunFolder
 from tests.conftest import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_a_job_that_meets_a_full_disk_says_what_to_do(tmp_path):
 # ---- one runner per folder, and every way of stopping ----
 
 CONFIG = """
-from gsrcl.settings import *
+from gsrcl.config.settings import *
 from tests.conftest import tiny_experiment
 from pathlib import Path
 base = tiny_experiment(Path({root!r}))
@@ -229,7 +229,7 @@ def test_integer_labels_go_through_to_the_report(tmp_path):
     import numpy as np
     import scanpy as sc
 
-    from gsrcl.settings import Dataset
+    from gsrcl.config.settings import Dataset
 
     adata = sc.datasets.pbmc68k_reduced()
     raw = adata.raw.to_adata()

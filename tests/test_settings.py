@@ -2,15 +2,15 @@ import textwrap
 
 import pytest
 
-from gsrcl.configfile import apply_override, load_experiment
+from gsrcl.config.configfile import apply_override, load_experiment
+from gsrcl.config.presets import PAPER
 from gsrcl.errors import UserError
-from gsrcl.presets import PAPER
 from runner import main
 from tests.conftest import PBMC
 
 HEADER = """
-from gsrcl.settings import *
-from gsrcl.presets import PAPER
+from gsrcl.config.settings import *
+from gsrcl.config.presets import PAPER
 """
 
 
@@ -77,7 +77,7 @@ def test_wrong_type_and_impossible_value_are_named(tmp_path):
 
 
 def test_method_settings_that_cannot_apply_are_refused():
-    from gsrcl.settings import Dataset, Experiment, Method
+    from gsrcl.config.settings import Dataset, Experiment, Method
 
     noise = Method(loss="simclr", augmentation="noise", n_genes=500)
     masking = Method(loss="simclr", augmentation="masking")

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from gsrcl.config.settings import Split
+from gsrcl.data.splits import VALIDATION, folds_from_record, folds_record, make_folds
 from gsrcl.errors import UserError
-from gsrcl.run_folder import RunFolder
-from gsrcl.settings import Split
-from gsrcl.splits import VALIDATION, folds_from_record, folds_record, make_folds
+from gsrcl.runner.run_folder import RunFolder
 
 
 def _labels():
@@ -67,8 +67,8 @@ def test_a_dataset_too_small_for_the_folds_is_a_clear_error():
 
 
 def test_numeric_labels_sort_as_numbers_in_tasks_and_figures():
-    from gsrcl.figures import type_colours
-    from gsrcl.labels import ordered
+    from gsrcl.data.labels import ordered
+    from gsrcl.report.figures import type_colours
 
     labels = np.array([str(i) for i in (10, 2, 1, 11)] * 12)
     folds = make_folds([str(i) for i in range(len(labels))], labels, Split(0.2, 2), 0, None)

@@ -4,12 +4,12 @@ import dataclasses
 import numpy as np
 import torch
 
-from gsrcl.augment import gaussian_noise
-from gsrcl.encoder import ContrastiveModel
-from gsrcl.evaluate import FoldClassifier
-from gsrcl.presets import svm
-from gsrcl.settings import Contrastive
-from gsrcl.train import ValidationScorer, embed, minibatches, train
+from gsrcl.config.presets import svm
+from gsrcl.config.settings import Contrastive
+from gsrcl.evaluate.classifiers import FoldClassifier
+from gsrcl.model.augment import gaussian_noise
+from gsrcl.model.encoder import ContrastiveModel
+from gsrcl.model.train import ValidationScorer, embed, minibatches, train
 
 
 def _problem(seed=0):
@@ -98,7 +98,7 @@ def test_mini_batch_training_with_batchnorm_and_bf16_runs_and_learns():
 
 def test_scoring_on_several_threads_equals_scoring_on_one():
     """Tasks, inner folds and grid candidates are fitted side by side: the same numbers."""
-    from gsrcl.workers import Workers
+    from gsrcl.evaluate.workers import Workers
 
     _, serial = _problem(4)
     rng = np.random.default_rng(5)

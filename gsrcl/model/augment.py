@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from gsrcl.settings import Method
+from gsrcl.config.settings import Method
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
 

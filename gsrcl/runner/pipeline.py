@@ -11,22 +11,24 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gsrcl import dispatch, jobs, report, splits
-from gsrcl.data import LABEL
-from gsrcl.environment import package_versions
+from gsrcl.config.settings import Dataset, Experiment
+from gsrcl.data import splits
+from gsrcl.data.dataset import LABEL
 from gsrcl.errors import UserError
-from gsrcl.evaluate import estimator_for
-from gsrcl.export import export_model
-from gsrcl.progress import Progress
-from gsrcl.run_folder import JobState, RunFolder
-from gsrcl.settings import Dataset, Experiment
-from gsrcl.summary import mcc_table, summarize
+from gsrcl.evaluate.classifiers import estimator_for
+from gsrcl.reference.export import export_model
+from gsrcl.report import page as report
+from gsrcl.runner import dispatch, jobs
+from gsrcl.runner.environment import package_versions
+from gsrcl.runner.progress import Progress
+from gsrcl.runner.run_folder import JobState, RunFolder
+from gsrcl.runner.summary import mcc_table, summarize
 
 
 def check_executor(experiment: Experiment) -> None:
     """A Ray run without Ray installed stops before any work, saying how to install it."""
     if experiment.compute.executor == "ray":
-        from gsrcl.ray_pool import import_ray  # Ray is optional: imported only when chosen
+        from gsrcl.runner.ray_pool import import_ray  # Ray is optional: imported only when chosen
 
         import_ray()
 
@@ -252,7 +254,7 @@ def run_jobs(
     if not todo:
         return []
     if experiment.compute.executor == "ray":
-        from gsrcl.ray_pool import RayPool  # Ray is optional: imported only when chosen
+        from gsrcl.runner.ray_pool import RayPool  # Ray is optional: imported only when chosen
 
         pool = RayPool(experiment, run, gpus=experiment.compute.devices != "cpu")
     else:

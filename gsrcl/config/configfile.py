@@ -9,9 +9,9 @@ import runpy
 from pathlib import Path
 from typing import Any
 
-from gsrcl import settings
+from gsrcl.config import settings
+from gsrcl.config.settings import Experiment
 from gsrcl.errors import UserError
-from gsrcl.settings import Experiment
 
 _UNKNOWN_FIELD = re.compile(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'")
 _MISSING_FIELD = re.compile(r"(\w+)\.__init__\(\) missing \d+ required \w+ arguments?: (.+)")

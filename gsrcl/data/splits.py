@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from gsrcl.config.settings import Split
+from gsrcl.data.labels import label_key
 from gsrcl.errors import UserError
-from gsrcl.labels import label_key
-from gsrcl.settings import Split
 
 VALIDATION = -1  # fold number of the validation (checkpoint selection) cells
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from gsrcl import jobs
+from gsrcl.config.settings import Experiment
 from gsrcl.errors import UserError
 from gsrcl.files import describe_os_error
-from gsrcl.jobs import Job
-from gsrcl.run_folder import RunFolder
-from gsrcl.settings import Experiment
+from gsrcl.runner import jobs
+from gsrcl.runner.jobs import Job
+from gsrcl.runner.run_folder import RunFolder
 
 POLL_SECONDS = 0.5
 
@@ -101,7 +101,7 @@ def _worker(slot: Slot, experiment: Experiment, run: RunFolder, inbox, outbox, p
     pin(slot)
     _exit_with_parent(parent)
     _log_to_file(run.logs / f"worker-{slot.index}.log")
-    logging.getLogger("gsrcl.progress").addHandler(_ToRunner(outbox, slot.index))
+    logging.getLogger("gsrcl.runner.progress").addHandler(_ToRunner(outbox, slot.index))
     log = logging.getLogger("gsrcl.worker")
     outbox.put(("ready", slot.index, None))
     while (job := inbox.get()) is not None:

@@ -19,7 +19,7 @@ import torch
 from sklearn.model_selection import ParameterGrid
 from sklearn.svm import SVC
 
-from gsrcl.workers import Workers
+from gsrcl.evaluate.workers import Workers
 
 SHARED_KERNEL_BYTES = 1 << 30  # kernels of all training cells kept per search, at most
 

@@ -23,15 +23,17 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gsrcl.augment import Augment
-from gsrcl.encoder import ContrastiveModel
-from gsrcl.evaluate import FoldClassifier, inner_splits
-from gsrcl.losses import nt_xent, supcon
-from gsrcl.settings import Classifier, Contrastive
-from gsrcl.workers import SERIAL, Workers
+from gsrcl.config.settings import Classifier, Contrastive
+from gsrcl.evaluate.classifiers import FoldClassifier, inner_splits
+from gsrcl.evaluate.workers import SERIAL, Workers
+from gsrcl.model.augment import Augment
+from gsrcl.model.encoder import ContrastiveModel
+from gsrcl.model.losses import nt_xent, supcon
 
 log = logging.getLogger(__name__)
-progress = logging.getLogger("gsrcl.progress")  # a worker forwards these to the runner's display
+progress = logging.getLogger(
+    "gsrcl.runner.progress"
+)  # a worker forwards these to the runner's display
 
 
 @dataclass
@@ -199,7 +201,7 @@ def overlap_validation(setting: str, device: torch.device) -> bool:
 
 
 class TrainingState(Protocol):
-    """Where a training's state is kept between validation steps (`gsrcl.jobs.JobProgress`)."""
+    """Where a training's state is kept between validation steps (`runner.jobs.JobProgress`)."""
 
     def load(self) -> dict | None: ...
 

@@ -1,4 +1,4 @@
-"""File formats → AnnData (cells × genes). Labels and value checks are `gsrcl.data`'s job.
+"""File formats → AnnData (cells × genes). Labels and value checks are `gsrcl.data.dataset`'s job.
 
 Formats: `.h5ad` (X, a layer, or .raw), `.zarr` and `.loom` (anndata's readers); 10x `.h5` and
 matrix-market folders (scanpy's readers); the scziDesk-style `.h5` of the GsRCL paper's data
@@ -21,8 +21,8 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from gsrcl.config.settings import Dataset
 from gsrcl.errors import UserError
-from gsrcl.settings import Dataset
 
 BUNDLED = {"scanpy:pbmc68k_reduced": sc.datasets.pbmc68k_reduced}
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")

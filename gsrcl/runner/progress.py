@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from gsrcl.dispatch import Outcome
-from gsrcl.jobs import Job
+from gsrcl.runner.dispatch import Outcome
+from gsrcl.runner.jobs import Job
 
 
 class Progress:

@@ -3,7 +3,7 @@
 For each cell type of a dataset: the encoder chosen across the folds (the fold whose checkpoint
 scored best on the validation cells; earliest fold on ties) and a classifier refit on that
 encoder's embeddings of every labelled cell, with calibrated probabilities. Layout and checks:
-`gsrcl.reference`.
+`gsrcl.reference.model`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ import numpy as np
 import skops.io
 import torch
 
-from gsrcl import data, jobs, neighbourhood, reference
-from gsrcl.checkpoints import encoder_input, load_encoder
-from gsrcl.environment import package_versions
+from gsrcl.config.settings import Dataset, Experiment
+from gsrcl.data import dataset as data
 from gsrcl.errors import UserError
-from gsrcl.evaluate import calibrated_classifier
+from gsrcl.evaluate.classifiers import calibrated_classifier
+from gsrcl.evaluate.workers import Workers
 from gsrcl.files import safe_name, sha256
-from gsrcl.run_folder import RunFolder
-from gsrcl.settings import Dataset, Experiment
-from gsrcl.train import embed
-from gsrcl.workers import Workers
+from gsrcl.model.checkpoints import encoder_input, load_encoder
+from gsrcl.model.train import embed
+from gsrcl.reference import model as reference
+from gsrcl.reference import neighbourhood
+from gsrcl.runner import jobs
+from gsrcl.runner.environment import package_versions
+from gsrcl.runner.run_folder import RunFolder
 
 
 def export_model(

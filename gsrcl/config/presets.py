@@ -1,15 +1,16 @@
 """The paper's protocol (Alsaggaf, Buchan & Wan 2024) as settings, for configs to start from.
 
-The numbers live once, as the defaults of `gsrcl.settings`; this module names the paper's choice of
-methods (Gaussian noise with both losses; random masking at four gene counts with its two encoder
-sizes) and bundles everything so a config can write `contrastive=PAPER.contrastive`.
+The numbers live once, as the defaults of `gsrcl.config.settings`; this module names the
+paper's choice of methods (Gaussian noise with both losses; random masking at four gene counts
+with its two encoder sizes) and bundles everything so a config can write
+`contrastive=PAPER.contrastive`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gsrcl.settings import Classifier, Contrastive, Dataset, Evaluation, Method, Split
+from gsrcl.config.settings import Classifier, Contrastive, Dataset, Evaluation, Method, Split
 
 SMALL_MASKING_ENCODER = (384, 256, 128, 64)  # masking with 500 or 1000 genes
 LARGE_MASKING_ENCODER = (2048, 1024, 512, 128)  # masking with 3000 or 5000 genes

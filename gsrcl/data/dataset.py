@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from gsrcl.config.settings import Dataset
+from gsrcl.data.readers import read_matrix
 from gsrcl.errors import UserError
-from gsrcl.readers import read_matrix
-from gsrcl.settings import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from gsrcl.run_folder import JobFolder, RunFolder
+from gsrcl.runner.run_folder import JobFolder, RunFolder
 
 METRICS = ("mcc", "f1", "ap")
 

@@ -1,7 +1,8 @@
 """Classifiers on features (embeddings or expression): inner-CV grid search, predictions, metrics.
 
-An RBF `SVC` is searched on precomputed kernels (`gsrcl.kernel_svm`), which gives the same model as
-`GridSearchCV` in a fraction of the time; every other estimator goes through `GridSearchCV`.
+An RBF `SVC` is searched on precomputed kernels (`gsrcl.evaluate.kernel_svm`), which gives the
+same model as `GridSearchCV` in a fraction of the time; every other estimator goes through
+`GridSearchCV`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import average_precision_score, f1_score, matthews_corrcoef
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
-from gsrcl.kernel_svm import KernelSVM, PrecomputedRBF
-from gsrcl.settings import Classifier
-from gsrcl.workers import SERIAL, Workers
+from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF
+from gsrcl.evaluate.workers import SERIAL, Workers
 
 # scikit-learn scorer names for the selection metric: (binary task, multi-class labels)
 SKLEARN_SCORERS = {

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gsrcl
-from gsrcl import dispatch
+from gsrcl.config.settings import Experiment
 from gsrcl.errors import UserError
-from gsrcl.jobs import Job
-from gsrcl.run_folder import RunFolder
-from gsrcl.settings import Experiment
+from gsrcl.runner import dispatch
+from gsrcl.runner.jobs import Job
+from gsrcl.runner.run_folder import RunFolder
 
 INSTALL = "pip install 'ray[default]==2.60.0'"
 

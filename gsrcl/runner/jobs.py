@@ -21,15 +21,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gsrcl import data, preprocess, train
-from gsrcl.augment import augmentation
-from gsrcl.checkpoints import encoder_record
-from gsrcl.encoder import ContrastiveModel
-from gsrcl.evaluate import FoldClassifier, binary_scores
-from gsrcl.run_folder import LOSS, PREDICTIONS, VALIDATION, JobFolder, RunFolder
-from gsrcl.settings import Classifier, Dataset, Experiment, Method
-from gsrcl.splits import Folds, folds_from_record
-from gsrcl.workers import Workers
+from gsrcl.config.settings import Classifier, Dataset, Experiment, Method
+from gsrcl.data import dataset as data
+from gsrcl.data import preprocess
+from gsrcl.data.splits import Folds, folds_from_record
+from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores
+from gsrcl.evaluate.workers import Workers
+from gsrcl.model import train
+from gsrcl.model.augment import augmentation
+from gsrcl.model.checkpoints import encoder_record
+from gsrcl.model.encoder import ContrastiveModel
+from gsrcl.runner.run_folder import LOSS, PREDICTIONS, VALIDATION, JobFolder, RunFolder
 
 log = logging.getLogger(__name__)
 

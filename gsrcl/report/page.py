@@ -12,13 +12,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gsrcl import figures, jobs
-from gsrcl.checkpoints import encoder_input, load_encoder
-from gsrcl.data import LABEL, log_expression
-from gsrcl.jobs import Job
-from gsrcl.run_folder import LOSS, PREDICTIONS, VALIDATION, RunFolder
-from gsrcl.settings import Experiment
-from gsrcl.summary import METRICS
+from gsrcl.config.settings import Experiment
+from gsrcl.data.dataset import LABEL, log_expression
+from gsrcl.model.checkpoints import encoder_input, load_encoder
+from gsrcl.report import figures
+from gsrcl.runner import jobs
+from gsrcl.runner.jobs import Job
+from gsrcl.runner.run_folder import LOSS, PREDICTIONS, VALIDATION, RunFolder
+from gsrcl.runner.summary import METRICS
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import anndata as ad
 import numpy as np
 import torch
 
-from gsrcl.encoder import build_encoder
-from gsrcl.preprocess import Fitted
-from gsrcl.settings import Method
+from gsrcl.config.settings import Method
+from gsrcl.data.preprocess import Fitted
+from gsrcl.model.encoder import build_encoder
 
 
 def encoder_record(

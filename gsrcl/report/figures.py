@@ -1,7 +1,8 @@
 """The report's figures, drawn from a results folder with matplotlib (and umap-learn for UMAPs).
 
-Each function takes what it draws and returns a matplotlib Figure; `gsrcl.report` saves them as PNG
-and embeds them in the HTML page. Cell types keep one colour across every figure of a dataset.
+Each function takes what it draws and returns a matplotlib Figure; `gsrcl.report.page` saves them
+as PNG and embeds them in the HTML page. Cell types keep one colour across every figure of a
+dataset.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
 from umap import UMAP  # noqa: E402
 
-from gsrcl.labels import ordered  # noqa: E402
+from gsrcl.data.labels import ordered  # noqa: E402
 
 DIFFICULT = 0.9  # a task whose baseline MCC is below this is "difficult" (the paper's threshold)
 

@@ -16,7 +16,7 @@ import anndata as ad
 import numpy as np
 import scanpy as sc
 
-from gsrcl.data import log_expression
+from gsrcl.data.dataset import log_expression
 
 
 @dataclass(frozen=True)

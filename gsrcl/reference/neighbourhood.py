@@ -18,8 +18,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from gsrcl.checkpoints import encoder_input
-from gsrcl.preprocess import fit_lognorm
+from gsrcl.data.preprocess import fit_lognorm
+from gsrcl.model.checkpoints import encoder_input
 
 COMPONENTS = 20
 NEIGHBOURS = 5

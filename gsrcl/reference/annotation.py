@@ -5,8 +5,8 @@ extra query genes are dropped); cells go through in chunks, so memory stays boun
 query's size. Each cell type's calibrated classifier gives the probability that a cell is of that
 type (one type against the rest, so the probabilities need not sum to 1); the prediction is the
 most probable type, or `Unassigned` when that probability is below the threshold or the cell lies
-outside the reference neighbourhood of that type (`gsrcl.neighbourhood`: a type the reference
-never saw can still score high for its nearest known type).
+outside the reference neighbourhood of that type (`gsrcl.reference.neighbourhood`: a type
+the reference never saw can still score high for its nearest known type).
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from gsrcl import data, reference
-from gsrcl.checkpoints import encoder_input, logged_expression, preprocessing_key
+from gsrcl.config.settings import Dataset
+from gsrcl.data import dataset as data
+from gsrcl.data.readers import BUNDLED, read_matrix, select_matrix
 from gsrcl.errors import UserError
 from gsrcl.files import atomic_write, write_csv
-from gsrcl.readers import BUNDLED, read_matrix, select_matrix
-from gsrcl.settings import Dataset
+from gsrcl.model.checkpoints import encoder_input, logged_expression, preprocessing_key
+from gsrcl.reference import model as reference
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class Annotation:
 
     def umap_coordinates(self) -> np.ndarray:
         if self.umap is None:
-            from gsrcl.figures import umap_coordinates  # umap-learn only when asked for
+            from gsrcl.report.figures import umap_coordinates  # umap-learn only when asked for
 
             self.umap = umap_coordinates(self.embedding)
         return self.umap
@@ -278,7 +279,7 @@ def _predictions(cells, model, probabilities, outside, threshold: float) -> pd.D
 
 
 def _write_umap(path: Path, annotation: Annotation) -> None:
-    from gsrcl import figures  # matplotlib only when a figure is asked for
+    from gsrcl.report import figures  # matplotlib only when a figure is asked for
 
     fig = figures.query_umap(
         annotation.umap_coordinates(),

@@ -1,8 +1,8 @@
 """Typed, validated experiment settings.
 
 Every number of the paper's protocol is a field here; the defaults are the paper's values
-(`gsrcl.presets.PAPER` gathers them). `Experiment.validate()` checks types and ranges and names the
-offending field, so a mistyped config stops before any work.
+(`gsrcl.config.presets.PAPER` gathers them). `Experiment.validate()` checks types and ranges
+and names the offending field, so a mistyped config stops before any work.
 """
 
 from __future__ import annotations

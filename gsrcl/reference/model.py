@@ -33,10 +33,10 @@ import torch
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.svm import SVC
 
-from gsrcl.checkpoints import load_encoder
 from gsrcl.errors import UserError
 from gsrcl.files import sha256
-from gsrcl.neighbourhood import Neighbourhoods
+from gsrcl.model.checkpoints import load_encoder
+from gsrcl.reference.neighbourhood import Neighbourhoods
 
 FORMAT = "gsrcl-reference-model"
 VERSION = 1
@@ -101,13 +101,13 @@ class ReferenceModel:
 
     def embed(self, adata: ad.AnnData, chunk_size: int = 2048) -> np.ndarray:
         """The representation of `adata`'s cells by the main encoder (cells × its width)."""
-        from gsrcl.annotation import embed_cells  # annotation builds on this module
+        from gsrcl.reference.annotation import embed_cells  # annotation builds on this module
 
         return embed_cells(self, adata, chunk_size)
 
     def annotate(self, adata: ad.AnnData, threshold: float = 0.5, **options):
-        """Label an in-memory AnnData (see `gsrcl.annotation.annotate`); returns an Annotation."""
-        from gsrcl.annotation import annotate
+        """Label an in-memory AnnData (`gsrcl.reference.annotation.annotate`): an Annotation."""
+        from gsrcl.reference.annotation import annotate
 
         return annotate(adata, self, threshold, **options)
 

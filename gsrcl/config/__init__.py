@@ -1,0 +1,1 @@
+"""Settings: typed, validated experiment settings, the paper's presets, config files."""

@@ -1,0 +1,2 @@
+"""Data: readers of every format, labelled datasets, preprocessing fitted on training cells, and
+the splits."""

@@ -1,0 +1,1 @@
+"""The report: the HTML page, summary tables and figures of a results folder."""
