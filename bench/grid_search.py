@@ -12,6 +12,7 @@ Part 2 prints the baseline table (paper SVM, balanced SVM, logistic regression) 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -29,6 +30,7 @@ from gsrcl.data import dataset as data  # noqa: E402
 from gsrcl.data import preprocess  # noqa: E402
 from gsrcl.data.splits import make_folds  # noqa: E402
 from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores  # noqa: E402
+from gsrcl.evaluate.workers import Workers  # noqa: E402
 from gsrcl.runner import jobs  # noqa: E402
 
 
@@ -114,8 +116,8 @@ def baseline_table(adata, spec, labels, folds, experiment) -> None:
             folds.test(fold),
             folds.scored_tasks,
         )
-        fold_rows, _ = jobs.run_baselines(fold_data, experiment, "cpu")
-        rows += fold_rows
+        with Workers(os.cpu_count() or 1) as workers:
+            rows += jobs.run_baselines(fold_data, experiment, "cpu", experiment.seed, workers).rows
     table = pd.DataFrame(rows).pivot_table(index="task", columns="method", values="mcc", sort=False)
     print(f"\nbaselines, MCC mean over 5 folds ({time.perf_counter() - start:.0f} s):")
     print(table.to_string(float_format="%.3f"))

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from gsrcl.config.settings import Compute, Contrastive
+from gsrcl.data.dataset import DatasetCache
 from gsrcl.runner.dispatch import execute
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.pipeline import prepare
@@ -27,7 +28,7 @@ def _ready(tmp_path, name, method):
         compute=Compute(devices="cpu", save_progress_seconds=0),
     )
     run = RunFolder.of(experiment)
-    prepare(experiment, run, log=lambda _: None)
+    prepare(experiment, run, DatasetCache(), log=lambda _: None)
     return experiment, run
 
 
@@ -38,7 +39,7 @@ def test_a_job_killed_mid_training_resumes_to_the_uninterrupted_results(
     method = next(m for m in tiny_experiment(tmp_path).methods if m.loss == loss)
     job = Job("pbmc68k_reduced", method.name, 0)
     whole, whole_run = _ready(tmp_path, "whole", method)
-    assert execute(job, whole, whole_run, "cpu").status == "done"
+    assert execute(job, whole, whole_run, "cpu", DatasetCache()).status == "done"
 
     killed, killed_run = _ready(tmp_path, "killed", method)
     saves = []
@@ -52,11 +53,11 @@ def test_a_job_killed_mid_training_resumes_to_the_uninterrupted_results(
 
     monkeypatch.setattr(JobFolder, "save_progress", dying)
     with pytest.raises(_Killed):
-        execute(job, killed, killed_run, "cpu")
+        execute(job, killed, killed_run, "cpu", DatasetCache())
     monkeypatch.undo()
     folder = killed_run.job(job)
     assert (folder.path / PROGRESS).exists() and folder.state("x").status == "incomplete"
-    assert execute(job, killed, killed_run, "cpu").status == "done"
+    assert execute(job, killed, killed_run, "cpu", DatasetCache()).status == "done"
     assert not (folder.path / PROGRESS).exists()  # one checkpoint per task is all that stays
 
     a, b = whole_run.job(job), folder

@@ -44,6 +44,22 @@ def load_dataset(spec: Dataset) -> ad.AnnData:
     return in_id_order(_without_empty(spec, adata))
 
 
+class DatasetCache:
+    """Datasets read once and kept for the life of this object (a worker process, a run), at
+    most `size` of them: an explicit cache, not a process-wide one."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._datasets: dict[Dataset, ad.AnnData] = {}
+
+    def get(self, spec: Dataset) -> ad.AnnData:
+        if spec not in self._datasets:
+            if len(self._datasets) >= self.size:
+                self._datasets.pop(next(iter(self._datasets)))  # the oldest goes
+            self._datasets[spec] = load_dataset(spec)
+        return self._datasets[spec]
+
+
 def in_id_order(adata: ad.AnnData) -> ad.AnnData:
     """The cells sorted by id: every split, shuffle and training batch is drawn from this order,
     so the same cells stored in another row order give identical results."""

@@ -10,30 +10,26 @@ from __future__ import annotations
 import warnings
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.metrics import average_precision_score, precision_recall_curve
+from umap import UMAP
 
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
-from umap import UMAP  # noqa: E402
-
-from gsrcl.data.labels import ordered  # noqa: E402
+from gsrcl.data.labels import ordered
 
 DIFFICULT = 0.9  # a task whose baseline MCC is below this is "difficult" (the paper's threshold)
 
 
 def type_colours(types: list[str]) -> dict[str, tuple]:
     """One colour per cell type, the same in every figure of a dataset."""
-    palette = plt.get_cmap("tab20").colors
+    palette = matplotlib.colormaps["tab20"].colors
     return {t: palette[i % len(palette)] for i, t in enumerate(ordered(types))}
 
 
 def method_colours(methods: list[str]) -> dict[str, tuple]:
-    palette = plt.get_cmap("Set2").colors
+    palette = matplotlib.colormaps["Set2"].colors
     return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
@@ -42,7 +38,7 @@ def mcc_against_baseline(summary: pd.DataFrame, baseline: str, methods: list[str
     scored = summary[summary["method"] != ""]
     tasks = list(dict.fromkeys(scored["task"]))
     table = scored.pivot_table(index="task", columns="method", values=["mcc_mean", "mcc_se"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) * max(1, len(methods) / 4)), 4.2))
+    fig, ax = _figure(figsize=(max(6, 0.9 * len(tasks) * max(1, len(methods) / 4)), 4.2))
     width = 0.8 / len(methods)
     colours = method_colours(methods)
     for i, method in enumerate(methods):
@@ -79,7 +75,7 @@ def training_curves(
 ) -> Figure:
     """Loss per epoch (one line per fold) and validation score per epoch and task (mean over
     folds), with each fold's chosen checkpoint marked."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, (left, right) = _figure(1, 2, figsize=(12, 3.8))
     for fold, part in losses.groupby("fold"):
         curve = part.groupby("epoch")["loss"].mean()  # SupCon: mean over its per-task encoders
         left.plot(curve.index, curve.to_numpy(), label=f"fold {fold}", lw=1)
@@ -114,7 +110,7 @@ def precision_recall(predictions: pd.DataFrame, tasks: list[str], methods: list[
     """Precision-recall per task, one curve per method, test folds pooled."""
     columns = min(4, len(tasks))
     rows = int(np.ceil(len(tasks) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    fig, axes = _figure(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
     colours = method_colours(methods)
     for ax, task in zip(axes.ravel(), tasks, strict=False):
         for method in methods:
@@ -165,7 +161,7 @@ def umaps(
     expression: np.ndarray, embedding: np.ndarray, labels: np.ndarray, title: str, colours: dict
 ) -> Figure:
     """UMAP of the log-expression beside UMAP of the learnt embedding, coloured by cell type."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig, axes = _figure(1, 2, figsize=(11, 4.6))
     for ax, x, name in ((axes[0], expression, "log-expression"), (axes[1], embedding, title)):
         _scatter_types(ax, umap_coordinates(x), labels, colours)
         ax.set_title(f"UMAP of {name}", fontsize=10)
@@ -179,7 +175,7 @@ def query_umap(xy: np.ndarray, predicted: np.ndarray, types: list[str], unassign
     coloured by the predicted type (unassigned in grey), with each type's count in the legend."""
     colours = {**type_colours(types), unassigned: (0.75, 0.75, 0.75)}
     present = {t: c for t, c in colours.items() if (predicted == t).any()}
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = _figure(figsize=(7.5, 5.5))
     _scatter_types(ax, xy, predicted, present)
     handles, names = ax.get_legend_handles_labels()
     counts = [f"{n} ({int((predicted == n).sum())})" for n in names]
@@ -189,3 +185,10 @@ def query_umap(xy: np.ndarray, predicted: np.ndarray, types: list[str], unassign
     ax.set_title(f"{len(predicted)} query cells, GsRCL embedding, by predicted type", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _figure(rows: int = 1, columns: int = 1, **options):
+    """A figure and its axes, outside pyplot: no backend is chosen or changed (a notebook keeps
+    its own), and nothing is kept open after the figure is saved."""
+    fig = Figure(figsize=options.pop("figsize"))
+    return fig, fig.subplots(rows, columns, **options)

@@ -9,11 +9,12 @@ import io
 import logging
 from pathlib import Path
 
+import anndata as ad
 import pandas as pd
 import torch
 
 from gsrcl.config.settings import Experiment
-from gsrcl.data.dataset import LABEL, log_expression
+from gsrcl.data.dataset import LABEL, DatasetCache, log_expression
 from gsrcl.model.checkpoints import encoder_input, load_encoder
 from gsrcl.report import figures
 from gsrcl.runner import jobs
@@ -98,7 +99,6 @@ class FigureSet:
     def add(self, name: str, fig, caption: str) -> None:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        figures.plt.close(fig)
         self.run.write_figure(name, buffer.getvalue())
         data = base64.b64encode(buffer.getvalue()).decode()
         self.html.append(
@@ -130,7 +130,12 @@ class DoneJobs:
 
 
 def dataset_figures(
-    figs: FigureSet, done: DoneJobs, experiment: Experiment, spec, summary: pd.DataFrame
+    figs: FigureSet,
+    done: DoneJobs,
+    experiment: Experiment,
+    adata: ad.AnnData,
+    spec,
+    summary: pd.DataFrame,
 ) -> None:
     name, methods = spec.name, jobs.method_names(experiment)
     part = summary[summary["dataset"] == name]
@@ -139,13 +144,12 @@ def dataset_figures(
         return
     mcc = figures.mcc_against_baseline(part, methods[0], methods)
     figs.add(f"{name}-mcc", mcc, f"{name}: MCC per cell type and method")
-    adata = jobs.cached_dataset(spec)
     labels = adata.obs[LABEL].to_numpy(dtype=str)
     colours = figures.type_colours(list(labels))  # every figure of the dataset agrees
     for method in experiment.methods:
         _training_figure(figs, done, name, method.name, colours)
     _pr_figure(figs, done, experiment, name, tasks, methods)
-    _umap_figure(figs, done, experiment, spec, tasks, colours)
+    _umap_figure(figs, done, experiment, adata, spec, tasks, colours)
 
 
 def _training_figure(figs, done: DoneJobs, name: str, method: str, colours) -> None:
@@ -173,7 +177,9 @@ def _pr_figure(figs, done: DoneJobs, experiment, name: str, tasks: list[str], me
     figs.add(f"{name}-pr", fig, f"{name}: precision-recall per cell type (test folds pooled)")
 
 
-def _umap_figure(figs, done: DoneJobs, experiment: Experiment, spec, tasks, colours) -> None:
+def _umap_figure(
+    figs, done: DoneJobs, experiment: Experiment, adata: ad.AnnData, spec, tasks, colours
+) -> None:
     """UMAPs of all cells: log-expression, and the first method's fold-0 encoder chosen for the
     first scored type."""
     found = [
@@ -184,7 +190,6 @@ def _umap_figure(figs, done: DoneJobs, experiment: Experiment, spec, tasks, colo
     if not found:
         return
     method, path = found[0]
-    adata = jobs.cached_dataset(spec)
     encoder, checkpoint = load_encoder(path)
     x, missing = encoder_input(checkpoint, adata)
     if missing:
@@ -207,7 +212,7 @@ def _umap_figure(figs, done: DoneJobs, experiment: Experiment, spec, tasks, colo
 # ---- the page ----
 
 
-def build(experiment: Experiment, run: RunFolder, done: set[Job]) -> Path:
+def build(experiment: Experiment, run: RunFolder, done: set[Job], datasets: DatasetCache) -> Path:
     """Write summary.md, figures/*.png and report.html from the `done` jobs; return the
     report's path."""
     summary = run.read_summary()
@@ -216,7 +221,8 @@ def build(experiment: Experiment, run: RunFolder, done: set[Job]) -> Path:
     figs = FigureSet(run)
     for spec in experiment.datasets:
         try:
-            dataset_figures(figs, DoneJobs(run, experiment, done), experiment, spec, summary)
+            jobs_done = DoneJobs(run, experiment, done)
+            dataset_figures(figs, jobs_done, experiment, datasets.get(spec), spec, summary)
         except Exception as error:  # a figure that fails must not cost the rest of the report
             log.warning("report: figures of %s failed: %s", spec.name, error)
     page = _page(experiment, run, summary, methods, figs.html)

@@ -23,6 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 from gsrcl.config.settings import Experiment
+from gsrcl.data.dataset import DatasetCache
 from gsrcl.errors import UserError
 from gsrcl.files import describe_os_error
 from gsrcl.runner import jobs
@@ -50,13 +51,15 @@ class Slot:
     threads: int
 
 
-def execute(job: Job, experiment: Experiment, run: RunFolder, device: str) -> Outcome:
+def execute(
+    job: Job, experiment: Experiment, run: RunFolder, device: str, datasets: DatasetCache
+) -> Outcome:
     """Run one job into a cleared folder; DONE is written last, a failure leaves error.txt."""
     folder = run.job(job)
     start = time.perf_counter()
     try:
         folder.prepare()
-        jobs.run_job(job, experiment, run, device)
+        jobs.run_job(job, experiment, run, device, datasets)
         seconds = time.perf_counter() - start
         folder.drop_progress()
         folder.mark_done(jobs.fingerprint(experiment, job), device, seconds)
@@ -103,10 +106,11 @@ def _worker(slot: Slot, experiment: Experiment, run: RunFolder, inbox, outbox, p
     _log_to_file(run.logs / f"worker-{slot.index}.log")
     logging.getLogger("gsrcl.runner.progress").addHandler(_ToRunner(outbox, slot.index))
     log = logging.getLogger("gsrcl.worker")
+    datasets = DatasetCache()  # each dataset read once by this worker, for all its jobs
     outbox.put(("ready", slot.index, None))
     while (job := inbox.get()) is not None:
         log.info("start %s on %s", job.id, slot.device)
-        outcome = execute(job, experiment, run, slot.device)
+        outcome = execute(job, experiment, run, slot.device, datasets)
         log.info("%s %s in %.1f s %s", outcome.status, job.id, outcome.seconds, outcome.error)
         outbox.put(("outcome", slot.index, outcome))
 

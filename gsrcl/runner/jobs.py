@@ -7,13 +7,12 @@ baseline classifier on the expression.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anndata as ad
@@ -24,6 +23,7 @@ import torch
 from gsrcl.config.settings import Classifier, Dataset, Experiment, Method
 from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
+from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds, folds_from_record
 from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores
 from gsrcl.evaluate.workers import Workers
@@ -108,12 +108,6 @@ def _method(experiment: Experiment, name: str) -> Method:
     return next(m for m in experiment.methods if m.name == name)
 
 
-@functools.lru_cache(maxsize=4)
-def cached_dataset(spec: Dataset) -> ad.AnnData:
-    """Each worker process reads a dataset once and keeps it for all its jobs."""
-    return data.load_dataset(spec)
-
-
 def split_meta(spec: Dataset, experiment: Experiment, adata: ad.AnnData) -> dict:
     """What a saved split must match to be reused."""
     labels = "\n".join(adata.obs_names) + "\n" + "\n".join(adata.obs[data.LABEL])
@@ -142,14 +136,16 @@ class FoldData:
     tasks: list[str]
 
 
-def run_job(job: Job, experiment: Experiment, run: RunFolder, device: str) -> None:
+def run_job(
+    job: Job, experiment: Experiment, run: RunFolder, device: str, datasets: DatasetCache
+) -> None:
     """Compute a job and write its files into its (already cleared) folder."""
     seed = job_seed(experiment, job)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
     spec = _dataset(experiment, job.dataset)
-    adata = cached_dataset(spec)
+    adata = datasets.get(spec)
     meta = split_meta(spec, experiment, adata)
     folds = folds_from_record(run.read_splits(spec.name), meta)
     if folds is None:
@@ -157,29 +153,30 @@ def run_job(job: Job, experiment: Experiment, run: RunFolder, device: str) -> No
     fold = _fold_data(adata, spec, folds, job.fold)
     out = run.job(job)
     start = time.perf_counter()
-    timing: dict[str, float] = {}
     # the worker's CPU share (pin() set torch's threads to it) serves the classifier fits too
     with Workers(torch.get_num_threads()) as workers:
         if job.method == BASELINE:
-            rows, predictions = run_baselines(fold, experiment, device, seed, workers)
+            output = run_baselines(fold, experiment, device, seed, workers)
         else:
             method = _method(experiment, job.method)
-            rows, predictions = run_contrastive(
-                fold,
-                method,
-                experiment,
-                device,
-                seed,
-                out,
-                timing,
-                workers,
-                fingerprint(experiment, job),
+            job_print = fingerprint(experiment, job)
+            output = run_contrastive(
+                fold, method, experiment, device, seed, out, workers, job_print
             )
-    timing["total"] = time.perf_counter() - start
-    for row in rows:
-        row.update(dataset=job.dataset, fold=job.fold)
-    out.write_table(PREDICTIONS, pd.DataFrame(predictions))
-    out.write_metrics(job.id, rows, timing)
+    seconds = {**output.seconds, "total": time.perf_counter() - start}
+    rows = [{**row, "dataset": job.dataset, "fold": job.fold} for row in output.rows]
+    out.write_table(PREDICTIONS, pd.DataFrame(output.predictions))
+    out.write_metrics(job.id, rows, seconds)
+
+
+@dataclass
+class JobOutput:
+    """What a job's body computed: a metrics row per task, per-cell predictions of the test
+    fold, and seconds by part (training, waiting on validation)."""
+
+    rows: list[dict]
+    predictions: list[dict]
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _fold_data(adata: ad.AnnData, spec: Dataset, folds: Folds, fold: int) -> FoldData:
@@ -206,7 +203,9 @@ def _score_rows(fold: FoldData, method: str, task: str, predicted, score, extra:
     return row, predictions
 
 
-def run_baselines(fold: FoldData, experiment: Experiment, device: str, seed: int, workers: Workers):
+def run_baselines(
+    fold: FoldData, experiment: Experiment, device: str, seed: int, workers: Workers
+) -> JobOutput:
     rows, predictions = [], []
     evaluation = experiment.evaluation
     y_train = fold.labels[fold.train]
@@ -228,7 +227,7 @@ def run_baselines(fold: FoldData, experiment: Experiment, device: str, seed: int
             row, cells = _score_rows(fold, baseline_name(spec), task, predicted, score, {})
             rows.append(row)
             predictions += cells
-    return rows, predictions
+    return JobOutput(rows, predictions)
 
 
 def _baseline_features(fold: FoldData, spec: Classifier) -> np.ndarray:
@@ -244,12 +243,11 @@ def run_contrastive(
     device: str,
     seed: int,
     out: JobFolder,
-    timing: dict[str, float],
     workers: Workers,
     fingerprint: str,
-):
+) -> JobOutput:
     """Train (once, or once per task for SupCon), score each task's chosen encoder on the test
-    fold, save it; `timing` gets the seconds spent training and waiting on validation."""
+    fold, save it."""
     fitted = _method_features(fold, method)
     x = torch.as_tensor(fitted.transform(fold.adata), device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -267,14 +265,16 @@ def run_contrastive(
         _save_encoders(out, result.best, model, fitted, fold, method)
         progress.finish(part)
     parts = progress.finished
-    for name in ("training", "validation_wait"):
-        timing[name] = sum(part["seconds"].get(name, 0.0) for part in parts)
+    seconds = {
+        name: sum(part["seconds"].get(name, 0.0) for part in parts)
+        for name in ("training", "validation_wait")
+    }
     losses = [row for part in parts for row in part["losses"]]
     validation = [row for part in parts for row in part["validation"]]
     out.write_table(LOSS, pd.DataFrame(losses, columns=["task", "epoch", "loss"]))
     out.write_table(VALIDATION, pd.DataFrame(validation, columns=["epoch", "task", "score"]))
     rows = [row for part in parts for row in part["rows"]]
-    return rows, [cell for part in parts for cell in part["predictions"]]
+    return JobOutput(rows, [cell for part in parts for cell in part["predictions"]], seconds)
 
 
 def _group_results(fold: FoldData, method: Method, tasks: list[str], result) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from gsrcl.config.settings import Dataset, Experiment
 from gsrcl.data import splits
-from gsrcl.data.dataset import LABEL
+from gsrcl.data.dataset import LABEL, DatasetCache
 from gsrcl.errors import UserError
 from gsrcl.evaluate.classifiers import estimator_for
 from gsrcl.reference.export import export_model
@@ -39,27 +39,31 @@ def check_classifiers(experiment: Experiment) -> None:
         estimator_for(spec)
 
 
-def prepare(experiment: Experiment, run: RunFolder, log: Callable[[str], None]) -> list[str]:
+def prepare(
+    experiment: Experiment, run: RunFolder, datasets: DatasetCache, log: Callable[[str], None]
+) -> list[str]:
     """Write experiment.json and the splits of every dataset that reads (reused when still
     valid); a dataset that does not read is reported and left out. Returns the readable ones."""
     run.write_record(environment_record(experiment))
     ready = []
     for spec in experiment.datasets:
         try:
-            folds = dataset_folds(spec, experiment, run)
+            folds = dataset_folds(spec, experiment, datasets, run)
         except UserError as error:
             log(f"error: {error}")
             continue
         ready.append(spec.name)
-        describe_tasks(spec.name, jobs.cached_dataset(spec), folds, log)
+        describe_tasks(spec.name, datasets.get(spec), folds, log)
     if not ready:
         raise UserError("no dataset could be read; fix the errors above")
     return ready
 
 
-def dataset_folds(spec: Dataset, experiment: Experiment, run: RunFolder | None) -> splits.Folds:
+def dataset_folds(
+    spec: Dataset, experiment: Experiment, datasets: DatasetCache, run: RunFolder | None
+) -> splits.Folds:
     """The dataset's folds: the saved ones when still valid, else new ones (saved if `run`)."""
-    adata = jobs.cached_dataset(spec)
+    adata = datasets.get(spec)
     meta = jobs.split_meta(spec, experiment, adata)
     folds = splits.folds_from_record(run.read_splits(spec.name), meta) if run else None
     if folds is None:
@@ -89,11 +93,15 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     """`--check`: validate every dataset and print the plan, without training or writing."""
     check_executor(experiment)
     check_classifiers(experiment)
+    datasets = DatasetCache()
     failed = 0
     for spec in experiment.datasets:
         try:
             describe_tasks(
-                spec.name, jobs.cached_dataset(spec), dataset_folds(spec, experiment, None), log
+                spec.name,
+                datasets.get(spec),
+                dataset_folds(spec, experiment, datasets, None),
+                log,
             )
         except UserError as error:
             log(f"error: {error}")
@@ -165,7 +173,8 @@ def execute_experiment(
         states = job_states(experiment, run, planned)
         if mode == "failed":
             _refuse_stale(run, states, "--rerun-failed reruns failed jobs of the same config")
-        ready = prepare(experiment, run, log)
+        datasets = DatasetCache()
+        ready = prepare(experiment, run, datasets, log)
         planned = [job for job in planned if job.dataset in ready]
         todo = [job for job in planned if _selected(states[job], mode, job, log)]
         stale = sum(states[job].status == "stale" for job in todo)
@@ -180,7 +189,7 @@ def execute_experiment(
         write_manifest(run, planned, states, outcomes)
         summary = write_summary(experiment, run, states)
         log("\n" + mcc_table(summary))
-        page = write_report(experiment, run, states, log)
+        page = write_report(experiment, run, states, datasets, log)
         exported = export_models(experiment, ready, log) if experiment.export.after_run else True
     log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
@@ -272,11 +281,12 @@ def write_report(
     experiment: Experiment,
     run: RunFolder,
     states: dict[jobs.Job, JobState],
+    datasets: DatasetCache,
     log: Callable[[str], None],
 ) -> Path | None:
     """report.html, summary.md and figures; a report that fails never costs the results."""
     try:
-        page = report.build(experiment, run, _done(states))
+        page = report.build(experiment, run, _done(states), datasets)
     except Exception as error:
         log(
             f"warning: the report could not be built ({type(error).__name__}: {error}); "
@@ -302,7 +312,7 @@ def report_only(experiment: Experiment, log: Callable[[str], None] = print) -> i
                 log(f"warning: {job.id} is corrupt ({state.reason}); left out; rerun to redo it")
         write_manifest(run, planned, states, [])
         write_summary(experiment, run, states)
-        log(f"report: {report.build(experiment, run, _done(states))}")
+        log(f"report: {report.build(experiment, run, _done(states), DatasetCache())}")
     return 0
 
 

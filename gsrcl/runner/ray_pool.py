@@ -17,6 +17,7 @@ from pathlib import Path
 
 import gsrcl
 from gsrcl.config.settings import Experiment
+from gsrcl.data.dataset import DatasetCache
 from gsrcl.errors import UserError
 from gsrcl.runner import dispatch
 from gsrcl.runner.jobs import Job
@@ -54,7 +55,7 @@ def _run_one(
     gpus = ray.get_gpu_ids()
     device = "cuda:0" if gpus else "cpu"
     dispatch.pin(dispatch.Slot(0, device, threads))
-    return dispatch.execute(job, experiment, RunFolder(Path(run_dir)), device)
+    return dispatch.execute(job, experiment, RunFolder(Path(run_dir)), device, DatasetCache(1))
 
 
 class RayPool:
