@@ -1,9 +1,16 @@
-"""The encoder file: weights, layer sizes, genes, preprocessing; loads with weights_only=True."""
+"""The encoder file: weights, layer sizes, the genes it reads and their preprocessing.
+
+`EncoderFile` is the one reader and writer of the format; it round-trips through a plain record
+of tensors and Python values (`to_record` / `from_record`), so `torch.load(path,
+weights_only=True)` loads it without running stored code. `EncoderInput` is how an encoder reads
+cells, usable on its own (the out-of-reference check reads cells the same way).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -14,62 +21,113 @@ from gsrcl.data.preprocess import Fitted
 from gsrcl.model.encoder import build_encoder
 
 
-def encoder_record(
-    state: dict,
-    kwargs: dict,
-    genes: list[str],
-    fitted: Fitted,
-    method: Method,
-    epoch: int,
-) -> dict:
-    """What an encoder file holds (saved with torch.save, loaded with weights_only=True)."""
-    return {
-        "state_dict": state,
-        "kwargs": kwargs,
-        "genes": genes,
-        "method": asdict(method),
-        "preprocess": {
-            "values": fitted.values,
-            "target_sum": fitted.target_sum,
-            "mean": None if fitted.mean is None else torch.from_numpy(fitted.mean),
-            "std": None if fitted.std is None else torch.from_numpy(fitted.std),
-        },
-        "epoch": epoch,  # its validation score per task is in the job's metrics.json
-    }
+@dataclass(frozen=True)
+class EncoderInput:
+    """The genes an encoder reads (by name) and the preprocessing fitted on its training cells:
+    per-cell normalisation and log of all genes, then (masking) scaling of the chosen ones."""
+
+    genes: list[str]
+    values: str  # "counts" or "log"
+    target_sum: float | None  # per-cell normalisation target; None = none
+    mean: np.ndarray | None = None  # scaling of `genes`; None = none
+    std: np.ndarray | None = None
+
+    @property
+    def key(self) -> tuple:
+        """Inputs with the same key share `logged` (the normalise-and-log of all genes)."""
+        return self.values, self.target_sum
+
+    def logged(self, adata: ad.AnnData) -> np.ndarray:
+        """All genes of `adata` normalised and logged as the training cells were."""
+        return Fitted(values=self.values, target_sum=self.target_sum).transform(adata)
+
+    def prepare(
+        self, adata: ad.AnnData, logged: np.ndarray | None = None
+    ) -> tuple[np.ndarray, int]:
+        """The cells as the encoder's training cells were prepared, and how many of its genes
+        `adata` lacks (filled with zeros, as an unexpressed gene would be). `logged`: this
+        input's `logged(adata)`, when already computed for another encoder."""
+        index = adata.var_names.get_indexer(self.genes)
+        present = index >= 0
+        if logged is None:
+            logged = self.logged(adata)
+        x = np.zeros((adata.n_obs, len(index)), dtype=np.float32)
+        x[:, present] = logged[:, index[present]]
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x, int((~present).sum())
+
+    def to_record(self) -> dict[str, Any]:
+        tensor = lambda a: None if a is None else torch.from_numpy(np.asarray(a))  # noqa: E731
+        return {
+            "values": self.values,
+            "target_sum": self.target_sum,
+            "mean": tensor(self.mean),
+            "std": tensor(self.std),
+        }
+
+    @classmethod
+    def from_record(cls, genes: list[str], record: dict[str, Any]) -> EncoderInput:
+        array = lambda t: None if t is None else t.numpy()  # noqa: E731
+        return cls(
+            genes=list(genes),
+            values=record["values"],
+            target_sum=record["target_sum"],
+            mean=array(record["mean"]),
+            std=array(record["std"]),
+        )
 
 
-def load_encoder(path: Path) -> tuple[torch.nn.Module, dict]:
-    """The encoder (eval mode, CPU) and the whole checkpoint; loading never runs stored code."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = build_encoder(**checkpoint["kwargs"])
-    encoder.load_state_dict(checkpoint["state_dict"])
-    return encoder.eval(), checkpoint
+@dataclass
+class EncoderFile:
+    """What an encoder file holds."""
+
+    state_dict: dict[str, torch.Tensor]
+    kwargs: dict[str, Any]  # `build_encoder`'s arguments: the layer sizes
+    input: EncoderInput
+    method: dict[str, Any]
+    epoch: int  # its validation score per task is in the job's metrics.json
+
+    @classmethod
+    def of(
+        cls, state: dict, kwargs: dict, genes: list[str], fitted: Fitted, method: Method, epoch: int
+    ) -> EncoderFile:
+        """A chosen snapshot of a training, with the preprocessing fitted for it."""
+        encoder_input = EncoderInput(
+            genes, fitted.values, fitted.target_sum, fitted.mean, fitted.std
+        )
+        return cls(state, kwargs, encoder_input, asdict(method), epoch)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "state_dict": self.state_dict,
+            "kwargs": self.kwargs,
+            "genes": self.input.genes,
+            "method": self.method,
+            "preprocess": self.input.to_record(),
+            "epoch": self.epoch,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> EncoderFile:
+        encoder_input = EncoderInput.from_record(record["genes"], record["preprocess"])
+        return cls(
+            record["state_dict"], record["kwargs"], encoder_input, record["method"], record["epoch"]
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> EncoderFile:
+        """Loading never runs stored code (weights_only)."""
+        return cls.from_record(torch.load(path, map_location="cpu", weights_only=True))
+
+    def build(self) -> torch.nn.Module:
+        """The encoder network with these weights, in eval mode on the CPU."""
+        encoder = build_encoder(**self.kwargs)
+        encoder.load_state_dict(self.state_dict)
+        return encoder.eval()
 
 
-def logged_expression(checkpoint: dict, adata: ad.AnnData) -> np.ndarray:
-    """All genes of `adata` normalised and logged as the encoder's input was (before its gene
-    selection and scaling); encoders with the same `preprocessing_key` share it."""
-    saved = checkpoint["preprocess"]
-    return Fitted(values=saved["values"], target_sum=saved["target_sum"]).transform(adata)
-
-
-def preprocessing_key(checkpoint: dict) -> tuple:
-    return checkpoint["preprocess"]["values"], checkpoint["preprocess"]["target_sum"]
-
-
-def encoder_input(
-    checkpoint: dict, adata: ad.AnnData, logged: np.ndarray | None = None
-) -> tuple[np.ndarray, int]:
-    """The cells of `adata` prepared as the encoder's training cells were, and how many of the
-    encoder's genes the data lacks (filled with zeros, as an unexpressed gene would be).
-    `logged`: `logged_expression` of these cells, when already computed for another encoder."""
-    saved = checkpoint["preprocess"]
-    index = adata.var_names.get_indexer(checkpoint["genes"])
-    present = index >= 0
-    if logged is None:
-        logged = logged_expression(checkpoint, adata)
-    x = np.zeros((adata.n_obs, len(index)), dtype=np.float32)
-    x[:, present] = logged[:, index[present]]
-    if saved["mean"] is not None:
-        x = (x - saved["mean"].numpy()) / saved["std"].numpy()
-    return x, int((~present).sum())
+def load_encoder(path: Path) -> tuple[torch.nn.Module, EncoderFile]:
+    """The encoder (eval mode, CPU) and its file's contents."""
+    saved = EncoderFile.load(path)
+    return saved.build(), saved

@@ -28,7 +28,6 @@ from gsrcl.data import dataset as data
 from gsrcl.data.readers import BUNDLED, read_matrix, select_matrix
 from gsrcl.errors import UserError
 from gsrcl.files import atomic_write, write_csv
-from gsrcl.model.checkpoints import encoder_input, logged_expression, preprocessing_key
 from gsrcl.reference import model as reference
 
 log = logging.getLogger(__name__)
@@ -163,7 +162,7 @@ def embed_cells(model: reference.ReferenceModel, adata: ad.AnnData, chunk_size: 
     first = next(t for t in model.types if t.encoder_file == model.main_encoder)
     parts = []
     for start in range(0, query.n_obs, chunk_size):
-        x, _ = encoder_input(first.checkpoint, query[start : start + chunk_size])
+        x, _ = first.checkpoint.input.prepare(query[start : start + chunk_size])
         with torch.no_grad():
             parts.append(first.encoder(torch.from_numpy(x)).numpy())
     return np.concatenate(parts)
@@ -246,10 +245,11 @@ def _probabilities(model: reference.ReferenceModel, adata: ad.AnnData, chunk_siz
         logged: dict[tuple, np.ndarray] = {}  # one normalise-and-log per preprocessing, not encoder
         for encoder_file, members in by_encoder.items():
             first = model.types[members[0]]
-            key = preprocessing_key(first.checkpoint)
+            reads = first.checkpoint.input
+            key = reads.key
             if key not in logged:
-                logged[key] = logged_expression(first.checkpoint, part)
-            x, _ = encoder_input(first.checkpoint, part, logged[key])
+                logged[key] = reads.logged(part)
+            x, _ = reads.prepare(part, logged[key])
             with torch.no_grad():
                 z = first.encoder(torch.from_numpy(x)).numpy()
             for i in members:

@@ -24,7 +24,7 @@ from gsrcl.errors import UserError
 from gsrcl.evaluate.classifiers import calibrated_classifier
 from gsrcl.evaluate.workers import Workers
 from gsrcl.files import safe_name, sha256
-from gsrcl.model.checkpoints import encoder_input, load_encoder
+from gsrcl.model.checkpoints import load_encoder
 from gsrcl.model.train import embed
 from gsrcl.reference import model as reference
 from gsrcl.reference import neighbourhood
@@ -128,8 +128,8 @@ def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log
         digests[task] = digest = sha256(pick["path"])
         if digest not in embeddings:
             shutil.copyfile(pick["path"], staging / _encoder_name(digest))
-            encoder, checkpoint = load_encoder(pick["path"])
-            x, _ = encoder_input(checkpoint, adata)
+            encoder, saved = load_encoder(pick["path"])
+            x, _ = saved.input.prepare(adata)
             embeddings[digest] = embed(encoder, torch.from_numpy(x))
 
     def refit(task: str) -> tuple[object, float]:

@@ -35,7 +35,7 @@ from sklearn.svm import SVC
 
 from gsrcl.errors import UserError
 from gsrcl.files import sha256
-from gsrcl.model.checkpoints import load_encoder
+from gsrcl.model.checkpoints import EncoderFile, load_encoder
 from gsrcl.reference.neighbourhood import Neighbourhoods
 
 FORMAT = "gsrcl-reference-model"
@@ -58,7 +58,7 @@ class CellTypeModel:
     name: str
     encoder: torch.nn.Module
     encoder_file: str  # types with the same file share one encoder
-    checkpoint: dict  # genes and preprocessing of the encoder's input
+    checkpoint: EncoderFile  # the encoder's file: genes and preprocessing of its input
     classifier: Any
 
 
@@ -77,7 +77,7 @@ class ReferenceModel:
     @property
     def genes(self) -> list[str]:
         """Every gene some encoder reads, in the reference's order."""
-        used = {g for t in self.types for g in t.checkpoint["genes"]}
+        used = {g for t in self.types for g in t.checkpoint.input.genes}
         return [g for g in self.reference_genes if g in used]
 
     @classmethod

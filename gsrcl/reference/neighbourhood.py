@@ -19,7 +19,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
 from gsrcl.data.preprocess import fit_lognorm
-from gsrcl.model.checkpoints import encoder_input
+from gsrcl.model.checkpoints import EncoderInput
 
 COMPONENTS = 20
 NEIGHBOURS = 5
@@ -63,15 +63,8 @@ class Neighbourhoods:
         with np.load(path, allow_pickle=False) as stored:
             arrays = dict(stored)
         target_sum = float(arrays["target_sum"])
-        self.input = {  # the shape of an encoder checkpoint, so queries are read the same way
-            "genes": genes,
-            "preprocess": {
-                "values": values,
-                "target_sum": None if np.isnan(target_sum) else target_sum,
-                "mean": None,
-                "std": None,
-            },
-        }
+        # query cells are read as an encoder reads them: the reference's genes, normalised
+        self.input = EncoderInput(genes, values, None if np.isnan(target_sum) else target_sum)
         self.mean, self.components = arrays["pca_mean"], arrays["pca_components"]
         self.radius = arrays["radius"]
         self.indexes = []
@@ -82,7 +75,7 @@ class Neighbourhoods:
 
     def outside(self, cells: ad.AnnData, predicted: np.ndarray) -> np.ndarray:
         """For each cell, whether it lies outside the neighbourhood of type index `predicted`."""
-        x, _ = encoder_input(self.input, cells)
+        x, _ = self.input.prepare(cells)
         coordinates = (x - self.mean) @ self.components.T
         outside = np.zeros(len(x), dtype=bool)
         for t in np.unique(predicted):

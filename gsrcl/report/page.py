@@ -15,7 +15,7 @@ import torch
 
 from gsrcl.config.settings import Experiment
 from gsrcl.data.dataset import LABEL, DatasetCache, log_expression
-from gsrcl.model.checkpoints import encoder_input, load_encoder
+from gsrcl.model.checkpoints import load_encoder
 from gsrcl.report import figures
 from gsrcl.runner import jobs
 from gsrcl.runner.jobs import Job
@@ -190,8 +190,8 @@ def _umap_figure(
     if not found:
         return
     method, path = found[0]
-    encoder, checkpoint = load_encoder(path)
-    x, missing = encoder_input(checkpoint, adata)
+    encoder, saved = load_encoder(path)
+    x, missing = saved.input.prepare(adata)
     if missing:
         log.warning(
             "report: %d of the encoder's genes are not in %s; taken as 0", missing, spec.name

@@ -29,7 +29,7 @@ from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores
 from gsrcl.evaluate.workers import Workers
 from gsrcl.model import train
 from gsrcl.model.augment import augmentation
-from gsrcl.model.checkpoints import encoder_record
+from gsrcl.model.checkpoints import EncoderFile
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.runner.run_folder import LOSS, PREDICTIONS, VALIDATION, JobFolder, RunFolder
 
@@ -421,7 +421,7 @@ def _save_encoders(out: JobFolder, chosen: dict, model, fitted, fold, method) ->
         if checkpoint.epoch in written:
             out.share_encoder(written[checkpoint.epoch], task)
             continue
-        record = encoder_record(
+        saved = EncoderFile.of(
             checkpoint.state, model.kwargs, list(genes), fitted, method, checkpoint.epoch
         )
-        written[checkpoint.epoch] = out.save_encoder(task, record)
+        written[checkpoint.epoch] = out.save_encoder(task, saved.to_record())
