@@ -335,3 +335,39 @@ def test_the_gsrcl_command_answers_help_and_version():
         [sys.executable, "-m", "gsrcl", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert all(c in done.stdout for c in ("run", "check", "report", "export", "annotate"))
+
+
+def test_a_type_too_small_for_the_split_is_still_in_the_model_marked_not_validated(tmp_path):
+    full = ad.read_h5ad(shared_file("tm_immune.h5ad"))
+    kinds = full.obs["cell_type"].astype(str).to_numpy()
+    keep = {"B cell": 200, "T cell": 150, "NK cell": 60, "Monocyte": 3, "Granulocyte": 1}
+    rows = np.concatenate([np.flatnonzero(kinds == t)[:n] for t, n in keep.items()])
+    full[rows].write_h5ad(tmp_path / "reference.h5ad")
+    experiment = Experiment(
+        name="small",
+        datasets=(Dataset(name="tm", path=str(tmp_path / "reference.h5ad")),),
+        methods=(Method(loss="simclr", augmentation="noise", encoder=(64, 32), head=(32, 16)),),
+        contrastive=Contrastive(epochs=10, validate_every=5, lr=1e-3),
+        split=Split(folds=2),
+        evaluation=Evaluation(classifier=svm(), baselines=(), inner_folds=3),
+        results_dir=str(tmp_path / "results"),
+    ).validate()
+    assert run_experiment(experiment, log=lambda _: None) == 0
+    lines = []
+    folder = export_model(experiment, log=lines.append)
+    text = "\n".join(lines)
+    assert "Granulocyte: 1 cell, too few for a classifier" in text
+    assert "not validated (too few cells for the CV): Monocyte" in text
+    import gsrcl
+
+    model = gsrcl.ReferenceModel.load(folder)
+    types = model.cell_types.set_index("name")
+    assert set(types.index) == {"B cell", "T cell", "NK cell", "Monocyte"}
+    assert types.loc["Monocyte", "cells"] == 3 and not types.loc["Monocyte", "validated"]
+    assert types.loc["B cell", "validated"]
+    monocytes = full[np.flatnonzero(kinds == "Monocyte")[3:]].copy()
+    said = []
+    annotation = gsrcl.annotate(monocytes, model, say=said.append)
+    assert any("not validated (too few reference cells for the CV): Monocyte" in s for s in said)
+    print(annotation.table["predicted"].value_counts())
+    assert "p_Monocyte" in annotation.table

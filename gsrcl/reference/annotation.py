@@ -176,6 +176,11 @@ def _check_options(threshold: float, chunk_size: int) -> None:
 
 
 def _label(adata, model, threshold: float, chunk_size: int, say) -> Annotation:
+    types = model.cell_types
+    unvalidated = types.loc[~types["validated"].astype(bool), "name"].tolist()
+    say(f"model: {len(types)} cell types: {', '.join(types['name'])}")
+    if unvalidated:
+        say(f"  not validated (too few reference cells for the CV): {', '.join(unvalidated)}")
     _check_genes(adata, model, say)
     probabilities, outside, embedding = _probabilities(model, adata, chunk_size)
     table = _predictions(adata.obs_names, model, probabilities, outside, threshold)

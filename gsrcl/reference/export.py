@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,9 +47,11 @@ def export_model(
     spec = _dataset(experiment, dataset)
     method = _method(experiment, run, spec.name, method or experiment.export.method)
     chosen = _chosen_encoders(experiment, run, spec.name, method)
+    chosen.update(_unvalidated(run, spec.name, chosen, log))
     folder = Path(out) if out else run.model_path(spec.name, method)
     reference.check_replaceable(folder)
     log(f"export: {spec.name}, {method}, {len(chosen)} cell types → {folder}")
+    log(describe_types(chosen))
     adata = data.load_dataset(spec)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
@@ -115,6 +118,35 @@ def _chosen_encoders(experiment: Experiment, run: RunFolder, dataset: str, metho
     return best
 
 
+def _unvalidated(run: RunFolder, dataset: str, chosen: dict, log) -> dict[str, dict]:
+    """The types too small for the CV split (never scored, so no chosen encoder): each gets the
+    encoder most scored types chose and a classifier fitted on all its cells, marked not
+    validated. A type of one cell cannot be fitted; it is named and left out."""
+    digests = {task: sha256(pick["path"]) for task, pick in chosen.items()}
+    if not digests:
+        return {}
+    main = Counter(digests.values()).most_common(1)[0][0]
+    shared = next(pick for task, pick in chosen.items() if digests[task] == main)
+    added = {}
+    for task in (run.read_splits(dataset) or {"tasks": []})["tasks"]:
+        if task["scored"] or task["name"] in chosen:
+            continue
+        if task["cells"] < 2:
+            log(f"  {task['name']}: 1 cell, too few for a classifier; the model does not know it")
+            continue
+        added[task["name"]] = {**shared, "score": None, "test_mcc": None, "validated": False}
+    return added
+
+
+def describe_types(picks: dict[str, dict]) -> str:
+    """Which types a model knows, and which of them were not validated (too few cells)."""
+    unvalidated = [t for t, pick in picks.items() if not pick.get("validated", True)]
+    text = f"  knows {len(picks)} cell types: {', '.join(picks)}"
+    if unvalidated:
+        text += f"; not validated (too few cells for the CV): {', '.join(unvalidated)}"
+    return text
+
+
 def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log) -> list[dict]:
     """Copy each distinct encoder once; fit (the types side by side) and save each type's
     calibrated classifier."""
@@ -164,6 +196,7 @@ def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log
                 "fold": pick["fold"],
                 "epoch": pick["epoch"],
                 "validation_score": pick["score"],
+                "validated": pick.get("validated", True),
                 "test_mcc": pick["test_mcc"],
                 "cells": cells,
                 "classifier_params": _params(model),

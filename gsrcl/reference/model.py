@@ -88,9 +88,13 @@ class ReferenceModel:
     @property
     def cell_types(self) -> pd.DataFrame:
         """The types the model knows and what each was trained on: reference cells of the type,
-        the fold and epoch of its encoder, its validation score and test MCC in the run's CV."""
-        columns = ["name", "cells", "fold", "epoch", "validation_score", "test_mcc"]
-        rows = [{c: entry.get(c) for c in columns} for entry in self.manifest["cell_types"]]
+        whether the run's CV scored it (a type too small for the split was not), the fold and
+        epoch of its encoder, its validation score and test MCC in that CV."""
+        columns = ["name", "cells", "validated", "fold", "epoch", "validation_score", "test_mcc"]
+        rows = [
+            {c: entry.get(c, True if c == "validated" else None) for c in columns}
+            for entry in self.manifest["cell_types"]
+        ]
         return pd.DataFrame(rows, columns=columns)
 
     @property
