@@ -17,6 +17,7 @@ from typing import Any
 _API = {
     "run": "gsrcl.api",
     "load_config": "gsrcl.api",
+    "build_reference": "gsrcl.api",
     "annotate": "gsrcl.api",
     "ReferenceModel": "gsrcl.reference.model",
     "Annotation": "gsrcl.reference.annotation",

@@ -15,10 +15,14 @@ from pathlib import Path
 import anndata as ad
 
 from gsrcl.config.configfile import load_experiment
-from gsrcl.config.settings import Experiment
+from gsrcl.config.presets import cpu_reference
+from gsrcl.config.settings import Dataset, Experiment
+from gsrcl.errors import UserError
 from gsrcl.reference.annotation import Annotation, annotate_adata_or_file
+from gsrcl.reference.export import export_model
 from gsrcl.reference.model import ReferenceModel
 from gsrcl.runner.pipeline import RunResult, execute_experiment
+from gsrcl.runner.run_folder import RunFolder
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Experiment:
@@ -39,6 +43,33 @@ def run(
         raise ValueError(f"mode must be 'resume', 'force' or 'failed', not {mode!r}")
     experiment = config if isinstance(config, Experiment) else load_config(config, overrides)
     return execute_experiment(experiment, mode, log)
+
+
+def build_reference(
+    data: str | Path,
+    labels: str,
+    out: str | Path,
+    values: str = "counts",
+    method: str = "best",
+    results_dir: str | Path = "results",
+    epochs: int = 100,
+    folds: int = 5,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> ReferenceModel:
+    """From a labelled file to a reference model, without a config: the runner's own plan, jobs
+    and checkpoint selection (`presets.cpu_reference`), then export of `method` to `out`. The
+    run's results stay in `results_dir` (a rerun resumes)."""
+    dataset = Dataset(
+        name=Path(data).name.split(".")[0], path=str(data), labels=labels, values=values
+    )
+    experiment = cpu_reference(dataset, str(results_dir), epochs, folds, seed)
+    result = execute_experiment(experiment, "resume", log)
+    if result.status != 0:
+        raise UserError(f"the reference run did not finish; see {result.folder} and rerun")
+    with RunFolder.of(experiment).lock():
+        folder = export_model(experiment, method=method, out=Path(out), log=log)
+    return ReferenceModel.load(folder)
 
 
 def annotate(

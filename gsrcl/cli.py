@@ -5,6 +5,7 @@ gsrcl check    [--config FILE] [--set K=V ...]
 gsrcl report   [--config FILE] [--set K=V ...]
 gsrcl export   [--config FILE] [--set K=V ...] [--dataset D] [--method M] [--out DIR]
 gsrcl annotate --model DIR --query FILE --out DIR [--threshold 0.5] ...
+gsrcl reference --data FILE --labels COLUMN --out DIR [--method best] [--values counts|log]
 gsrcl --version
 
 Every failure the user can act on ends in one `error:` line and a non-zero exit status, never a
@@ -91,6 +92,25 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def reference(args: argparse.Namespace) -> int:
+    from gsrcl.api import build_reference
+
+    model = build_reference(
+        args.data,
+        args.labels,
+        args.out,
+        args.values,
+        args.method,
+        args.results,
+        args.epochs,
+        args.folds,
+        args.seed,
+        log=emit,
+    )
+    emit(f"model in {model.folder}")
+    return 0
+
+
 def annotate(args: argparse.Namespace) -> int:
     from gsrcl.reference.annotation import Query, annotate_file
 
@@ -154,6 +174,21 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="default results/<exp>/models/<dataset>-<method>"
     )
 
+    reference_parser = commands.add_parser(
+        "reference", help="train and export a reference model from a labelled file, no config"
+    )
+    reference_parser.add_argument("--data", required=True, help="labelled cells (.h5ad, ...)")
+    reference_parser.add_argument("--labels", required=True, help="the obs column of cell types")
+    reference_parser.add_argument("--out", required=True, type=Path, help="the model folder")
+    reference_parser.add_argument(
+        "--values", choices=["counts", "log"], default="counts", help="raw counts (default) or log"
+    )
+    reference_parser.add_argument("--method", default="best", help="a method's name, or 'best'")
+    reference_parser.add_argument("--results", default="results", help="where the run's results go")
+    reference_parser.add_argument("--epochs", type=int, default=100, help="SimCLR epochs (100)")
+    reference_parser.add_argument("--folds", type=int, default=5, help="CV folds (5)")
+    reference_parser.add_argument("--seed", type=int, default=0)
+
     annotate_parser = commands.add_parser("annotate", help="label query cells with a model")
     annotate_parser.add_argument("--model", required=True, help="a folder written by `export`")
     annotate_parser.add_argument(
@@ -188,5 +223,6 @@ def main(argv: list[str] | None = None) -> int:
         "report": lambda: report(args.config, args.overrides),
         "export": lambda: export(args),
         "annotate": lambda: annotate(args),
+        "reference": lambda: reference(args),
     }
     return guarded(commands[args.command])

@@ -371,3 +371,20 @@ def test_a_type_too_small_for_the_split_is_still_in_the_model_marked_not_validat
     assert any("not validated (too few reference cells for the CV): Monocyte" in s for s in said)
     print(annotation.table["predicted"].value_counts())
     assert "p_Monocyte" in annotation.table
+
+
+def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
+    import scanpy as sc
+
+    pbmc = sc.datasets.pbmc68k_reduced()
+    cells = pbmc.raw.to_adata()
+    cells.obs["cell_type"] = pbmc.obs["bulk_labels"].astype(str).to_numpy()
+    cells.write_h5ad(tmp_path / "pbmc.h5ad")
+    command = [sys.executable, "-m", "gsrcl", "reference", "--data", str(tmp_path / "pbmc.h5ad")]
+    options = ["--labels", "cell_type", "--values", "log", "--out", str(tmp_path / "model")]
+    small = ["--epochs", "4", "--folds", "2", "--results", str(tmp_path / "results")]
+    done = subprocess.run([*command, *options, *small], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "knows 10 cell types" in done.stdout and f"model in {tmp_path / 'model'}" in done.stdout
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["method"] == "simclr-noise" and len(manifest["cell_types"]) == 10

@@ -8,9 +8,18 @@ with its two encoder sizes) and bundles everything so a config can write
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from gsrcl.config.settings import Classifier, Contrastive, Dataset, Evaluation, Method, Split
+from gsrcl.config.settings import (
+    Classifier,
+    Compute,
+    Contrastive,
+    Dataset,
+    Evaluation,
+    Experiment,
+    Method,
+    Split,
+)
 
 SMALL_MASKING_ENCODER = (384, 256, 128, 64)  # masking with 500 or 1000 genes
 LARGE_MASKING_ENCODER = (2048, 1024, 512, 128)  # masking with 3000 or 5000 genes
@@ -61,6 +70,28 @@ LOGISTIC = Classifier(
 STRONG_EVALUATION = Evaluation(
     classifier=svm(balanced=True), baselines=(svm(), svm(True), LOGISTIC)
 )
+
+
+def cpu_reference(
+    dataset: Dataset, results_dir: str, epochs: int = 100, folds: int = 5, seed: int = 0
+) -> Experiment:
+    """A reference model's experiment with CPU-sized settings (docs/cpu-protocol.md): SimCLR +
+    Gaussian noise, encoder 512-256, 100 epochs, lr 1e-3, the paper's split, σ and validation
+    interval, beside the strongest simple baselines; exported with export.method="best"."""
+    return Experiment(
+        name=f"reference-{dataset.name}",
+        datasets=(dataset,),
+        methods=(Method(loss="simclr", augmentation="noise", encoder=(512, 256), head=(256, 128)),),
+        contrastive=replace(
+            PAPER.contrastive, epochs=epochs, validate_every=min(50, epochs), lr=1e-3
+        ),
+        split=replace(PAPER.split, folds=folds),
+        evaluation=STRONG_EVALUATION,
+        compute=Compute(cpu_workers=2),
+        seed=seed,
+        results_dir=results_dir,
+    ).validate()
+
 
 # scanpy's bundled dataset: .raw holds log-normalised expression of 765 genes (X is scaled)
 PBMC68K = Dataset(
