@@ -37,6 +37,24 @@ ROOT = Path(__file__).resolve().parents[1]
 UNKNOWN = "Granulocyte"  # held out of the reference: the query's unknown type
 
 
+def _reference_experiment(name, dataset, folder, width, epochs, classifier, export) -> Experiment:
+    """SimCLR + noise on `folder`/reference.h5ad, 2 folds, no baselines: a quick reference run."""
+    return Experiment(
+        name=name,
+        datasets=(Dataset(name=dataset, path=str(folder / "reference.h5ad")),),
+        methods=(
+            Method(
+                loss="simclr", augmentation="noise", encoder=width, head=(width[1], width[1] // 2)
+            ),
+        ),
+        contrastive=Contrastive(epochs=epochs, validate_every=epochs // 2, lr=1e-3),
+        split=Split(folds=2),
+        evaluation=Evaluation(classifier=classifier, baselines=(), inner_folds=3),
+        export=export,
+        results_dir=str(folder / "results"),
+    ).validate()
+
+
 @pytest.fixture(scope="module")
 def annotated(tmp_path_factory):
     """Reference: 70% of the cells of four types; query: the other 30% and every Granulocyte."""
@@ -49,16 +67,9 @@ def annotated(tmp_path_factory):
     query = full[~in_reference].copy()
     query.obs = query.obs[[]]  # the query carries no labels
     query.write_h5ad(folder / "query.h5ad")
-    experiment = Experiment(
-        name="reference",
-        datasets=(Dataset(name="tm_immune", path=str(folder / "reference.h5ad")),),
-        methods=(Method(loss="simclr", augmentation="noise", encoder=(128, 64), head=(64, 32)),),
-        contrastive=Contrastive(epochs=20, validate_every=10, lr=1e-3),
-        split=Split(folds=2),
-        evaluation=Evaluation(classifier=svm(balanced=True), baselines=(), inner_folds=3),
-        export=Export(after_run=True),
-        results_dir=str(folder / "results"),
-    ).validate()
+    experiment = _reference_experiment(
+        "reference", "tm_immune", folder, (128, 64), 20, svm(balanced=True), Export(after_run=True)
+    )
     assert run_experiment(experiment, log=lambda line: None) == 0
     model = folder / "results" / "reference" / "models" / "tm_immune-simclr-noise"
     out = folder / "labelled"
@@ -343,15 +354,7 @@ def test_a_type_too_small_for_the_split_is_still_in_the_model_marked_not_validat
     keep = {"B cell": 200, "T cell": 150, "NK cell": 60, "Monocyte": 3, "Granulocyte": 1}
     rows = np.concatenate([np.flatnonzero(kinds == t)[:n] for t, n in keep.items()])
     full[rows].write_h5ad(tmp_path / "reference.h5ad")
-    experiment = Experiment(
-        name="small",
-        datasets=(Dataset(name="tm", path=str(tmp_path / "reference.h5ad")),),
-        methods=(Method(loss="simclr", augmentation="noise", encoder=(64, 32), head=(32, 16)),),
-        contrastive=Contrastive(epochs=10, validate_every=5, lr=1e-3),
-        split=Split(folds=2),
-        evaluation=Evaluation(classifier=svm(), baselines=(), inner_folds=3),
-        results_dir=str(tmp_path / "results"),
-    ).validate()
+    experiment = _reference_experiment("small", "tm", tmp_path, (64, 32), 10, svm(), Export())
     assert run_experiment(experiment, log=lambda _: None) == 0
     lines = []
     folder = export_model(experiment, log=lines.append)
