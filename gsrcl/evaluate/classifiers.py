@@ -201,11 +201,10 @@ def calibrated_classifier(
     """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
     probabilities learnt from its inner-CV decision values (a model to export and reuse)."""
     fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed)
-    chosen = fold.fit(y)
+    splits = fold.inner_splits(y)
+    chosen = fold.fit(y, splits)
     estimator = chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)
-    calibrated = CalibratedClassifierCV(
-        estimator, method="sigmoid", cv=fold.inner_splits(y), ensemble=False
-    )
+    calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return calibrated.fit(x, y)

@@ -166,11 +166,9 @@ class CheckpointSelector:
         self.waited += time.perf_counter() - start
 
     def finish(self) -> None:
-        start = time.perf_counter()
-        self._collect()
+        self.settle()
         if self.pool is not None:
             self.pool.shutdown()
-        self.waited += time.perf_counter() - start
 
     def _collect(self) -> None:
         if self.pending is not None:

@@ -131,11 +131,15 @@ def annotate_file(
     say: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Label the query file's cells; write predictions.csv, query.h5ad and umap.png into `out`."""
-    _check_options(threshold, chunk_size)
-    model = reference.load(model_dir)
-    annotation = _label(_read_query(query, model), model, threshold, chunk_size, say)
+    _check_options(threshold, chunk_size)  # before the model is read: a typo fails at once
+    annotation = _annotate_query(query, reference.load(model_dir), threshold, chunk_size, say)
     annotation.write(out, umap, say)
     return annotation.table
+
+
+def _annotate_query(query: Query, model, threshold: float, chunk_size: int, say) -> Annotation:
+    _check_options(threshold, chunk_size)
+    return _label(_read_query(query, model), model, threshold, chunk_size, say)
 
 
 def annotate_adata_or_file(
@@ -151,9 +155,8 @@ def annotate_adata_or_file(
     """`annotate` for an AnnData, or for a file read as the runner reads it."""
     if isinstance(cells, ad.AnnData):
         return annotate(cells, model, threshold, chunk_size, use_raw, layer, say)
-    _check_options(threshold, chunk_size)
-    query = _read_query(Query(str(cells), use_raw, layer, transpose), model)
-    return _label(query, model, threshold, chunk_size, say)
+    query = Query(str(cells), use_raw, layer, transpose)
+    return _annotate_query(query, model, threshold, chunk_size, say)
 
 
 def embed_cells(model: reference.ReferenceModel, adata: ad.AnnData, chunk_size: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from gsrcl.data import dataset as data
 from gsrcl.errors import UserError
 from gsrcl.evaluate.classifiers import calibrated_classifier
 from gsrcl.evaluate.workers import Workers
-from gsrcl.files import safe_name, sha256
+from gsrcl.files import safe_name
 from gsrcl.model.checkpoints import load_encoder
 from gsrcl.model.train import embed
 from gsrcl.reference import model as reference
@@ -106,14 +106,17 @@ def _chosen_encoders(experiment: Experiment, run: RunFolder, dataset: str, metho
                 f"job {job.id} is {state.status}{why}; run the experiment with this config "
                 "(python3 runner.py) before exporting"
             )
+        checksums = folder.checksums()
         for row in folder.metrics():
             if row["task"] not in best or row["validation_score"] > best[row["task"]]["score"]:
+                path = folder.encoder_path(row["task"])
                 best[row["task"]] = {
                     "fold": fold,
                     "epoch": row["epoch"],
                     "score": row["validation_score"],
                     "test_mcc": row["mcc"],
-                    "path": folder.encoder_path(row["task"]),
+                    "path": path,
+                    "digest": checksums[path.name],  # checked by `state`: no second read
                 }
     return best
 
@@ -122,11 +125,10 @@ def _unvalidated(run: RunFolder, dataset: str, chosen: dict, log) -> dict[str, d
     """The types too small for the CV split (never scored, so no chosen encoder): each gets the
     encoder most scored types chose and a classifier fitted on all its cells, marked not
     validated. A type of one cell cannot be fitted; it is named and left out."""
-    digests = {task: sha256(pick["path"]) for task, pick in chosen.items()}
-    if not digests:
+    if not chosen:
         return {}
-    main = Counter(digests.values()).most_common(1)[0][0]
-    shared = next(pick for task, pick in chosen.items() if digests[task] == main)
+    main = Counter(pick["digest"] for pick in chosen.values()).most_common(1)[0][0]
+    shared = next(pick for pick in chosen.values() if pick["digest"] == main)
     added = {}
     for task in (run.read_splits(dataset) or {"tasks": []})["tasks"]:
         if task["scored"] or task["name"] in chosen:
@@ -155,9 +157,9 @@ def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log
     labels = adata.obs[data.LABEL].to_numpy(dtype=str)
     evaluation = experiment.evaluation
     embeddings: dict[str, np.ndarray] = {}
-    digests = {}
-    for task, pick in chosen.items():
-        digests[task] = digest = sha256(pick["path"])
+    digests = {task: pick["digest"] for task, pick in chosen.items()}
+    for pick in chosen.values():
+        digest = pick["digest"]
         if digest not in embeddings:
             shutil.copyfile(pick["path"], staging / _encoder_name(digest))
             encoder, saved = load_encoder(pick["path"])

@@ -185,7 +185,7 @@ def execute_experiment(
             for job in todo:
                 run.job(job).drop_progress()
         outcomes = run_jobs(experiment, run, todo, log)
-        states = job_states(experiment, run, planned)
+        states = {**states, **job_states(experiment, run, todo)}  # the others did not change
         write_manifest(run, planned, states, outcomes)
         summary = write_summary(experiment, run, states)
         log("\n" + mcc_table(summary))
@@ -270,9 +270,7 @@ def run_jobs(
         pool = dispatch.Pool(worker_slots(experiment), experiment, run)
     progress = Progress(len(todo), log)
     try:
-        if isinstance(pool, dispatch.Pool):  # Ray tasks report only when they end
-            return pool.run(todo, progress.started, progress.finished, progress.step)
-        return pool.run(todo, progress.started, progress.finished)
+        return pool.run(todo, progress.started, progress.finished, progress.step)
     finally:
         progress.close()
 

@@ -17,7 +17,8 @@ class Progress:
     def __init__(self, total: int, log: Callable[[str], None], live: bool | None = None) -> None:
         self.total, self.log = total, log
         self.live = sys.stderr.isatty() if live is None else live
-        self.running: dict[str, str] = {}
+        self.running: dict[str, str] = {}  # job id → device
+        self.steps: dict[str, str] = {}  # job id → where it is (its epoch)
         self.done = self.failed = 0
         self.bar = tqdm(total=total, unit="job", dynamic_ncols=True) if self.live else None
 
@@ -28,11 +29,12 @@ class Progress:
     def step(self, job: Job, text: str) -> None:
         """Where a running job is (its epoch), shown beside it on the live display."""
         if job.id in self.running:
-            self.running[job.id] = f"{self.running[job.id].split(' ')[0]} {text}"
+            self.steps[job.id] = text
             self._refresh()
 
     def finished(self, outcome: Outcome) -> None:
         self.running.pop(outcome.job, None)
+        self.steps.pop(outcome.job, None)
         self.done += outcome.status == "done"
         self.failed += outcome.status == "failed"
         note = f"  {outcome.error}" if outcome.error else ""
@@ -49,7 +51,10 @@ class Progress:
 
     def _refresh(self) -> None:
         if self.bar is not None:
-            where = ", ".join(f"{job} @ {device}" for job, device in self.running.items())
+            where = ", ".join(
+                f"{job} @ {device} {self.steps.get(job, '')}".rstrip()
+                for job, device in self.running.items()
+            )
             self.bar.set_postfix_str(f"failed {self.failed}, running {len(self.running)}: {where}")
 
     def close(self) -> None:

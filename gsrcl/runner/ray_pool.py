@@ -87,10 +87,12 @@ class RayPool:
         todo: list[Job],
         on_start: Callable[[Job, str], None],
         on_outcome: Callable[[dispatch.Outcome], None],
+        on_progress: Callable[[Job, str], None] = lambda job, text: None,
     ) -> list[dispatch.Outcome]:
         task = self.ray.remote(_run_one).options(max_retries=0, **self.options)
         where = "ray (GPU)" if self.options["num_gpus"] else f"ray ({self.threads} CPU)"
-        # Ray queues the tasks and says nothing when one starts: `on_start` is not called
+        # Ray queues the tasks and says nothing when one starts or where it is: `on_start` and
+        # `on_progress` are not called
         submitted = {
             task.remote(job, self.experiment, str(self.folder.path), os.getcwd(), self.threads): (
                 job,

@@ -103,14 +103,8 @@ class JobFolder:
         return self.path / f"encoder-{safe_name(task)}.pt"
 
     def save_encoder(self, task: str, checkpoint: dict) -> Path:
-        import torch  # only jobs that train save encoders
-
-        # serialised in memory first: torch's own file writer reports a full disk as an opaque
-        # RuntimeError, Python's as the OSError (ENOSPC, the path) a user can act on
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
         path = self.encoder_path(task)
-        atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+        _save_torch(path, checkpoint)
         return path
 
     def share_encoder(self, source: Path, task: str) -> None:
@@ -120,11 +114,7 @@ class JobFolder:
     def save_progress(self, state: dict) -> None:
         """The job's training state at a validation step (tensors and plain data), replaced
         atomically, so a job killed later resumes from here."""
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        atomic_write(self.path / PROGRESS, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+        _save_torch(self.path / PROGRESS, state)
 
     def load_progress(self, device: str) -> dict | None:
         """The saved training state, or None when there is none or it does not load."""
@@ -143,14 +133,12 @@ class JobFolder:
 
     def mark_done(self, fingerprint: str, device: str, seconds: float) -> None:
         """The marker, written last: the fingerprint and each file's size and checksum."""
-        digests: dict[tuple[int, int], str] = {}  # hard-linked encoders are read once
-        files = {}
-        for path in sorted(self.path.iterdir()):
-            if path.is_file() and path.name not in (DONE, PROGRESS):
-                stat = path.stat()
-                key = (stat.st_dev, stat.st_ino)
-                digests.setdefault(key, sha256(path))
-                files[path.name] = {"size": stat.st_size, "sha256": digests[key]}
+        digests: dict[tuple[int, int], str] = {}
+        files = {
+            path.name: {"size": path.stat().st_size, "sha256": _digest(path, digests)}
+            for path in sorted(self.path.iterdir())
+            if path.is_file() and path.name not in (DONE, PROGRESS)
+        }
         marker = {"fingerprint": fingerprint, "files": files, "device": device}
         write_json(self.path / DONE, {**marker, "seconds": seconds, "finished": _now()})
 
@@ -192,6 +180,12 @@ class JobFolder:
         """The rows of metrics.json (call on done jobs only: their files are checked)."""
         return json.loads((self.path / METRICS).read_text())["rows"]
 
+    def checksums(self) -> dict[str, str]:
+        """Each file's SHA-256 as DONE records it (call on done jobs only: `state` has checked
+        that the files still have them, so they need not be read again)."""
+        files = json.loads((self.path / DONE).read_text())["files"]
+        return {name: entry["sha256"] for name, entry in files.items()}
+
     def table(self, name: str) -> pd.DataFrame:
         """A table of a done job, cell types kept as text (labels may look like numbers)."""
         path = self.path / name
@@ -202,20 +196,37 @@ class JobFolder:
 
 def _damage(folder: Path, files: dict[str, dict]) -> str:
     """What is wrong with the files a DONE marker lists, or "" when all are intact."""
-    hashed: dict[tuple[int, int], str] = {}  # hard-linked encoders are read once
+    digests: dict[tuple[int, int], str] = {}
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        stat = path.stat()
-        if stat.st_size != expected["size"]:
-            return f"{name} has {stat.st_size} bytes, {expected['size']} when written"
-        key = (stat.st_dev, stat.st_ino)
-        if key not in hashed:
-            hashed[key] = sha256(path)
-        if hashed[key] != expected["sha256"]:
+        size = path.stat().st_size
+        if size != expected["size"]:
+            return f"{name} has {size} bytes, {expected['size']} when written"
+        if _digest(path, digests) != expected["sha256"]:
             return f"{name} changed after the job wrote it"
     return ""
+
+
+def _digest(path: Path, digests: dict[tuple[int, int], str]) -> str:
+    """The file's SHA-256, read once per inode (tasks' hard-linked encoders share one)."""
+    stat = path.stat()
+    key = (stat.st_dev, stat.st_ino)
+    if key not in digests:
+        digests[key] = sha256(path)
+    return digests[key]
+
+
+def _save_torch(path: Path, data: dict) -> None:
+    """torch.save, atomically. Serialised in memory first: torch's own file writer reports a
+    full disk as an opaque RuntimeError, Python's as the OSError (ENOSPC, the path) a user can
+    act on."""
+    import torch  # only jobs that train save torch files
+
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def _now() -> str:
