@@ -43,12 +43,21 @@ HEAD = PAPER.methods[0].head
 BARON = ROOT.parent / "shared" / "data" / "baron_mouse.h5ad"
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock timer measures it (CUDA is async)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5, device: str = "cpu") -> float:
+    """GFLOP/s of an n×n×n product, after one warm-up."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
+    synchronize(a.device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize(a.device)
     return repeats * 2 * n**3 / (time.perf_counter() - start) / 1e9
 
 
@@ -63,14 +72,15 @@ def epoch_flops(n_genes: int, rows: int) -> float:
 
 
 def seconds_per_epoch(x: torch.Tensor, precision: str, epochs: int, compile_model=False) -> float:
+    """Full-batch SimCLR epochs at the paper's width on x's device."""
     torch.manual_seed(0)
-    model = ContrastiveModel(x.shape[1], WIDTH, HEAD, batchnorm=False, init_std=0.02)
+    model = ContrastiveModel(x.shape[1], WIDTH, HEAD, batchnorm=False, init_std=0.02).to(x.device)
     step = torch.compile(model) if compile_model else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-6, fused=True)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device=x.device).manual_seed(0)
 
     def epoch() -> None:
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with autocast:
             z = step(
                 torch.cat([gaussian_noise(x, 1.0, generator), gaussian_noise(x, 1.0, generator)])
@@ -81,9 +91,11 @@ def seconds_per_epoch(x: torch.Tensor, precision: str, epochs: int, compile_mode
         optimizer.step()
 
     epoch()  # warm-up (and compilation)
+    synchronize(x.device)
     start = time.perf_counter()
     for _ in range(epochs):
         epoch()
+    synchronize(x.device)
     return (time.perf_counter() - start) / epochs
 
 

@@ -1,0 +1,272 @@
+"""The runner on a real GPU: peaks, paper-width throughput, one Baron Mouse fold-job at the paper's
+protocol, and the default config on cuda:0. Prints each figure and keeps them in --out (JSON).
+
+    python3 bench/gpu.py --out gpu.json --cpu-summary results/pbmc68k_reduced/summary.csv
+    python3 bench/gpu.py --parts peak throughput fold:fp32 fold:bf16
+
+peak        n×n×n matmul, fp32 (TF32 off, as the runner trains), TF32 and bf16: GFLOP/s
+throughput  full-batch SimCLR epochs at the paper's width (14 878 → 4096-4096-4096-2048 → 512-128)
+            on a Baron Mouse training fold's worth of cells, --precision, against those peaks
+fold:P      baron_mouse/simclr-noise/fold-0 of configs/paper.py (3000 epochs, validation every 50,
+            the paper's SVM grid) in precision P, in this process on cuda:0: wall, training and
+            validation-wait seconds, the scoring seconds of one validation step, GPU memory (peak
+            allocated, and the device's own reading), GPU utilisation sampled every 0.2 s, the
+            job's mean MCC
+default     `python3 runner.py` (config.py, devices="auto") with 1 and with 2 workers per device:
+            wall time, where the jobs ran, and the summary against a CPU run's (--cpu-summary)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.training import BARON, epoch_flops, matmul_peak, seconds_per_epoch  # noqa: E402
+from gsrcl.api import load_config  # noqa: E402
+from gsrcl.config.settings import Compute  # noqa: E402
+from gsrcl.data.dataset import DatasetCache  # noqa: E402
+from gsrcl.runner import dispatch, jobs, pipeline  # noqa: E402
+from gsrcl.runner.run_folder import RunFolder  # noqa: E402
+
+DEVICE = "cuda:0"  # --device cpu runs the same code on the CPU, to check the script (no peaks)
+
+
+def part_peak(figures: dict) -> None:
+    peaks = {}
+    for name, dtype, tf32 in (
+        ("fp32", torch.float32, False),
+        ("tf32", torch.float32, True),
+        ("bf16", torch.bfloat16, False),
+    ):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        peaks[name] = matmul_peak(dtype, 8192, 10, DEVICE)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    figures["peak_gflops"] = peaks
+    print("matmul peak, 8192³:", ", ".join(f"{k} {v / 1e3:.0f} TFLOP/s" for k, v in peaks.items()))
+
+
+def fold_cells(fraction: float = 0.64) -> torch.Tensor:
+    """log1p counts of as many Baron Mouse cells as one training fold holds (0.8 × 0.8)."""
+    import anndata as ad
+
+    counts = ad.read_h5ad(BARON).X
+    rows = np.random.default_rng(0).permutation(counts.shape[0])[: int(fraction * counts.shape[0])]
+    x = counts[np.sort(rows)].toarray() if hasattr(counts, "toarray") else counts[np.sort(rows)]
+    return torch.from_numpy(np.log1p(x).astype(np.float32)).to(DEVICE)
+
+
+def part_throughput(figures: dict, precisions: list[str]) -> None:
+    x = fold_cells()
+    flops = epoch_flops(x.shape[1], 2 * len(x))
+    print(f"one epoch, {len(x)} cells × {x.shape[1]} genes (2 views): {flops / 1e9:.0f} GFLOP")
+    figures["throughput"] = {"cells": len(x), "genes": x.shape[1], "gflop_per_epoch": flops / 1e9}
+    for precision in precisions:
+        seconds = seconds_per_epoch(x, precision, 50)
+        rate = flops / seconds / 1e9
+        peak = figures.get("peak_gflops", {}).get(precision)
+        share = f", {rate / peak:.0%} of the {precision} matmul peak" if peak else ""
+        print(f"  {precision}: {seconds * 1e3:.1f} ms/epoch, {rate / 1e3:.1f} TFLOP/s{share}")
+        figures["throughput"][precision] = {"ms_per_epoch": seconds * 1e3, "gflops": rate}
+
+
+class GpuSampler:
+    """GPU utilisation and memory in use (NVML, through torch), every `every` seconds."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.samples = every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while DEVICE.startswith("cuda") and not self._stop.wait(self.every):
+            self.samples.append(
+                (torch.cuda.utilization(DEVICE), torch.cuda.device_memory_used(DEVICE) / 2**30)
+            )
+
+    def __enter__(self) -> GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        util = np.array([s[0] for s in self.samples] or [0.0])
+        return {
+            "utilisation_mean_pct": float(util.mean()),
+            "busy_share": float((util > 0).mean()),
+            "device_memory_used_gib_max": max((s[1] for s in self.samples), default=0.0),
+            "samples": len(self.samples),
+        }
+
+
+class ScoringSeconds(logging.Handler):
+    """The seconds of each validation step's scoring, from the trainer's own log line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seconds: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("validation step at epoch"):
+            self.seconds.append(float(record.args[2]))
+
+
+def part_fold(figures: dict, precision: str, epochs: int | None) -> None:
+    experiment = load_config(ROOT / "configs" / "paper.py")
+    noise = [m for m in experiment.methods if m.name == "simclr-noise"]
+    contrastive = dataclasses.replace(experiment.contrastive, precision=precision)
+    if epochs is not None:
+        contrastive = dataclasses.replace(contrastive, epochs={"simclr": epochs, "supcon": epochs})
+    experiment = dataclasses.replace(
+        experiment,
+        datasets=(dataclasses.replace(experiment.datasets[0], path=str(BARON)),),
+        methods=tuple(noise),
+        contrastive=contrastive,
+        compute=Compute(devices="auto"),
+        results_dir=tempfile.mkdtemp(prefix="gsrcl-gpu-"),
+    )
+    run, datasets = RunFolder.of(experiment), DatasetCache()
+    pipeline.prepare(experiment, run, datasets, lambda _: None)
+    job = jobs.Job("baron_mouse", "simclr-noise", 0)
+    scoring = ScoringSeconds()
+    logging.getLogger("gsrcl").addHandler(scoring)
+    logging.getLogger("gsrcl").setLevel(logging.INFO)
+    if DEVICE.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+    with GpuSampler() as sampler:
+        outcome = dispatch.execute(job, experiment, run, DEVICE, datasets)
+    logging.getLogger("gsrcl").removeHandler(scoring)
+    if outcome.status != "done":
+        print(f"fold-job {precision}: {outcome.status}: {outcome.error}")
+        figures[f"fold_{precision}"] = {"error": outcome.error}
+        return
+    metrics = json.loads((run.job(job).path / "metrics.json").read_text())
+    seconds = metrics["seconds"]
+    epochs = experiment.contrastive.epochs["simclr"]
+    mcc = float(np.mean([row["mcc"] for row in metrics["rows"]]))
+    cells, genes = datasets.get(experiment.datasets[0]).shape
+    result = {
+        "wall_s": outcome.seconds,
+        **{f"{k}_s": v for k, v in seconds.items()},
+        "epochs": epochs,
+        "epochs_per_s": epochs / seconds["training"],
+        "scoring_s_per_validation_step": float(np.median(scoring.seconds)),
+        "validation_steps": len(scoring.seconds),
+        "max_memory_allocated_gib": torch.cuda.max_memory_allocated(DEVICE) / 2**30
+        if DEVICE.startswith("cuda")
+        else 0.0,
+        **sampler.summary(),
+        "mean_mcc": mcc,
+        "tasks": len(metrics["rows"]),
+        "dataset_cells": cells,
+        "genes": genes,
+    }
+    figures[f"fold_{precision}"] = result
+    print(
+        f"baron_mouse/simclr-noise/fold-0, paper protocol, {precision}: "
+        f"{outcome.seconds:.0f} s wall, training {seconds['training']:.0f} s "
+        f"({result['epochs_per_s']:.0f} epochs/s), waiting on validation "
+        f"{seconds['validation_wait']:.0f} s; one validation step's scoring "
+        f"{result['scoring_s_per_validation_step']:.1f} s × {len(scoring.seconds)}; "
+        f"GPU memory peak {result['max_memory_allocated_gib']:.1f} GiB allocated "
+        f"({result['device_memory_used_gib_max']:.1f} GiB in use on the device); GPU busy "
+        f"{result['busy_share']:.0%} of samples, mean utilisation "
+        f"{result['utilisation_mean_pct']:.0f} %; mean MCC {mcc:.4f} over {len(metrics['rows'])}"
+    )
+
+
+def part_default(figures: dict, cpu_summary: Path | None) -> None:
+    summaries = []
+    for workers in (1, 2):
+        results = tempfile.mkdtemp(prefix="gsrcl-default-")
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "runner.py"), "--set", f"results_dir={results!r}"]
+            + ["--set", f"compute.workers_per_device={workers}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - start
+        run = RunFolder(Path(results) / "pbmc68k_reduced")
+        entry = {"exit": done.returncode, "wall_s": wall}
+        if done.returncode == 0:
+            devices = run.read_manifest()["device"].value_counts().to_dict()
+            entry["devices"] = {str(k): int(v) for k, v in devices.items()}
+            summaries.append(run.read_summary())
+            entry.update(_compare(summaries[-1], cpu_summary))
+            if len(summaries) == 2:
+                entry["summary_equals_1_per_device"] = bool(summaries[0].equals(summaries[1]))
+        else:
+            entry["tail"] = (done.stdout + done.stderr)[-3000:]
+        figures[f"default_{workers}_per_device"] = entry
+        print(f"python3 runner.py, {workers} worker(s) per device: {json.dumps(entry)}")
+
+
+def _compare(summary: pd.DataFrame, cpu_summary: Path | None) -> dict:
+    """How far this run's mean scores are from the CPU run's, per method."""
+    if cpu_summary is None or not cpu_summary.exists():
+        return {}
+    cpu = pd.read_csv(cpu_summary)
+    keys = ["dataset", "task", "method"]
+    both = summary.merge(cpu, on=keys, suffixes=("", "_cpu"))
+    diff = (both["mcc_mean"] - both["mcc_mean_cpu"]).abs()
+    by_method = both.assign(diff=diff).groupby("method")["diff"].max().round(4).to_dict()
+    return {
+        "rows_compared": len(both),
+        "mcc_identical_rows": int((diff == 0).sum()),
+        "max_abs_mcc_diff_by_method": by_method,
+        "mean_mcc_gpu_by_method": both.groupby("method")["mcc_mean"].mean().round(4).to_dict(),
+        "mean_mcc_cpu_by_method": both.groupby("method")["mcc_mean_cpu"].mean().round(4).to_dict(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--parts", nargs="+", default=["peak", "throughput", "fold:fp32", "default", "fold:bf16"]
+    )
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--cpu-summary", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("gpu.json"))
+    parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--epochs", type=int, default=None, help="fold: instead of the paper's")
+    args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("bench/gpu.py needs a CUDA GPU (or --device cpu to check the script)")
+    name = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "cpu"
+    figures = {"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda}
+    print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    steps = {
+        "peak": lambda: part_peak(figures),
+        "throughput": lambda: part_throughput(figures, args.precision),
+        "fold:fp32": lambda: part_fold(figures, "fp32", args.epochs),
+        "fold:bf16": lambda: part_fold(figures, "bf16", args.epochs),
+        "default": lambda: part_default(figures, args.cpu_summary),
+    }
+    for part in args.parts:
+        steps[part]()
+        args.out.write_text(json.dumps(figures, indent=1))  # each part kept as it ends
+
+
+if __name__ == "__main__":
+    main()
