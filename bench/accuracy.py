@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 from gsrcl.config.presets import PAPER, PBMC68K, STRONG_EVALUATION, masking  # noqa: E402
 from gsrcl.config.settings import Compute, Dataset, Experiment, Method  # noqa: E402
 from gsrcl.report import page as report  # noqa: E402
-from gsrcl.runner import jobs  # noqa: E402
 from gsrcl.runner.pipeline import run_experiment  # noqa: E402
 from gsrcl.runner.run_folder import RunFolder  # noqa: E402
 
@@ -100,7 +99,7 @@ def wins(summary: pd.DataFrame, methods: list[str]) -> str:
 
 
 def results_page(exp: Experiment, summary: pd.DataFrame, minutes: float) -> str:
-    methods = jobs.method_names(exp)
+    methods = exp.method_names
     datasets = ", ".join(d.name for d in exp.datasets)
     contrastive = exp.contrastive
     parts = [

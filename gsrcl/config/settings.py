@@ -19,6 +19,9 @@ LOSSES = ("simclr", "supcon")
 METRICS = ("mcc", "f1", "ap")
 
 
+BASELINE = "baseline"  # the method of the jobs that score the baselines
+
+
 @dataclass(frozen=True)
 class Dataset:
     """One labelled dataset: where it is, where its labels are, and what its values are."""
@@ -158,6 +161,11 @@ class Classifier:
     # normalised to the median total count, then log1p.
     features: Literal["log1p", "lognorm"] = "log1p"
 
+    @property
+    def baseline_name(self) -> str:
+        """Its name as a baseline method, in results and for export."""
+        return f"{BASELINE}-{self.name}"
+
     def check(self) -> list[str]:
         problems = []
         if "." not in self.estimator:
@@ -249,6 +257,12 @@ class Experiment:
     seed: int = 0
     results_dir: str = "results"
 
+    @property
+    def method_names(self) -> list[str]:
+        """Every scored method in display order: the baselines, then the contrastive methods."""
+        baselines = [b.baseline_name for b in self.evaluation.baselines]
+        return baselines + [m.name for m in self.methods]
+
     def check(self) -> list[str]:
         problems = []
         if not self.name or "/" in self.name:
@@ -259,9 +273,8 @@ class Experiment:
             names = [item.name for item in items]
             if len(set(names)) != len(names):
                 problems.append(f"{kind} need distinct names, got {names}")
-        methods = [m.name for m in self.methods]
-        if self.export.method not in ("best", *methods):
-            problems.append(f"export.method must be 'best' or one of {methods}")
+        if self.export.method not in ("best", *self.method_names):
+            problems.append(f"export.method must be 'best' or one of {self.method_names}")
         return problems
 
     def validate(self) -> Experiment:

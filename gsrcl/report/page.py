@@ -137,7 +137,7 @@ def dataset_figures(
     spec,
     summary: pd.DataFrame,
 ) -> None:
-    name, methods = spec.name, jobs.method_names(experiment)
+    name, methods = spec.name, experiment.method_names
     part = summary[summary["dataset"] == name]
     tasks = list(dict.fromkeys(part.loc[part["method"] != "", "task"]))
     if not tasks:
@@ -216,7 +216,7 @@ def build(experiment: Experiment, run: RunFolder, done: set[Job], datasets: Data
     """Write summary.md, figures/*.png and report.html from the `done` jobs; return the
     report's path."""
     summary = run.read_summary()
-    methods = jobs.method_names(experiment)
+    methods = experiment.method_names
     write_summary_md(run, summary, methods)
     figs = FigureSet(run)
     for spec in experiment.datasets:

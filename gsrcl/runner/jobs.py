@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gsrcl.config.settings import Classifier, Dataset, Experiment, Method
+from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment, Method
 from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
 from gsrcl.data.dataset import DatasetCache
@@ -35,7 +35,6 @@ from gsrcl.runner.run_folder import LOSS, PREDICTIONS, VALIDATION, JobFolder, Ru
 
 log = logging.getLogger(__name__)
 
-BASELINE = "baseline"
 # Bumped when the same settings give other numbers (2: cells in id order, shuffled inner CV), so
 # results of an older runner are redone rather than mixed with new ones.
 SCORING_VERSION = 2
@@ -50,16 +49,6 @@ class Job:
     @property
     def id(self) -> str:
         return f"{self.dataset}/{self.method}/fold-{self.fold}"
-
-
-def baseline_name(spec: Classifier) -> str:
-    return f"{BASELINE}-{spec.name}"
-
-
-def method_names(experiment: Experiment) -> list[str]:
-    """Every scored method in display order: the baselines, then the contrastive methods."""
-    baselines = [baseline_name(b) for b in experiment.evaluation.baselines]
-    return baselines + [m.name for m in experiment.methods]
 
 
 def plan(experiment: Experiment) -> list[Job]:
@@ -224,7 +213,7 @@ def run_baselines(
             positives = [True] * len(fold.tasks)
         for task, model, positive in zip(fold.tasks, models, positives, strict=True):
             predicted, score = classifier.task_outputs(model, prepared, positive)
-            row, cells = _score_rows(fold, baseline_name(spec), task, predicted, score, {})
+            row, cells = _score_rows(fold, spec.baseline_name, task, predicted, score, {})
             rows.append(row)
             predictions += cells
     return JobOutput(rows, predictions)

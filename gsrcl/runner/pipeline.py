@@ -107,7 +107,7 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
             log(f"error: {error}")
             failed += 1
     planned = jobs.plan(experiment)
-    log(f"methods: {', '.join(jobs.method_names(experiment))}")
+    log(f"methods: {', '.join(experiment.method_names)}")
     log(
         f"folds: {experiment.split.folds} (validation {experiment.split.validation_fraction:.0%}), "
         f"seed {experiment.seed}"
@@ -344,6 +344,6 @@ def write_summary(
 ) -> pd.DataFrame:
     datasets = [d.name for d in experiment.datasets]
     done = [run.job(job) for job in states if states[job].status == "done"]
-    summary = summarize(run, datasets, done, jobs.method_names(experiment))
+    summary = summarize(run, datasets, done, experiment.method_names)
     run.write_summary(summary)
     return summary
