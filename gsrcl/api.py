@@ -75,11 +75,12 @@ def build_reference(
 def annotate(
     cells: ad.AnnData | str | Path,
     model: ReferenceModel | str | Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     **options,
 ) -> Annotation:
     """Label cells (an AnnData, or a file the runner's readers take) with a reference model
-    (loaded, or its folder). `options`: chunk_size, use_raw, layer (and transpose for a file)."""
+    (loaded, or its folder). `threshold` overrides the model's (`model.rule`). `options`:
+    chunk_size, use_raw, layer (and transpose for a file)."""
     if not isinstance(model, ReferenceModel):
         model = ReferenceModel.load(model)
     return annotate_adata_or_file(cells, model, threshold, **options)

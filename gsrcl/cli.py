@@ -4,7 +4,7 @@ gsrcl run      [--config FILE] [--set K=V ...] [--force | --rerun-failed]
 gsrcl check    [--config FILE] [--set K=V ...]
 gsrcl report   [--config FILE] [--set K=V ...]
 gsrcl export   [--config FILE] [--set K=V ...] [--dataset D] [--method M] [--out DIR]
-gsrcl annotate --model DIR --query FILE --out DIR [--threshold 0.5] ...
+gsrcl annotate --model DIR --query FILE --out DIR [--threshold P] ...
 gsrcl reference --data FILE --labels COLUMN --out DIR [--method best] [--values counts|log]
 gsrcl --version
 
@@ -168,7 +168,9 @@ def parser() -> argparse.ArgumentParser:
     config_options(export_parser)
     export_parser.add_argument("--dataset", help="the dataset (needed when the config has several)")
     export_parser.add_argument(
-        "--method", help="a contrastive method, or 'best' (config: export.method)"
+        "--method",
+        help="a method of the run (baselines too), or 'best': the highest mean CV MCC over the "
+        "dataset's cell types (config: export.method)",
     )
     export_parser.add_argument(
         "--out", type=Path, help="default results/<exp>/models/<dataset>-<method>"
@@ -198,8 +200,9 @@ def parser() -> argparse.ArgumentParser:
     annotate_parser.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="a cell whose best probability is below this is 'Unassigned' (default 0.5)",
+        default=None,
+        help="a cell whose best probability is below this is 'Unassigned' (default: the "
+        "model's, chosen at export so that at most 5%% of held-out reference cells are)",
     )
     annotate_parser.add_argument("--use-raw", action="store_true", help=".h5ad: read .raw")
     annotate_parser.add_argument("--layer", help=".h5ad: read this layer instead of X")

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import average_precision_score, f1_score, matthews_corrcoef
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
@@ -197,14 +197,39 @@ class FoldClassifier:
 
 def calibrated_classifier(
     spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds: int, metric: str, seed: int
-) -> CalibratedClassifierCV:
+) -> tuple[CalibratedClassifierCV, np.ndarray]:
     """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
-    probabilities learnt from its inner-CV decision values (a model to export and reuse)."""
-    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed)
-    splits = fold.inner_splits(y)
-    chosen = fold.fit(y, splits)
-    estimator = chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)
+    probabilities learnt from its inner-CV decision values (a model to export and reuse); and
+    each cell's probability from the inner fold that held it out."""
+    splits, estimator = _chosen(spec, x, y, inner_folds, metric, seed)
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return calibrated.fit(x, y)
+        calibrated.fit(x, y)
+        # the decision values the calibration was fitted on, recomputed (scikit-learn keeps none)
+        decisions = cross_val_predict(estimator, x, y, cv=splits, method="decision_function")
+    held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
+    return calibrated, held_out
+
+
+def multiclass_classifier(
+    spec: Classifier, x: np.ndarray, labels: np.ndarray, inner_folds: int, metric: str, seed: int
+) -> tuple[Any, np.ndarray]:
+    """One model of all the labels (a multi-class baseline), refit on all cells, with
+    probabilities (Platt-calibrated when the estimator has none); and each cell's probabilities
+    (columns in the model's `classes_` order) from the inner fold that held it out."""
+    splits, estimator = _chosen(spec, x, labels, inner_folds, metric, seed)
+    if not hasattr(estimator, "predict_proba"):
+        estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        held_out = cross_val_predict(estimator, x, labels, cv=splits, method="predict_proba")
+        return clone(estimator).fit(x, labels), held_out
+
+
+def _chosen(spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds: int, metric: str, seed):
+    """The inner splits and the grid search's choice, unfitted."""
+    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed)
+    splits = fold.inner_splits(y)
+    chosen = fold.fit(y, splits)
+    return splits, chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)

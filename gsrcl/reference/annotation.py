@@ -3,14 +3,16 @@
 Query genes are matched to the reference's by name (a reference gene the query lacks is read as 0,
 extra query genes are dropped); cells go through in chunks, so memory stays bounded whatever the
 query's size. Each cell type's calibrated classifier gives the probability that a cell is of that
-type (one type against the rest, so the probabilities need not sum to 1); the prediction is the
-most probable type, or `Unassigned` when that probability is below the threshold or the cell lies
-outside the reference neighbourhood of that type (`gsrcl.reference.neighbourhood`: a type
+type (one type against the rest, so the probabilities need not sum to 1; a multi-class baseline's
+do); the prediction is the most probable type, or `Unassigned` by the model's rule
+(`gsrcl.reference.rule`, chosen at export): that probability is below its threshold, or the cell
+lies outside the reference neighbourhood of that type (`gsrcl.reference.neighbourhood`: a type
 the reference never saw can still score high for its nearest known type).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from gsrcl.data.readers import BUNDLED, read_matrix, select_matrix
 from gsrcl.errors import UserError
 from gsrcl.files import atomic_write, write_csv
 from gsrcl.reference import model as reference
+from gsrcl.reference.rule import UnassignedRule
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class Annotation:
     table: pd.DataFrame
     embedding: np.ndarray
     model: reference.ReferenceModel
-    threshold: float
+    threshold: float  # the model's, unless the caller gave one
     umap: np.ndarray | None = None  # 2-D coordinates, once `umap_coordinates` has run
 
     def umap_coordinates(self) -> np.ndarray:
@@ -75,6 +78,7 @@ class Annotation:
         labelled.obs[f"{key_added}_prediction"] = pd.Categorical(table["predicted"].to_numpy())
         labelled.obs[f"{key_added}_probability"] = table["probability"].to_numpy()
         labelled.obs[f"{key_added}_outside_reference"] = table["outside_reference"].to_numpy()
+        labelled.obs[f"{key_added}_distance_ratio"] = table["distance_ratio"].to_numpy()
         for column in [c for c in table if c.startswith("p_")]:
             labelled.obs[f"{key_added}_{column}"] = table[column].to_numpy()
         labelled.obsm[f"X_{key_added}"] = self.embedding
@@ -108,7 +112,7 @@ class Annotation:
 def annotate(
     adata: ad.AnnData,
     model: reference.ReferenceModel,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     chunk_size: int = 2048,
     use_raw: bool = False,
     layer: str | None = None,
@@ -125,7 +129,7 @@ def annotate_file(
     model_dir: str | Path,
     query: Query,
     out: str | Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     chunk_size: int = 2048,
     umap: bool = True,
     say: Callable[[str], None] = print,
@@ -137,7 +141,9 @@ def annotate_file(
     return annotation.table
 
 
-def _annotate_query(query: Query, model, threshold: float, chunk_size: int, say) -> Annotation:
+def _annotate_query(
+    query: Query, model, threshold: float | None, chunk_size: int, say
+) -> Annotation:
     _check_options(threshold, chunk_size)
     return _label(_read_query(query, model), model, threshold, chunk_size, say)
 
@@ -145,7 +151,7 @@ def _annotate_query(query: Query, model, threshold: float, chunk_size: int, say)
 def annotate_adata_or_file(
     cells: ad.AnnData | str | Path,
     model: reference.ReferenceModel,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     chunk_size: int = 2048,
     use_raw: bool = False,
     layer: str | None = None,
@@ -160,34 +166,45 @@ def annotate_adata_or_file(
 
 
 def embed_cells(model: reference.ReferenceModel, adata: ad.AnnData, chunk_size: int) -> np.ndarray:
-    """The main encoder's representation of `adata`'s cells (left unchanged), in chunks."""
+    """The representation of `adata`'s cells (left unchanged), in chunks: the main encoder's, or
+    for an expression model the reference's principal components."""
     query = _checked_query(adata.copy(), model, "the cells")
     first = next(t for t in model.types if t.encoder_file == model.main_encoder)
     parts = []
     for start in range(0, query.n_obs, chunk_size):
-        x, _ = first.checkpoint.input.prepare(query[start : start + chunk_size])
+        part = query[start : start + chunk_size]
+        if model.kind == "expression":
+            parts.append(model.neighbourhoods.coordinates(part))
+            continue
+        x, _ = first.input.prepare(part)
         with torch.no_grad():
             parts.append(first.encoder(torch.from_numpy(x)).numpy())
     return np.concatenate(parts)
 
 
-def _check_options(threshold: float, chunk_size: int) -> None:
-    if not 0 <= threshold <= 1:
+def _check_options(threshold: float | None, chunk_size: int) -> None:
+    if threshold is not None and not 0 <= threshold <= 1:
         raise UserError(f"--threshold must be a probability between 0 and 1, got {threshold}")
     if chunk_size < 1:
         raise UserError("--chunk-size must be at least 1")
 
 
-def _label(adata, model, threshold: float, chunk_size: int, say) -> Annotation:
+def _label(adata, model, threshold: float | None, chunk_size: int, say) -> Annotation:
     types = model.cell_types
     unvalidated = types.loc[~types["validated"].astype(bool), "name"].tolist()
-    say(f"model: {len(types)} cell types: {', '.join(types['name'])}")
+    say(f"model: {model.manifest['method']}, {len(types)} cell types: {', '.join(types['name'])}")
     if unvalidated:
         say(f"  not validated (too few reference cells for the CV): {', '.join(unvalidated)}")
+    rule = model.rule if threshold is None else dataclasses.replace(model.rule, threshold=threshold)
+    say(
+        f"  Unassigned: best probability below {rule.threshold:.3f}"
+        + (" (--threshold)" if threshold is not None else "")
+        + f", or farther than {rule.multiplier:.2f} × its type's radius from the reference cells"
+    )
     _check_genes(adata, model, say)
-    probabilities, outside, embedding = _probabilities(model, adata, chunk_size)
-    table = _predictions(adata.obs_names, model, probabilities, outside, threshold)
-    return Annotation(adata, table, embedding, model, threshold)
+    probabilities, ratios, embedding = _probabilities(model, adata, chunk_size)
+    table = _predictions(adata.obs_names, model, probabilities, ratios, rule)
+    return Annotation(adata, table, embedding, model, rule.threshold)
 
 
 def _read_query(query: Query, model: reference.ReferenceModel) -> ad.AnnData:
@@ -238,49 +255,52 @@ def _check_genes(adata: ad.AnnData, model: reference.ReferenceModel, say) -> Non
 
 
 def _probabilities(model: reference.ReferenceModel, adata: ad.AnnData, chunk_size: int):
-    """(cells × types probabilities, whether each cell lies outside the neighbourhood of its most
-    probable type, the embedding by the encoder most types share)."""
+    """(cells × types probabilities, each cell's distance ratio to the neighbourhood of its most
+    probable type, the embedding: by the encoder most types share, or the reference's principal
+    components for an expression model)."""
     by_encoder: dict[str, list[int]] = {}
     for i, cell_type in enumerate(model.types):
         by_encoder.setdefault(cell_type.encoder_file, []).append(i)
-    shown = model.main_encoder
     probabilities = np.empty((adata.n_obs, len(model.types)), dtype=np.float32)
-    outside = np.empty(adata.n_obs, dtype=bool)
-    embedding = None
+    ratios = np.empty(adata.n_obs)
+    parts = []
     starts = range(0, adata.n_obs, chunk_size)
     for start in tqdm(starts, desc="labelling", unit="chunk", disable=None, leave=False):
         part = adata[start : start + chunk_size]
+        rows = slice(start, start + part.n_obs)
         logged: dict[tuple, np.ndarray] = {}  # one normalise-and-log per preprocessing, not encoder
         for encoder_file, members in by_encoder.items():
             first = model.types[members[0]]
-            reads = first.checkpoint.input
-            key = reads.key
-            if key not in logged:
-                logged[key] = reads.logged(part)
-            x, _ = reads.prepare(part, logged[key])
+            reads = first.input
+            if reads.key not in logged:
+                logged[reads.key] = reads.logged(part)
+            x, _ = reads.prepare(part, logged[reads.key])
             with torch.no_grad():
                 z = first.encoder(torch.from_numpy(x)).numpy()
+            predicted: dict[int, np.ndarray] = {}  # a multi-class model predicts once for all
             for i in members:
                 classifier = model.types[i].classifier
-                positive = list(classifier.classes_).index(True)
-                probabilities[start : start + len(z), i] = classifier.predict_proba(z)[:, positive]
-            if encoder_file == shown:
-                if embedding is None:
-                    embedding = np.empty((adata.n_obs, z.shape[1]), dtype=np.float32)
-                embedding[start : start + len(z)] = z
-        rows = slice(start, start + part.n_obs)
-        outside[rows] = model.neighbourhoods.outside(part, probabilities[rows].argmax(axis=1))
-    return probabilities, outside, embedding
+                if id(classifier) not in predicted:
+                    predicted[id(classifier)] = classifier.predict_proba(z)
+                probabilities[rows, i] = predicted[id(classifier)][:, model.types[i].column]
+            if encoder_file == model.main_encoder and model.kind == "encoder":
+                parts.append(z)
+        coordinates = model.neighbourhoods.coordinates(part)
+        ratios[rows] = model.neighbourhoods.ratios(coordinates, probabilities[rows].argmax(axis=1))
+        if model.kind == "expression":
+            parts.append(coordinates)
+    return probabilities, ratios, np.concatenate(parts).astype(np.float32)
 
 
-def _predictions(cells, model, probabilities, outside, threshold: float) -> pd.DataFrame:
+def _predictions(cells, model, probabilities, ratios, rule: UnassignedRule) -> pd.DataFrame:
     names = np.array([t.name for t in model.types], dtype=object)
     best = probabilities.argmax(axis=1)
     top = probabilities[np.arange(len(best)), best]
     table = pd.DataFrame({"cell": np.asarray(cells)})
-    table["predicted"] = np.where((top >= threshold) & ~outside, names[best], UNASSIGNED)
+    table["predicted"] = np.where(rule.unassigned(top, ratios), UNASSIGNED, names[best])
     table["probability"] = top
-    table["outside_reference"] = outside
+    table["outside_reference"] = ratios > rule.multiplier
+    table["distance_ratio"] = ratios
     for i, name in enumerate(names):
         table[f"p_{name}"] = probabilities[:, i]
     return table

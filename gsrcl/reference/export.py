@@ -1,9 +1,13 @@
-"""Export a reference model from a finished run, for `python3 -m gsrcl annotate`.
+"""Export a reference model from a finished run, for `gsrcl annotate`.
 
-For each cell type of a dataset: the encoder chosen across the folds (the fold whose checkpoint
-scored best on the validation cells; earliest fold on ties) and a classifier refit on that
-encoder's embeddings of every labelled cell, with calibrated probabilities. Layout and checks:
-`gsrcl.reference.model`.
+The method is the one asked for, or "best": of all the run's methods, baselines included, the one
+with the highest mean over the dataset's cell types of the CV mean MCC (the run's summary); that
+table goes into the manifest. A contrastive method exports, for each cell type, the encoder chosen
+across the folds (the fold whose checkpoint scored best on the validation cells; earliest fold on
+ties) and a classifier refit on that encoder's embeddings of every labelled cell, with calibrated
+probabilities; a baseline exports its classifier refit on the expression of every labelled cell
+(kind "expression"). Then the Unassigned rule is chosen from the reference cells' held-out
+predictions (`gsrcl.reference.rule`). Layout and checks: `gsrcl.reference.model`.
 """
 
 from __future__ import annotations
@@ -19,19 +23,23 @@ import numpy as np
 import skops.io
 import torch
 
-from gsrcl.config.settings import Dataset, Experiment
+from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment
 from gsrcl.data import dataset as data
+from gsrcl.data import preprocess
 from gsrcl.errors import UserError
-from gsrcl.evaluate.classifiers import calibrated_classifier
+from gsrcl.evaluate.classifiers import calibrated_classifier, multiclass_classifier
 from gsrcl.evaluate.workers import Workers
 from gsrcl.files import safe_name
 from gsrcl.model.checkpoints import load_encoder
 from gsrcl.model.train import embed
 from gsrcl.reference import model as reference
-from gsrcl.reference import neighbourhood
+from gsrcl.reference import neighbourhood, rule
 from gsrcl.runner import jobs
 from gsrcl.runner.environment import package_versions
-from gsrcl.runner.run_folder import RunFolder
+from gsrcl.runner.run_folder import JobFolder, RunFolder
+
+SELECTION_RULE = "the highest mean over the dataset's cell types of the CV mean MCC"
+MULTICLASS_FILE = "classifiers/all-types.skops"
 
 
 def export_model(
@@ -45,24 +53,36 @@ def export_model(
     from the run's results; return its folder."""
     run = RunFolder.of(experiment)
     spec = _dataset(experiment, dataset)
-    method = _method(experiment, run, spec.name, method or experiment.export.method)
-    chosen = _chosen_encoders(experiment, run, spec.name, method)
-    chosen.update(_unvalidated(run, spec.name, chosen, log))
+    asked = method or experiment.export.method
+    table = cv_table(experiment, run, spec.name)
+    method = _method(experiment, table, asked, log)
+    baseline = _baseline(experiment, method)
+    picks = _picks(experiment, run, spec.name, method, baseline, table, log)
     folder = Path(out) if out else run.model_path(spec.name, method)
     reference.check_replaceable(folder)
-    log(f"export: {spec.name}, {method}, {len(chosen)} cell types → {folder}")
-    log(describe_types(chosen))
+    log(f"export: {spec.name}, {method}, {len(picks)} cell types → {folder}")
+    log(describe_types(picks))
     adata = data.load_dataset(spec)
+    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
         staging = Path(tmp) / "model"
-        entries = _write_files(staging, experiment, adata, chosen, log)
+        if baseline is None:
+            entries, held_out, kind = _encoder_files(staging, experiment, adata, picks, log)
+        else:
+            entries, held_out, kind = _expression_files(
+                staging, experiment, adata, spec.values, baseline, picks, log
+            )
         (staging / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
-        labels = adata.obs[data.LABEL].to_numpy(dtype=str)
         types = [e["name"] for e in entries]
         arrays = neighbourhood.fit(adata, labels, spec.values, types)
         neighbourhood.save(staging / reference.NEIGHBOURHOODS, arrays)
-        reference.write_manifest(staging, _manifest(experiment, spec, method, adata, entries))
+        regions = neighbourhood.Neighbourhoods(arrays, list(adata.var_names), spec.values)
+        unassigned = _unassigned_rule(regions, labels, types, held_out, log)
+        selection = {"rule": SELECTION_RULE, "asked": asked, "chosen": method, "table": table}
+        manifest = _manifest(experiment, spec, method, adata, entries)
+        manifest.update(kind=kind.pop("kind"), **kind, selection=selection, unassigned=unassigned)
+        reference.write_manifest(staging, manifest)
         reference.swap_in(staging, folder, Path(tmp))
     return folder
 
@@ -76,28 +96,76 @@ def _dataset(experiment: Experiment, name: str | None) -> Dataset:
     return experiment.datasets[names.index(name)]
 
 
-def _method(experiment: Experiment, run: RunFolder, dataset: str, name: str) -> str:
-    """The method asked for, or for "best" the contrastive method with the highest mean MCC."""
-    methods = [m.name for m in experiment.methods]
-    if not methods:
-        raise UserError("the config has no contrastive method, so there is no encoder to export")
-    if name != "best":
-        if name not in methods:
-            raise UserError(f"method {name!r} is not in the config; choose one of {methods}")
-        return name
-    summary = run.read_summary()
-    scored = summary[(summary["dataset"] == dataset) & summary["method"].isin(methods)]
-    if scored.empty:
+def cv_table(experiment: Experiment, run: RunFolder, dataset: str) -> dict[str, dict]:
+    """Each method's CV scores on `dataset`, averaged over its cell types (from the summary)."""
+    summary = run.read_summary() if run.exists() else None
+    if summary is None or summary.empty:
+        raise UserError(f"{run.path} holds no summary of {dataset}; run the experiment first")
+    scored = summary[summary["dataset"] == dataset]
+    table = {}
+    for method in experiment.method_names:
+        rows = scored[scored["method"] == method]
+        if not rows.empty:
+            means = {m: round(float(rows[f"{m}_mean"].mean()), 4) for m in ("mcc", "f1", "ap")}
+            table[method] = {**means, "tasks": len(rows)}
+    if not table:
         raise UserError(f"{run.path}'s summary holds no scored task of {dataset}; run it first")
-    means = scored.groupby("method")["mcc_mean"].mean()
-    return str(means.reindex(methods).idxmax())
+    return table
 
 
-def _chosen_encoders(experiment: Experiment, run: RunFolder, dataset: str, method: str) -> dict:
-    """For each task: the fold whose chosen checkpoint scored best on the validation cells."""
-    best: dict[str, dict] = {}
+def _method(experiment: Experiment, table: dict[str, dict], name: str, log) -> str:
+    """The method asked for, or for "best" the one with the highest mean MCC (first on ties)."""
+    if name != "best":
+        if name not in experiment.method_names:
+            raise UserError(
+                f"method {name!r} is not in the config; choose one of {experiment.method_names}"
+            )
+        return name
+    best = max(table, key=lambda m: table[m]["mcc"])  # max keeps the first of equal ones
+    ranking = ", ".join(f"{m} {v['mcc']:.3f}" for m, v in table.items())
+    log(f"export: best = {best} ({SELECTION_RULE}: {ranking})")
+    return best
+
+
+def _baseline(experiment: Experiment, method: str) -> Classifier | None:
+    """The baseline classifier a method name stands for, or None for a contrastive method."""
+    return next((b for b in experiment.evaluation.baselines if b.baseline_name == method), None)
+
+
+def _picks(experiment, run, dataset, method, baseline, table, log) -> dict[str, dict]:
+    """For each cell type of the model, what it is trained from: a contrastive method's chosen
+    encoder, or for a baseline its CV score. Types too small for the CV split are added, marked
+    not validated; a type of one cell cannot be fitted: it is named and left out."""
+    job_method = BASELINE if baseline is not None else method
+    folders = _done_folders(experiment, run, dataset, job_method)
+    if baseline is None:
+        picks = _chosen_encoders(folders)
+        main = Counter(pick["digest"] for pick in picks.values()).most_common(1)[0][0]
+        shared = next(pick for pick in picks.values() if pick["digest"] == main)
+    else:
+        scores = [row for f in folders for row in f.metrics() if row["method"] == method]
+        picks = {
+            task: {"test_mcc": float(np.mean([r["mcc"] for r in scores if r["task"] == task]))}
+            for task in dict.fromkeys(r["task"] for r in scores)
+        }
+        shared = {}
+    for task in (run.read_splits(dataset) or {"tasks": []})["tasks"]:
+        if task["scored"] or task["name"] in picks:
+            continue
+        if task["cells"] < 2:
+            log(f"  {task['name']}: 1 cell, too few for a classifier; the model does not know it")
+            continue
+        picks[task["name"]] = {**shared, "score": None, "test_mcc": None, "validated": False}
+    return picks
+
+
+def _done_folders(
+    experiment: Experiment, run: RunFolder, dataset: str, job_method: str
+) -> list[JobFolder]:
+    """The folders of the method's jobs on `dataset`, every one of them done with this config."""
+    folders = []
     for fold in range(experiment.split.folds):
-        job = jobs.Job(dataset, method, fold)
+        job = jobs.Job(dataset, job_method, fold)
         folder = run.job(job)
         state = folder.state(jobs.fingerprint(experiment, job))
         if state.status != "done":
@@ -106,6 +174,14 @@ def _chosen_encoders(experiment: Experiment, run: RunFolder, dataset: str, metho
                 f"job {job.id} is {state.status}{why}; run the experiment with this config "
                 "(python3 runner.py) before exporting"
             )
+        folders.append(folder)
+    return folders
+
+
+def _chosen_encoders(folders: list[JobFolder]) -> dict[str, dict]:
+    """For each task: the fold whose chosen checkpoint scored best on the validation cells."""
+    best: dict[str, dict] = {}
+    for fold, folder in enumerate(folders):
         checksums = folder.checksums()
         for row in folder.metrics():
             if row["task"] not in best or row["validation_score"] > best[row["task"]]["score"]:
@@ -121,25 +197,6 @@ def _chosen_encoders(experiment: Experiment, run: RunFolder, dataset: str, metho
     return best
 
 
-def _unvalidated(run: RunFolder, dataset: str, chosen: dict, log) -> dict[str, dict]:
-    """The types too small for the CV split (never scored, so no chosen encoder): each gets the
-    encoder most scored types chose and a classifier fitted on all its cells, marked not
-    validated. A type of one cell cannot be fitted; it is named and left out."""
-    if not chosen:
-        return {}
-    main = Counter(pick["digest"] for pick in chosen.values()).most_common(1)[0][0]
-    shared = next(pick for pick in chosen.values() if pick["digest"] == main)
-    added = {}
-    for task in (run.read_splits(dataset) or {"tasks": []})["tasks"]:
-        if task["scored"] or task["name"] in chosen:
-            continue
-        if task["cells"] < 2:
-            log(f"  {task['name']}: 1 cell, too few for a classifier; the model does not know it")
-            continue
-        added[task["name"]] = {**shared, "score": None, "test_mcc": None, "validated": False}
-    return added
-
-
 def describe_types(picks: dict[str, dict]) -> str:
     """Which types a model knows, and which of them were not validated (too few cells)."""
     unvalidated = [t for t, pick in picks.items() if not pick.get("validated", True)]
@@ -149,62 +206,140 @@ def describe_types(picks: dict[str, dict]) -> str:
     return text
 
 
-def _write_files(staging: Path, experiment: Experiment, adata, chosen: dict, log) -> list[dict]:
+def _encoder_files(staging: Path, experiment: Experiment, adata, picks: dict, log):
     """Copy each distinct encoder once; fit (the types side by side) and save each type's
-    calibrated classifier."""
+    calibrated classifier on its encoder's embeddings. Returns the manifest's entries, the
+    held-out probabilities (cells × types) and the kind."""
     (staging / "encoders").mkdir(parents=True)
-    (staging / "classifiers").mkdir()
-    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
-    evaluation = experiment.evaluation
     embeddings: dict[str, np.ndarray] = {}
-    digests = {task: pick["digest"] for task, pick in chosen.items()}
-    for pick in chosen.values():
+    for pick in picks.values():
         digest = pick["digest"]
         if digest not in embeddings:
             shutil.copyfile(pick["path"], staging / _encoder_name(digest))
             encoder, saved = load_encoder(pick["path"])
             x, _ = saved.input.prepare(adata)
             embeddings[digest] = embed(encoder, torch.from_numpy(x))
+    features = {task: embeddings[pick["digest"]] for task, pick in picks.items()}
+    classifier = experiment.evaluation.classifier
+    entries, held_out = _one_vs_rest_files(
+        staging, experiment, adata, classifier, picks, features, log
+    )
+    for entry, pick in zip(entries, picks.values(), strict=True):
+        entry["encoder"] = _encoder_name(pick["digest"])
+    return entries, held_out, {"kind": "encoder"}
 
-    def refit(task: str) -> tuple[object, float]:
+
+def _expression_files(
+    staging: Path, experiment: Experiment, adata, values: str, baseline: Classifier, picks, log
+):
+    """A baseline's classifier refit on the expression of every labelled cell, its features
+    prepared as its CV prepared them: one multi-class model, or one per type."""
+    fitted = (
+        preprocess.fit_lognorm(adata, values)
+        if baseline.features == "lognorm"
+        else preprocess.fit_log1p(values)
+    )
+    x = fitted.transform(adata)
+    kind = {"kind": "expression", "input": {"target_sum": fitted.target_sum}}
+    if not baseline.multiclass:
+        features = dict.fromkeys(picks, x)
+        entries, held_out = _one_vs_rest_files(
+            staging, experiment, adata, baseline, picks, features, log
+        )
+        return entries, held_out, kind
+    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
+    rows = np.isin(labels, list(picks))
+    evaluation = experiment.evaluation
+    start = time.perf_counter()
+    model, probabilities = multiclass_classifier(
+        baseline, x[rows], labels[rows], evaluation.inner_folds, evaluation.metric, experiment.seed
+    )
+    log(
+        f"  one {type(model).__name__} of {len(picks)} types refit on {rows.sum()} cells "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    (staging / "classifiers").mkdir(parents=True)
+    skops.io.dump(model, staging / MULTICLASS_FILE)
+    held_out = np.full((len(labels), len(picks)), np.nan)
+    columns = [list(model.classes_).index(t) for t in picks]
+    held_out[rows] = probabilities[:, columns]
+    entries = [
+        _entry(task, pick, MULTICLASS_FILE, int((labels == task).sum()), _params(model))
+        for task, pick in picks.items()
+    ]
+    return entries, held_out, kind
+
+
+def _one_vs_rest_files(
+    staging: Path, experiment: Experiment, adata, classifier: Classifier, picks, features, log
+):
+    """Fit (the types side by side) and save a calibrated classifier per type on its features;
+    the entries and the held-out probabilities (cells × types)."""
+    (staging / "classifiers").mkdir(parents=True, exist_ok=True)
+    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
+    evaluation = experiment.evaluation
+
+    def refit(task: str) -> tuple[object, np.ndarray, float]:
         start = time.perf_counter()
-        model = calibrated_classifier(
-            evaluation.classifier,
-            embeddings[digests[task]],
+        model, held_out = calibrated_classifier(
+            classifier,
+            features[task],
             labels == task,
             evaluation.inner_folds,
             evaluation.metric,
             experiment.seed,
         )
-        return model, time.perf_counter() - start
+        return model, held_out, time.perf_counter() - start
 
     with Workers(torch.get_num_threads()) as workers:
-        fitted = dict(zip(chosen, workers.map(refit, list(chosen)), strict=True))
+        fitted = dict(zip(picks, workers.map(refit, list(picks)), strict=True))
     entries = []
-    for task, pick in chosen.items():
-        model, seconds = fitted[task]
+    for task, pick in picks.items():
+        model, _, seconds = fitted[task]
         classifier_name = f"classifiers/{safe_name(task)}.skops"
         skops.io.dump(model, staging / classifier_name)
         cells = int((labels == task).sum())
+        origin = f"fold {pick['fold']}, epoch {pick['epoch']}, " if "fold" in pick else ""
         log(
-            f"  {task}: fold {pick['fold']}, epoch {pick['epoch']}, classifier refit on "
-            f"{len(labels)} cells ({cells} of the type) in {seconds:.1f} s"
+            f"  {task}: {origin}classifier refit on {len(labels)} cells ({cells} of the type) "
+            f"in {seconds:.1f} s"
         )
-        entries.append(
-            {
-                "name": task,
-                "encoder": _encoder_name(digests[task]),
-                "classifier": classifier_name,
-                "fold": pick["fold"],
-                "epoch": pick["epoch"],
-                "validation_score": pick["score"],
-                "validated": pick.get("validated", True),
-                "test_mcc": pick["test_mcc"],
-                "cells": cells,
-                "classifier_params": _params(model),
-            }
-        )
-    return entries
+        entries.append(_entry(task, pick, classifier_name, cells, _params(model)))
+    held_out = np.column_stack([fitted[task][1] for task in picks])
+    return entries, held_out
+
+
+def _entry(task: str, pick: dict, classifier: str, cells: int, params: dict) -> dict:
+    return {
+        "name": task,
+        "classifier": classifier,
+        "fold": pick.get("fold"),
+        "epoch": pick.get("epoch"),
+        "validation_score": pick.get("score"),
+        "validated": pick.get("validated", True),
+        "test_mcc": pick.get("test_mcc"),
+        "cells": cells,
+        "classifier_params": params,
+    }
+
+
+def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, log) -> dict:
+    """The Unassigned rule chosen from the held-out predictions of the reference's cells of the
+    model's types, and what it does to them."""
+    order = np.concatenate([np.flatnonzero(labels == t) for t in types])  # the regions' order
+    truth = np.repeat(np.arange(len(types)), [int((labels == t).sum()) for t in types])
+    probabilities = held_out[order]
+    predicted = probabilities.argmax(axis=1)
+    best = probabilities[np.arange(len(order)), predicted]
+    ratios = regions.held_out_ratios(predicted, truth)
+    chosen = rule.choose(best, ratios)
+    rates = rule.held_out_rates(chosen, best, ratios, predicted == truth)
+    log(
+        f"  Unassigned: best probability below {chosen.threshold:.3f} or farther than "
+        f"{chosen.multiplier:.2f} × the type's radius; on {rates['cells']} held-out reference "
+        f"cells: {rates['unassigned']:.1%} Unassigned, accuracy {rates['accuracy']:.3f}"
+    )
+    return {**chosen.to_record(), "held_out": rates}
 
 
 def _encoder_name(digest: str) -> str:
@@ -212,7 +347,9 @@ def _encoder_name(digest: str) -> str:
 
 
 def _params(model) -> dict:
-    params = model.calibrated_classifiers_[0].estimator.get_params()
+    """The fitted classifier's parameters (the grid search's choice), as plain values."""
+    inner = getattr(model, "calibrated_classifiers_", None)
+    params = (inner[0].estimator if inner else model).get_params()
     return {k: v for k, v in params.items() if isinstance(v, str | int | float | bool | None)}
 
 

@@ -2,17 +2,21 @@
 
 ```
 <model>/
-  manifest.json             format, dataset, method, scale of the values, cell types (each with
-                            its encoder, classifier, fold, epoch, scores), versions, and the
-                            SHA-256 of every other file
+  manifest.json             format, dataset, method and kind, scale of the values, cell types
+                            (each with its encoder, classifier, fold, epoch, scores), the run's
+                            CV table the method was chosen from, the Unassigned rule and its
+                            held-out rates, versions, and the SHA-256 of every other file
   genes.txt                 the reference's genes, one per line
   neighbourhoods.npz        each type's place in the reference's expression space (the check
                             that sends cells unlike any reference type to `Unassigned`)
-  encoders/<sha>.pt         torch weights + genes + preprocessing (loaded with weights_only=True);
-                            cell types that chose the same encoder share its file
-  classifiers/<type>.skops  a calibrated classifier per cell type (skops: loading runs no code)
+  encoders/<sha>.pt         kind "encoder": torch weights + genes + preprocessing (loaded with
+                            weights_only=True); cell types that chose the same encoder share it
+  classifiers/<type>.skops  a calibrated classifier per cell type (skops: loading runs no code);
+                            a multi-class baseline has one, classifiers/all-types.skops
 ```
-Loading checks every checksum first, so a file changed or swapped after export is refused.
+Kind "expression" (a baseline exported) has no encoders: its classifiers read the expression,
+prepared as the manifest's "input" says. Loading checks every checksum first, so a file changed
+or swapped after export is refused.
 """
 
 from __future__ import annotations
@@ -31,15 +35,18 @@ import pandas as pd
 import skops.io
 import torch
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 from gsrcl.errors import UserError
 from gsrcl.files import sha256
-from gsrcl.model.checkpoints import EncoderFile, load_encoder
+from gsrcl.model.checkpoints import EncoderInput, load_encoder
 from gsrcl.reference.neighbourhood import Neighbourhoods
+from gsrcl.reference.rule import UnassignedRule
 
 FORMAT = "gsrcl-reference-model"
-VERSION = 1
+VERSION = 2
+KINDS = ("encoder", "expression")
 MANIFEST = "manifest.json"
 NEIGHBOURHOODS = "neighbourhoods.npz"
 # beyond skops' defaults, the only types a classifier file may hold (a Platt-calibrated model)
@@ -47,8 +54,6 @@ TRUSTED_TYPES = [
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
 ]
-# skops trusts every scikit-learn estimator by default; a GsRCL classifier is exactly this
-CLASSIFIER_TYPES = (CalibratedClassifierCV, SVC)
 MAX_MANIFEST_BYTES = 8 << 20  # a manifest of thousands of cell types is well under 1 MB
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -56,10 +61,16 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 @dataclass
 class CellTypeModel:
     name: str
-    encoder: torch.nn.Module
-    encoder_file: str  # types with the same file share one encoder
-    checkpoint: EncoderFile  # the encoder's file: genes and preprocessing of its input
+    encoder: torch.nn.Module  # the identity for an expression model
+    encoder_file: str  # types with the same file share one encoder ("" for expression models)
+    input: EncoderInput  # the genes the classifier's features come from, and their preprocessing
     classifier: Any
+    positive: bool | str  # the classifier's class that means this type: True, or its name
+
+    @property
+    def column(self) -> int:
+        """This type's column of the classifier's `predict_proba`."""
+        return list(self.classifier.classes_).index(self.positive)
 
 
 @dataclass
@@ -75,9 +86,20 @@ class ReferenceModel:
         return self.manifest["values"]
 
     @property
+    def kind(self) -> str:
+        """ "encoder" (GsRCL: encoder + classifier) or "expression" (a baseline's classifier)."""
+        return self.manifest["kind"]
+
+    @property
+    def rule(self) -> UnassignedRule:
+        """When a cell is Unassigned, as chosen at export (`gsrcl.reference.rule`)."""
+        chosen = self.manifest["unassigned"]
+        return UnassignedRule(chosen["threshold"], chosen["multiplier"])
+
+    @property
     def genes(self) -> list[str]:
-        """Every gene some encoder reads, in the reference's order."""
-        used = {g for t in self.types for g in t.checkpoint.input.genes}
+        """Every gene some classifier's features come from, in the reference's order."""
+        used = {g for t in self.types for g in t.input.genes}
         return [g for g in self.reference_genes if g in used]
 
     @classmethod
@@ -99,7 +121,8 @@ class ReferenceModel:
 
     @property
     def main_encoder(self) -> str:
-        """The encoder file most types share: its embedding is the one annotate reports."""
+        """The encoder file most types share: its embedding is the one annotate reports
+        ("" for an expression model, whose embedding is the reference's principal components)."""
         counts = Counter(t.encoder_file for t in self.types)
         return max(counts, key=counts.__getitem__)
 
@@ -109,7 +132,7 @@ class ReferenceModel:
 
         return embed_cells(self, adata, chunk_size)
 
-    def annotate(self, adata: ad.AnnData, threshold: float = 0.5, **options):
+    def annotate(self, adata: ad.AnnData, threshold: float | None = None, **options):
         """Label an in-memory AnnData (`gsrcl.reference.annotation.annotate`): an Annotation."""
         from gsrcl.reference.annotation import annotate
 
@@ -121,25 +144,51 @@ def load(folder: str | Path) -> ReferenceModel:
     folder = Path(folder)
     manifest = _manifest(folder)
     _verify_checksums(folder, manifest)
-    encoders: dict[str, tuple[torch.nn.Module, dict]] = {}
-    types = []
-    for entry in manifest["cell_types"]:
-        if entry["encoder"] not in encoders:
-            encoders[entry["encoder"]] = _encoder(_inside(folder, entry["encoder"]))
-        encoder, checkpoint = encoders[entry["encoder"]]
-        classifier = _classifier(_inside(folder, entry["classifier"]))
-        types.append(
-            CellTypeModel(entry["name"], encoder, entry["encoder"], checkpoint, classifier)
-        )
     try:
         genes = (folder / "genes.txt").read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
         raise UserError(f"{folder / 'genes.txt'} is not text; export the model again") from None
+    inputs = _Inputs(folder, manifest, genes)
+    classifiers: dict[str, Any] = {}
+    types = []
+    for entry in manifest["cell_types"]:
+        encoder, reads = inputs.of(entry)
+        name = entry["classifier"]
+        if name not in classifiers:  # a multi-class model is one file for every type
+            classifiers[name] = _classifier(_inside(folder, name))
+        positive = True if _is_binary(classifiers[name]) else entry["name"]
+        if positive not in list(classifiers[name].classes_):
+            raise UserError(f"{folder / name} has no class {entry['name']!r}; export again")
+        cell_type = CellTypeModel(
+            entry["name"], encoder, entry.get("encoder") or "", reads, classifiers[name], positive
+        )
+        types.append(cell_type)
     try:
-        neighbourhoods = Neighbourhoods(folder / NEIGHBOURHOODS, genes, manifest["values"])
+        neighbourhoods = Neighbourhoods.load(folder / NEIGHBOURHOODS, genes, manifest["values"])
     except (ValueError, KeyError, OSError) as error:
         raise UserError(f"{folder / NEIGHBOURHOODS} is not a GsRCL file ({error})") from None
     return ReferenceModel(folder, manifest, types, neighbourhoods, genes)
+
+
+class _Inputs:
+    """Each type's feature maker: its encoder file (read once per file), or for an expression
+    model the identity on the reference's genes prepared as the manifest's "input" says."""
+
+    def __init__(self, folder: Path, manifest: dict, genes: list[str]) -> None:
+        self.folder, self.manifest, self.genes = folder, manifest, genes
+        self.encoders: dict[str, tuple[torch.nn.Module, EncoderInput]] = {}
+
+    def of(self, entry: dict) -> tuple[torch.nn.Module, EncoderInput]:
+        if self.manifest["kind"] == "expression":
+            record = self.manifest["input"]
+            return torch.nn.Identity(), EncoderInput(
+                self.genes, self.manifest["values"], record["target_sum"]
+            )
+        name = entry["encoder"]
+        if name not in self.encoders:
+            encoder, saved = _encoder(_inside(self.folder, name))
+            self.encoders[name] = encoder, saved.input
+        return self.encoders[name]
 
 
 def _manifest(folder: Path) -> dict:
@@ -170,21 +219,41 @@ def _manifest(folder: Path) -> dict:
 
 def _schema_problem(manifest: dict) -> str:
     """What makes the manifest unusable, or "" (types checked before any value is used)."""
-    for key, kind in (("dataset", str), ("method", str), ("values", str), ("cell_types", list)):
+    for key, kind in (
+        ("dataset", str),
+        ("method", str),
+        ("kind", str),
+        ("values", str),
+        ("cell_types", list),
+        ("unassigned", dict),
+    ):
         if not isinstance(manifest.get(key), kind):
             return f"{key!r} is missing or not a {kind.__name__}"
     if manifest["values"] not in ("counts", "log"):
         return "'values' must be 'counts' or 'log'"
+    if manifest["kind"] not in KINDS:
+        return f"'kind' must be one of {list(KINDS)}"
+    rule = manifest["unassigned"]
+    if not all(_is_number(rule.get(k)) for k in ("threshold", "multiplier")):
+        return "'unassigned' needs the numbers 'threshold' and 'multiplier'"
+    if manifest["kind"] == "expression":
+        target_sum = manifest.get("input", {}).get("target_sum", "missing")
+        if target_sum is not None and not _is_number(target_sum):
+            return "an expression model's 'input' needs 'target_sum' (a number or null)"
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v) for k, v in files.items()
     ):
         return "'files' must map each file name to its SHA-256"
+    parts = ("name", "classifier") + (("encoder",) if manifest["kind"] == "encoder" else ())
     for entry in manifest["cell_types"]:
-        parts = ("name", "encoder", "classifier")
         if not isinstance(entry, dict) or not all(isinstance(entry.get(p), str) for p in parts):
             return f"each of 'cell_types' needs the text fields {list(parts)}"
     return ""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -202,7 +271,10 @@ def _inside(folder: Path, name: str) -> Path:
 def _verify_checksums(folder: Path, manifest: dict) -> None:
     listed = manifest["files"]
     needed = {"genes.txt", NEIGHBOURHOODS} | {
-        e[part] for e in manifest.get("cell_types", []) for part in ("encoder", "classifier")
+        e[part]
+        for e in manifest.get("cell_types", [])
+        for part in ("encoder", "classifier")
+        if e.get(part)
     }
     unlisted = sorted(needed - set(listed))
     if unlisted:
@@ -218,7 +290,7 @@ def _verify_checksums(folder: Path, manifest: dict) -> None:
             )
 
 
-def _encoder(path: Path) -> tuple[torch.nn.Module, dict]:
+def _encoder(path: Path) -> tuple[torch.nn.Module, Any]:
     try:
         return load_encoder(path)
     except Exception as error:  # weights_only refuses anything but tensors and plain data
@@ -234,19 +306,31 @@ def _classifier(path: Path) -> Any:
         raise UserError(f"{path} is not a GsRCL classifier file ({error})") from None
     if not _is_gsrcl_classifier(model):
         raise UserError(
-            f"{path} holds a {type(model).__name__}, not the calibrated SVM GsRCL exports; "
-            "export the model again"
+            f"{path} holds a {type(model).__name__}, not a classifier GsRCL exports (a "
+            "calibrated SVM, or a multi-class logistic regression); export the model again"
         )
     return model
 
 
 def _is_gsrcl_classifier(model: Any) -> bool:
-    """A Platt-calibrated SVC over the classes False / True, nothing else."""
+    """A Platt-calibrated SVC (one type against the rest, or multi-class), or a multi-class
+    LogisticRegression: nothing else."""
+    if type(model) is LogisticRegression:
+        return _is_multiclass(model)
     if type(model) is not CalibratedClassifierCV:
         return False
     inner = getattr(model, "calibrated_classifiers_", [])
-    classes = [bool(c) for c in getattr(model, "classes_", [])]
-    return bool(inner) and classes == [False, True] and all(type(c.estimator) is SVC for c in inner)
+    classes_ok = _is_binary(model) or _is_multiclass(model)
+    return bool(inner) and classes_ok and all(type(c.estimator) is SVC for c in inner)
+
+
+def _is_binary(model: Any) -> bool:
+    return [c for c in getattr(model, "classes_", [])] == [False, True]
+
+
+def _is_multiclass(model: Any) -> bool:
+    classes = list(getattr(model, "classes_", []))
+    return len(classes) >= 2 and all(isinstance(c, str) for c in classes)
 
 
 def check_replaceable(folder: Path) -> None:

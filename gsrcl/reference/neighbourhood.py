@@ -3,10 +3,14 @@
 A classifier of one type against the rest only knows the reference's types: a cell of a type the
 reference never saw is still scored against them, and can score high for the nearest one
 (granulocytes for monocytes). So each predicted cell is also placed in the reference's own
-expression space (normalised, log1p, 20 principal components of the reference cells) and compared
-with the reference cells of its predicted type: when its k-th nearest such cell (cosine distance)
-is farther than for 99 % of those cells among themselves, it lies outside the type's neighbourhood.
-Everything is stored as plain arrays (`.npz`, loaded with allow_pickle=False).
+expression space — normalised and logged, the 2000 most variable genes scaled by the reference's
+mean and spread (a new batch's depth moves the rarely expressed genes most), 20 principal
+components — and compared with the reference cells of its predicted type: its distance (cosine)
+to its k-th nearest such cell, over the type's radius (the median of that distance among the
+type's own cells: steadier than a high percentile for a small type), is its `distance ratio`;
+above the model's multiplier it lies outside.
+The multiplier is chosen at export (`gsrcl.reference.rule`). Plain arrays (`.npz`, loaded with
+allow_pickle=False).
 """
 
 from __future__ import annotations
@@ -22,18 +26,28 @@ from gsrcl.data.preprocess import fit_lognorm
 from gsrcl.model.checkpoints import EncoderInput
 
 COMPONENTS = 20
+VARIABLE_GENES = 2000
 NEIGHBOURS = 5
-QUANTILE = 0.99
+RADIUS_QUANTILE = 0.5  # the median
+CLIP = 10.0  # scaled values beyond ±10 spread: as scanpy's scale(max_value=10)
 
 
 def fit(adata: ad.AnnData, labels: np.ndarray, values: str, types: list[str]) -> dict:
     """The arrays that describe each type's neighbourhood among the reference cells."""
     lognorm = fit_lognorm(adata, values)
     x = lognorm.transform(adata)
-    pca = PCA(min(COMPONENTS, *x.shape), svd_solver="randomized", random_state=0).fit(x)
-    coordinates = pca.transform(x).astype(np.float32)
+    genes = np.sort(np.argsort(-x.var(axis=0), kind="stable")[:VARIABLE_GENES])
+    mean = x[:, genes].mean(axis=0)
+    std = x[:, genes].std(axis=0)
+    std = np.where(std > 0, std, 1).astype(np.float32)
+    scaled = _scale(x[:, genes], mean, std)
+    pca = PCA(min(COMPONENTS, *scaled.shape), svd_solver="randomized", random_state=0).fit(scaled)
+    coordinates = pca.transform(scaled).astype(np.float32)
     arrays = {
         "target_sum": np.array(np.nan if lognorm.target_sum is None else lognorm.target_sum),
+        "genes": genes,
+        "gene_mean": mean.astype(np.float32),
+        "gene_std": std,
         "pca_mean": pca.mean_.astype(np.float32),
         "pca_components": pca.components_.astype(np.float32),
         "radius": np.array([_radius(coordinates[labels == t]) for t in types]),
@@ -43,13 +57,17 @@ def fit(adata: ad.AnnData, labels: np.ndarray, values: str, types: list[str]) ->
     return arrays
 
 
+def _scale(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return np.clip((x - mean) / std, -CLIP, CLIP)
+
+
 def _radius(own: np.ndarray) -> float:
-    """The QUANTILE of each cell's distance to its k-th nearest other cell of the type."""
+    """The RADIUS_QUANTILE of each cell's distance to its k-th nearest other cell of the type."""
     k = min(NEIGHBOURS, len(own) - 1)
     if k < 1:
         return np.inf  # a type of one cell has no neighbourhood to judge by
     distances = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(own).kneighbors(own)[0]
-    return float(np.quantile(distances[:, k], QUANTILE))
+    return float(np.quantile(distances[:, k], RADIUS_QUANTILE))
 
 
 def save(path: Path, arrays: dict) -> None:
@@ -57,30 +75,56 @@ def save(path: Path, arrays: dict) -> None:
 
 
 class Neighbourhoods:
-    """The stored arrays, ready to judge query cells (`genes`: the reference's, in order)."""
+    """The stored arrays, ready to judge cells (`genes`: the reference's, in order)."""
 
-    def __init__(self, path: Path, genes: list[str], values: str) -> None:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = dict(stored)
+    def __init__(self, arrays: dict, genes: list[str], values: str) -> None:
         target_sum = float(arrays["target_sum"])
-        # query cells are read as an encoder reads them: the reference's genes, normalised
+        # cells are read as an encoder reads them: the reference's genes, normalised and logged
         self.input = EncoderInput(genes, values, None if np.isnan(target_sum) else target_sum)
+        self.genes = arrays["genes"]
+        self.gene_mean, self.gene_std = arrays["gene_mean"], arrays["gene_std"]
         self.mean, self.components = arrays["pca_mean"], arrays["pca_components"]
         self.radius = arrays["radius"]
+        self.cells = [arrays[f"cells_{i}"] for i in range(len(self.radius))]
         self.indexes = []
-        for i in range(len(self.radius)):
-            own = arrays[f"cells_{i}"]
+        for own in self.cells:
             k = max(1, min(NEIGHBOURS, len(own) - 1))
             self.indexes.append((NearestNeighbors(n_neighbors=k, metric="cosine").fit(own), k))
 
-    def outside(self, cells: ad.AnnData, predicted: np.ndarray) -> np.ndarray:
-        """For each cell, whether it lies outside the neighbourhood of type index `predicted`."""
+    @classmethod
+    def load(cls, path: Path, genes: list[str], values: str) -> Neighbourhoods:
+        with np.load(path, allow_pickle=False) as stored:
+            return cls(dict(stored), genes, values)
+
+    def coordinates(self, cells: ad.AnnData) -> np.ndarray:
+        """The cells' place in the reference's space (20 principal components)."""
         x, _ = self.input.prepare(cells)
-        coordinates = (x - self.mean) @ self.components.T
-        outside = np.zeros(len(x), dtype=bool)
+        scaled = _scale(x[:, self.genes], self.gene_mean, self.gene_std)
+        return (scaled - self.mean) @ self.components.T
+
+    def ratios(self, coordinates: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """Each cell's distance to its k-th nearest reference cell of type index `predicted`,
+        over that type's radius."""
+        ratios = np.zeros(len(coordinates))
         for t in np.unique(predicted):
             rows = predicted == t
             index, k = self.indexes[t]
             distances = index.kneighbors(coordinates[rows], n_neighbors=k)[0][:, -1]
-            outside[rows] = distances > self.radius[t]
-        return outside
+            ratios[rows] = distances / self.radius[t]
+        return ratios
+
+    def held_out_ratios(self, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        """`ratios` of the reference's own cells (stored in type order: cells_0, cells_1, ...),
+        each judged without itself, as a query cell would be: `predicted` and `truth` are type
+        indexes in that order."""
+        coordinates = np.concatenate(self.cells)
+        ratios = np.zeros(len(coordinates))
+        for t in np.unique(predicted):
+            rows = predicted == t
+            index, k = self.indexes[t]
+            wanted = min(k + 1, len(self.cells[t]))
+            distances = index.kneighbors(coordinates[rows], n_neighbors=wanted)[0]
+            own = truth[rows] == t  # its own cell is among the neighbours at distance 0: skip it
+            column = np.where(own, wanted - 1, k - 1)
+            ratios[rows] = distances[np.arange(len(column)), column] / self.radius[t]
+        return ratios
