@@ -238,7 +238,7 @@ class Export:
     """Reference models for `python3 -m gsrcl annotate` (one per dataset)."""
 
     after_run: bool = False  # export each dataset's model when the run finishes
-    # a contrastive method's name, or "best": the one with the highest mean test MCC
+    # a method of the run (baselines too), or "best": the highest mean CV MCC over the cell types
     method: str = "best"
 
 
