@@ -3,11 +3,12 @@
 Query genes are matched to the reference's by name (a reference gene the query lacks is read as 0,
 extra query genes are dropped); cells go through in chunks, so memory stays bounded whatever the
 query's size. Each cell type's calibrated classifier gives the probability that a cell is of that
-type (one type against the rest, so the probabilities need not sum to 1; a multi-class baseline's
-do); the prediction is the most probable type, or `Unassigned` by the model's rule
-(`gsrcl.reference.rule`, chosen at export): that probability is below its threshold, or the cell
-lies outside the reference neighbourhood of that type (`gsrcl.reference.neighbourhood`: a type
-the reference never saw can still score high for its nearest known type).
+type (one type against the rest), reported as its share of their sum (`gsrcl.reference.rule.
+shares`; a multi-class baseline's already sum to 1). The prediction is the most probable type, or
+`Unassigned` by the model's rule (`gsrcl.reference.rule`, chosen at export): that probability is
+below its threshold, or the cell lies outside the reference neighbourhood of that type
+(`gsrcl.reference.neighbourhood`: a type the reference never saw can still score high for its
+nearest known type).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from gsrcl.data.readers import BUNDLED, read_matrix, select_matrix
 from gsrcl.errors import UserError
 from gsrcl.files import atomic_write, write_csv
 from gsrcl.reference import model as reference
-from gsrcl.reference.rule import UnassignedRule
+from gsrcl.reference.rule import UnassignedRule, shares
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def _probabilities(model: reference.ReferenceModel, adata: ad.AnnData, chunk_siz
         ratios[rows] = model.neighbourhoods.ratios(coordinates, probabilities[rows].argmax(axis=1))
         if model.kind == "expression":
             parts.append(coordinates)
-    return probabilities, ratios, np.concatenate(parts).astype(np.float32)
+    return shares(probabilities), ratios, np.concatenate(parts).astype(np.float32)
 
 
 def _predictions(cells, model, probabilities, ratios, rule: UnassignedRule) -> pd.DataFrame:

@@ -328,7 +328,7 @@ def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, lo
     model's types, and what it does to them."""
     order = np.concatenate([np.flatnonzero(labels == t) for t in types])  # the regions' order
     truth = np.repeat(np.arange(len(types)), [int((labels == t).sum()) for t in types])
-    probabilities = held_out[order]
+    probabilities = rule.shares(held_out[order])  # as annotate reports them
     predicted = probabilities.argmax(axis=1)
     best = probabilities[np.arange(len(order)), predicted]
     ratios = regions.held_out_ratios(predicted, truth)
