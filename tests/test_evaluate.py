@@ -93,3 +93,44 @@ def test_bad_estimator_settings_are_user_errors():
         estimator_for(Classifier(name="x", estimator="sklearn.svm.SVX"))
     with pytest.raises(UserError, match="no parameters \\['Cee'\\]"):
         estimator_for(Classifier(name="x", grid={"Cee": [1]}))
+
+
+def test_held_out_probabilities_of_an_exported_classifier_are_its_own_cross_validation():
+    from sklearn.model_selection import cross_val_predict
+
+    from gsrcl.evaluate.classifiers import FoldClassifier, calibrated_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 50))
+    y = (x[:, 0] + rng.normal(size=300) * 0.5) > 0.8
+    fold = FoldClassifier(svm(True), x, 5, "mcc", seed=0)
+    splits = fold.inner_splits(y)
+    chosen = fold.fit(y, splits)
+    from_kernel = fold.kernel.held_out_decisions(y, chosen, splits)
+    on_features = cross_val_predict(
+        chosen.on_features(), x, y, cv=splits, method="decision_function"
+    )
+    np.testing.assert_allclose(from_kernel, on_features, atol=1e-9)
+    model, held_out = calibrated_classifier(svm(True), x, y, 5, "mcc", 0)
+    assert held_out.shape == (300,) and 0 <= held_out.min() and held_out.max() <= 1
+    # held out: less sure of the training cells than the model refit on all of them
+    fitted = model.predict_proba(x)[:, 1]
+    assert np.abs(held_out - y).mean() > np.abs(fitted - y).mean()
+
+
+def test_the_unassigned_rule_keeps_its_budget_and_gives_the_neighbourhood_priority():
+    from gsrcl.reference import rule
+
+    rng = np.random.default_rng(0)
+    best = rng.uniform(0.2, 1.0, 2000)
+    ratios = rng.exponential(0.8, 2000)
+    chosen = rule.choose(best, ratios)
+    unassigned = chosen.unassigned(best, ratios)
+    assert unassigned.mean() <= rule.BUDGET
+    assert (best < chosen.threshold).mean() <= rule.THRESHOLD_SHARE
+    assert chosen.multiplier >= rule.MIN_MULTIPLIER and chosen.threshold <= rule.MAX_THRESHOLD
+    far = rule.choose(best, ratios * 3)  # a spread-out reference: the multiplier follows it
+    assert (far.unassigned(best, ratios * 3)).mean() <= rule.BUDGET
+    assert far.multiplier > chosen.multiplier
+    shares = rule.shares(np.array([[0.2, 0.1, 0.1], [0.0, 0.0, 0.0]]))
+    np.testing.assert_allclose(shares, [[0.5, 0.25, 0.25], [0, 0, 0]])

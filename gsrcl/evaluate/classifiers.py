@@ -201,13 +201,17 @@ def calibrated_classifier(
     """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
     probabilities learnt from its inner-CV decision values (a model to export and reuse); and
     each cell's probability from the inner fold that held it out."""
-    splits, estimator = _chosen(spec, x, y, inner_folds, metric, seed)
+    fold, splits, chosen, estimator = _grid_choice(spec, x, y, inner_folds, metric, seed)
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         calibrated.fit(x, y)
-        # the decision values the calibration was fitted on, recomputed (scikit-learn keeps none)
-        decisions = cross_val_predict(estimator, x, y, cv=splits, method="decision_function")
+        # the decision values the calibration was fitted on, again (scikit-learn keeps none):
+        # from the kernel when there is one, which costs no pass over the features
+        if isinstance(chosen, KernelSVM):
+            decisions = fold.kernel.held_out_decisions(y, chosen, splits)
+        else:
+            decisions = cross_val_predict(estimator, x, y, cv=splits, method="decision_function")
     held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
     return calibrated, held_out
 
@@ -218,7 +222,7 @@ def multiclass_classifier(
     """One model of all the labels (a multi-class baseline), refit on all cells, with
     probabilities (Platt-calibrated when the estimator has none); and each cell's probabilities
     (columns in the model's `classes_` order) from the inner fold that held it out."""
-    splits, estimator = _chosen(spec, x, labels, inner_folds, metric, seed)
+    _, splits, _, estimator = _grid_choice(spec, x, labels, inner_folds, metric, seed)
     if not hasattr(estimator, "predict_proba"):
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
@@ -227,9 +231,15 @@ def multiclass_classifier(
         return clone(estimator).fit(x, labels), held_out
 
 
-def _chosen(spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds: int, metric: str, seed):
-    """The inner splits and the grid search's choice, unfitted."""
+def _grid_choice(spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds, metric, seed):
+    """The search (a FoldClassifier), its inner splits, its fitted choice, and that choice as
+    an unfitted estimator on features."""
     fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed)
     splits = fold.inner_splits(y)
     chosen = fold.fit(y, splits)
-    return splits, chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)
+    return (
+        fold,
+        splits,
+        chosen,
+        chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen),
+    )

@@ -148,6 +148,17 @@ class PrecomputedRBF:
             groups.setdefault(resolved[value], []).append(c)
         return groups
 
+    def held_out_decisions(self, y: np.ndarray, model: KernelSVM, splits) -> np.ndarray:
+        """Each cell's decision value from `model`'s settings refit without its split's test
+        cells: what cross_val_predict gives for `model.on_features()`, from the kernel."""
+        kernel = np.exp(-model.gamma * self.train_distances)
+        params = model.svc.get_params()
+        decisions = np.empty(len(y))
+        for train, test in splits:
+            fitted = self._fit(kernel[np.ix_(train, train)], y[train], model.gamma, params)
+            decisions[test] = fitted.svc.decision_function(kernel[np.ix_(test, train)])
+        return decisions
+
     def fit(self, y: np.ndarray, params: dict[str, Any]) -> KernelSVM:
         gamma = self.gamma(params.get("gamma", "scale"))
         model = self._fit(np.exp(-gamma * self.train_distances), y, gamma, params)
