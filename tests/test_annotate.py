@@ -418,10 +418,17 @@ def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
     assert len(manifest["cell_types"]) == 10
     truth = cells.obs["cell_type"].to_numpy()
     # a named method is exported from the same (finished) run, and each kind labels cells
-    named = ["--method", "baseline-logreg", "--out", str(tmp_path / "logreg")]
-    done = subprocess.run([*command, *options[:4], *named, *small], cwd=ROOT, capture_output=True)
-    assert done.returncode == 0, done.stderr
-    for folder, kind in (("model", None), ("logreg", "expression")):
+    for method in ("baseline-logreg", "baseline-svm"):  # one multi-class model; one per type
+        named = ["--method", method, "--out", str(tmp_path / method)]
+        done = subprocess.run(
+            [*command, *options[:4], *named, *small], cwd=ROOT, capture_output=True
+        )
+        assert done.returncode == 0, done.stderr
+    for folder, kind in (
+        ("model", None),
+        ("baseline-logreg", "expression"),
+        ("baseline-svm", "expression"),
+    ):
         model = gsrcl.ReferenceModel.load(tmp_path / folder)
         assert kind is None or model.kind == kind
         annotation = gsrcl.annotate(cells, model, say=lambda _: None)
