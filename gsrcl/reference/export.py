@@ -57,13 +57,13 @@ def export_model(
     table = cv_table(experiment, run, spec.name)
     method = _method(experiment, table, asked, log)
     baseline = _baseline(experiment, method)
-    picks = _picks(experiment, run, spec.name, method, baseline, table, log)
+    picks = _picks(experiment, run, spec.name, method, baseline, log)
     folder = Path(out) if out else run.model_path(spec.name, method)
     reference.check_replaceable(folder)
     log(f"export: {spec.name}, {method}, {len(picks)} cell types → {folder}")
     log(describe_types(picks))
     adata = data.load_dataset(spec)
-    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
+    selection = {"rule": SELECTION_RULE, "asked": asked, "chosen": method, "table": table}
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
         staging = Path(tmp) / "model"
@@ -73,18 +73,23 @@ def export_model(
             entries, held_out, kind = _expression_files(
                 staging, experiment, adata, spec.values, baseline, picks, log
             )
-        (staging / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
-        types = [e["name"] for e in entries]
-        arrays = neighbourhood.fit(adata, labels, spec.values, types)
-        neighbourhood.save(staging / reference.NEIGHBOURHOODS, arrays)
-        regions = neighbourhood.Neighbourhoods(arrays, list(adata.var_names), spec.values)
-        unassigned = _unassigned_rule(regions, labels, types, held_out, log)
-        selection = {"rule": SELECTION_RULE, "asked": asked, "chosen": method, "table": table}
+        unassigned = _write_neighbourhoods(staging, adata, spec.values, entries, held_out, log)
         manifest = _manifest(experiment, spec, method, adata, entries)
         manifest.update(kind=kind.pop("kind"), **kind, selection=selection, unassigned=unassigned)
         reference.write_manifest(staging, manifest)
         reference.swap_in(staging, folder, Path(tmp))
     return folder
+
+
+def _write_neighbourhoods(staging: Path, adata, values: str, entries, held_out, log) -> dict:
+    """genes.txt and neighbourhoods.npz; the Unassigned rule chosen with them."""
+    (staging / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
+    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
+    types = [e["name"] for e in entries]
+    arrays = neighbourhood.fit(adata, labels, values, types)
+    neighbourhood.save(staging / reference.NEIGHBOURHOODS, arrays)
+    regions = neighbourhood.Neighbourhoods(arrays, list(adata.var_names), values)
+    return _unassigned_rule(regions, labels, types, held_out, log)
 
 
 def _dataset(experiment: Experiment, name: str | None) -> Dataset:
@@ -132,7 +137,7 @@ def _baseline(experiment: Experiment, method: str) -> Classifier | None:
     return next((b for b in experiment.evaluation.baselines if b.baseline_name == method), None)
 
 
-def _picks(experiment, run, dataset, method, baseline, table, log) -> dict[str, dict]:
+def _picks(experiment, run, dataset, method, baseline, log) -> dict[str, dict]:
     """For each cell type of the model, what it is trained from: a contrastive method's chosen
     encoder, or for a baseline its CV score. Types too small for the CV split are added, marked
     not validated; a type of one cell cannot be fitted: it is named and left out."""
