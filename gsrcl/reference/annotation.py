@@ -176,10 +176,10 @@ def embed_cells(model: reference.ReferenceModel, adata: ad.AnnData, chunk_size: 
         part = query[start : start + chunk_size]
         if model.kind == "expression":
             parts.append(model.neighbourhoods.coordinates(part))
-            continue
-        x, _ = first.input.prepare(part)
-        with torch.no_grad():
-            parts.append(first.encoder(torch.from_numpy(x)).numpy())
+        else:
+            x, _ = first.input.prepare(part)
+            with torch.no_grad():
+                parts.append(first.encoder(torch.from_numpy(x)).numpy())
     return np.concatenate(parts)
 
 

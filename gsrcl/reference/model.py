@@ -175,15 +175,16 @@ class _Inputs:
     model the identity on the reference's genes prepared as the manifest's "input" says."""
 
     def __init__(self, folder: Path, manifest: dict, genes: list[str]) -> None:
-        self.folder, self.manifest, self.genes = folder, manifest, genes
+        self.folder = folder
         self.encoders: dict[str, tuple[torch.nn.Module, EncoderInput]] = {}
+        self.expression = None
+        if manifest["kind"] == "expression":  # every type reads the same features
+            reads = EncoderInput(genes, manifest["values"], manifest["input"]["target_sum"])
+            self.expression = torch.nn.Identity(), reads
 
     def of(self, entry: dict) -> tuple[torch.nn.Module, EncoderInput]:
-        if self.manifest["kind"] == "expression":
-            record = self.manifest["input"]
-            return torch.nn.Identity(), EncoderInput(
-                self.genes, self.manifest["values"], record["target_sum"]
-            )
+        if self.expression is not None:
+            return self.expression
         name = entry["encoder"]
         if name not in self.encoders:
             encoder, saved = _encoder(_inside(self.folder, name))
@@ -237,7 +238,8 @@ def _schema_problem(manifest: dict) -> str:
     if not all(_is_number(rule.get(k)) for k in ("threshold", "multiplier")):
         return "'unassigned' needs the numbers 'threshold' and 'multiplier'"
     if manifest["kind"] == "expression":
-        target_sum = manifest.get("input", {}).get("target_sum", "missing")
+        record = manifest.get("input")
+        target_sum = record.get("target_sum", "missing") if isinstance(record, dict) else "missing"
         if target_sum is not None and not _is_number(target_sum):
             return "an expression model's 'input' needs 'target_sum' (a number or null)"
     files = manifest.get("files")
@@ -325,7 +327,7 @@ def _is_gsrcl_classifier(model: Any) -> bool:
 
 
 def _is_binary(model: Any) -> bool:
-    return [c for c in getattr(model, "classes_", [])] == [False, True]
+    return list(getattr(model, "classes_", [])) == [False, True]
 
 
 def _is_multiclass(model: Any) -> bool:

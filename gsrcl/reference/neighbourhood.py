@@ -105,26 +105,23 @@ class Neighbourhoods:
     def ratios(self, coordinates: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         """Each cell's distance to its k-th nearest reference cell of type index `predicted`,
         over that type's radius."""
-        ratios = np.zeros(len(coordinates))
-        for t in np.unique(predicted):
-            rows = predicted == t
-            index, k = self.indexes[t]
-            distances = index.kneighbors(coordinates[rows], n_neighbors=k)[0][:, -1]
-            ratios[rows] = distances / self.radius[t]
-        return ratios
+        return self._ratios(coordinates, predicted, np.zeros(len(coordinates), dtype=bool))
 
     def held_out_ratios(self, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
         """`ratios` of the reference's own cells (stored in type order: cells_0, cells_1, ...),
         each judged without itself, as a query cell would be: `predicted` and `truth` are type
         indexes in that order."""
-        coordinates = np.concatenate(self.cells)
+        return self._ratios(np.concatenate(self.cells), predicted, predicted == truth)
+
+    def _ratios(self, coordinates: np.ndarray, predicted: np.ndarray, own: np.ndarray):
+        """`ratios`, where an `own` cell is one of its predicted type's stored cells: its
+        nearest neighbour is itself, at distance 0, and is skipped."""
         ratios = np.zeros(len(coordinates))
         for t in np.unique(predicted):
             rows = predicted == t
             index, k = self.indexes[t]
             wanted = min(k + 1, len(self.cells[t]))
             distances = index.kneighbors(coordinates[rows], n_neighbors=wanted)[0]
-            own = truth[rows] == t  # its own cell is among the neighbours at distance 0: skip it
-            column = np.where(own, wanted - 1, k - 1)
+            column = np.where(own[rows], wanted - 1, k - 1)
             ratios[rows] = distances[np.arange(len(column)), column] / self.radius[t]
         return ratios
