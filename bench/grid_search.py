@@ -29,7 +29,8 @@ from gsrcl.config.settings import Dataset, Experiment  # noqa: E402
 from gsrcl.data import dataset as data  # noqa: E402
 from gsrcl.data import preprocess  # noqa: E402
 from gsrcl.data.splits import make_folds  # noqa: E402
-from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores  # noqa: E402
+from gsrcl.evaluate.classifiers import FoldClassifier  # noqa: E402
+from gsrcl.evaluate.metrics import binary_scores  # noqa: E402
 from gsrcl.evaluate.workers import Workers  # noqa: E402
 from gsrcl.runner import jobs  # noqa: E402
 

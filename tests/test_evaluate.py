@@ -11,7 +11,8 @@ from sklearn.svm import SVC
 from gsrcl.config.presets import LOGISTIC, PAPER, svm
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
-from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores, estimator_for, fast_mcc
+from gsrcl.evaluate.classifiers import FoldClassifier, estimator_for
+from gsrcl.evaluate.metrics import binary_scores, fast_mcc
 from tests.conftest import shared_file
 
 

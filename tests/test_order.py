@@ -7,7 +7,8 @@ import scanpy as sc
 
 from gsrcl.config.presets import svm
 from gsrcl.config.settings import Dataset
-from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores
+from gsrcl.evaluate.classifiers import FoldClassifier
+from gsrcl.evaluate.metrics import binary_scores
 from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import tiny_experiment
 

@@ -187,6 +187,9 @@ class Evaluation:
     baselines: tuple[Classifier, ...] = field(default_factory=lambda: (_paper_svm(),))
     metric: Literal["mcc", "f1", "ap"] = "mcc"  # inner CV and checkpoint selection
     inner_folds: int = 5
+    # who solves an RBF SVC's grid: "libsvm" (CPU), "device" (libsvm's algorithm batched on the
+    # job's torch device, GPU or CPU), "auto" (the device on a GPU, libsvm elsewhere)
+    solver: Literal["auto", "libsvm", "device"] = "auto"
 
     def check(self) -> list[str]:
         problems = []

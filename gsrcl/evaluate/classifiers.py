@@ -1,7 +1,9 @@
-"""Classifiers on features (embeddings or expression): inner-CV grid search, predictions, metrics.
+"""Classifiers on features (embeddings or expression): inner-CV grid search and predictions.
 
-An RBF `SVC` is searched on precomputed kernels (`gsrcl.evaluate.kernel_svm`), which gives the
-same model as `GridSearchCV` in a fraction of the time; every other estimator goes through
+An RBF `SVC` is searched on precomputed kernels, which gives the same model as `GridSearchCV` in
+a fraction of the time, by one of two solvers (`evaluation.solver`): libsvm on the CPU
+(`gsrcl.evaluate.kernel_svm`) or libsvm's algorithm batched on a torch device
+(`gsrcl.evaluate.device_svm`; "auto" picks it on a GPU). Every other estimator goes through
 `GridSearchCV`.
 """
 
@@ -10,56 +12,20 @@ from __future__ import annotations
 import importlib
 import warnings
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import joblib
 import numpy as np
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.metrics import average_precision_score, f1_score, matthews_corrcoef
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
 
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
-from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF
+from gsrcl.evaluate.device_svm import DeviceRBF, DeviceSVM, unsupported_params
+from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF, Splits
+from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
 from gsrcl.evaluate.workers import SERIAL, Workers
-
-# scikit-learn scorer names for the selection metric: (binary task, multi-class labels)
-SKLEARN_SCORERS = {
-    "mcc": ("matthews_corrcoef", "matthews_corrcoef"),
-    "f1": ("f1", "f1_macro"),
-    "ap": ("average_precision", "average_precision"),
-}
-
-
-def fast_mcc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """`matthews_corrcoef` for binary labels with scikit-learn's exact float64 arithmetic, without
-    its input validation (3 ms a call; the grid search makes thousands of calls per snapshot)."""
-    n = float(len(y_true))
-    t1, p1 = float(np.count_nonzero(y_true)), float(np.count_nonzero(y_pred))
-    correct = float(np.count_nonzero(y_true == y_pred))
-    t_sum, p_sum = np.array([n - t1, t1]), np.array([n - p1, p1])
-    cov_ytyp = correct * n - np.dot(t_sum, p_sum)
-    cov_ypyp = n * n - np.dot(p_sum, p_sum)
-    cov_ytyt = n * n - np.dot(t_sum, t_sum)
-    if cov_ypyp * cov_ytyt == 0:
-        return 0.0
-    return float(cov_ytyp / np.sqrt(cov_ytyt * cov_ypyp))
-
-
-HARD_METRICS = {"mcc": fast_mcc, "f1": partial(f1_score, zero_division=0)}
-
-
-def binary_scores(positive: np.ndarray, predicted: np.ndarray, score: np.ndarray) -> dict:
-    """MCC and F1 from hard predictions, AP from the continuous scores."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # undefined MCC/F1 are 0, as scikit-learn returns them
-        return {
-            "mcc": float(matthews_corrcoef(positive, predicted)),
-            "f1": float(f1_score(positive, predicted, zero_division=0)),
-            "ap": float(average_precision_score(positive, score)),
-        }
 
 
 def estimator_for(spec: Classifier) -> Any:
@@ -90,6 +56,23 @@ def uses_precomputed_kernel(spec: Classifier) -> bool:
     )
 
 
+def resolve_solver(solver: str, spec: Classifier, device: str) -> str:
+    """Which solver fits an RBF SVC: "device" (on the job's device; "auto" on a GPU) or
+    "libsvm". Multi-class models and SVC settings the device solver cannot honour stay on
+    libsvm under "auto", and are refused under "device"."""
+    odd = unsupported_params(spec.params)
+    if solver == "device" and (odd or spec.multiclass):
+        what = f"parameters {odd}" if odd else "multi-class models"
+        raise UserError(
+            f"classifier {spec.name}: evaluation.solver='device' does not support {what}; "
+            "set evaluation.solver='libsvm' or 'auto'"
+        )
+    on_gpu = str(device).startswith("cuda")
+    if solver == "device" or (solver == "auto" and on_gpu and not odd and not spec.multiclass):
+        return "device"
+    return "libsvm"
+
+
 @dataclass
 class Prepared:
     """Cells ready for prediction: distances to the training cells, or the features themselves."""
@@ -109,12 +92,9 @@ def inner_splits(y: np.ndarray, inner_folds: int, seed: int) -> list[tuple[np.nd
         return list(kfold.split(np.zeros(len(y)), y))
 
 
-Splits = list[tuple[np.ndarray, np.ndarray]]
-
-
 class FoldClassifier:
     """The configured classifier on one set of training features, fitted once per label vector;
-    independent fits run on `workers`' threads."""
+    independent libsvm fits run on `workers`' threads, device fits in one batch."""
 
     def __init__(
         self,
@@ -125,13 +105,17 @@ class FoldClassifier:
         device: str = "cpu",
         seed: int = 0,
         workers: Workers = SERIAL,
+        solver: str = "auto",
     ) -> None:
         self.spec, self.inner_folds, self.metric, self.seed = spec, inner_folds, metric, seed
         self.workers = workers
-        if uses_precomputed_kernel(spec):
-            self.kernel = PrecomputedRBF(x_train, device)
+        self.kernel: PrecomputedRBF | DeviceRBF | None = None
+        if not uses_precomputed_kernel(spec):
+            self.x_train = x_train
+        elif resolve_solver(solver, spec, device) == "device":
+            self.kernel = DeviceRBF(x_train, device)
         else:
-            self.kernel, self.x_train = None, x_train
+            self.kernel = PrecomputedRBF(x_train, device, workers)
 
     def prepare(self, x: np.ndarray) -> Prepared:
         return Prepared(self.kernel.distances(x) if self.kernel else x)
@@ -148,12 +132,7 @@ class FoldClassifier:
         ]
         if self.kernel is None:
             return [self._grid_search(y, s) for y, s in zip(labels, splits, strict=True)]
-        params = self.spec.params
-        problems = list(zip(labels, splits, strict=True))
-        best = self.kernel.search(problems, self.spec.grid, params, self._score, self.workers)
-        return self.workers.map(
-            lambda i: self.kernel.fit(labels[i], {**params, **best[i]}), range(len(labels))
-        )
+        return self.kernel.fit_many(labels, splits, self.spec.grid, self.spec.params, self.metric)
 
     def _grid_search(self, y: np.ndarray, splits: Splits) -> Any:
         scorer = SKLEARN_SCORERS[self.metric][len(np.unique(y)) > 2]
@@ -167,14 +146,6 @@ class FoldClassifier:
 
     def inner_splits(self, y: np.ndarray) -> Splits:
         return inner_splits(y, self.inner_folds, self.seed)
-
-    def _score(self, y: np.ndarray, model: Any, kernel: np.ndarray) -> float:
-        """The inner-CV score of an SVC on a kernel, computed as scikit-learn's scorer would."""
-        if self.metric == "ap":
-            return float(average_precision_score(y, model.decision_function(kernel)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return float(HARD_METRICS[self.metric](y, model.predict(kernel)))
 
     def task_outputs(self, model: Any, prepared: Prepared, task: str | bool = True):
         """(predicted positive, score) for one task: `task` is the positive class."""
@@ -196,12 +167,18 @@ class FoldClassifier:
 
 
 def calibrated_classifier(
-    spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds: int, metric: str, seed: int
+    spec: Classifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    inner_folds: int,
+    metric: str,
+    seed: int,
+    solver: str = "auto",
 ) -> tuple[CalibratedClassifierCV, np.ndarray]:
     """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
     probabilities learnt from its inner-CV decision values (a model to export and reuse); and
     each cell's probability from the inner fold that held it out."""
-    fold, splits, chosen, estimator = _grid_choice(spec, x, y, inner_folds, metric, seed)
+    fold, splits, chosen, estimator = _grid_choice(spec, x, y, inner_folds, metric, seed, solver)
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -217,12 +194,18 @@ def calibrated_classifier(
 
 
 def multiclass_classifier(
-    spec: Classifier, x: np.ndarray, labels: np.ndarray, inner_folds: int, metric: str, seed: int
+    spec: Classifier,
+    x: np.ndarray,
+    labels: np.ndarray,
+    inner_folds: int,
+    metric: str,
+    seed: int,
+    solver: str = "auto",
 ) -> tuple[Any, np.ndarray]:
     """One model of all the labels (a multi-class baseline), refit on all cells, with
     probabilities (Platt-calibrated when the estimator has none); and each cell's probabilities
     (columns in the model's `classes_` order) from the inner fold that held it out."""
-    _, splits, _, estimator = _grid_choice(spec, x, labels, inner_folds, metric, seed)
+    _, splits, _, estimator = _grid_choice(spec, x, labels, inner_folds, metric, seed, solver)
     if not hasattr(estimator, "predict_proba"):
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
@@ -231,15 +214,15 @@ def multiclass_classifier(
         return clone(estimator).fit(x, labels), held_out
 
 
-def _grid_choice(spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds, metric, seed):
+def _grid_choice(spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds, metric, seed, solver):
     """The search (a FoldClassifier), its inner splits, its fitted choice, and that choice as
     an unfitted estimator on features."""
-    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed)
+    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed, solver=solver)
     splits = fold.inner_splits(y)
     chosen = fold.fit(y, splits)
     return (
         fold,
         splits,
         chosen,
-        chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen),
+        chosen.on_features() if isinstance(chosen, KernelSVM | DeviceSVM) else clone(chosen),
     )

@@ -1,4 +1,5 @@
-"""Exact `GridSearchCV(SVC(kernel="rbf"))` on precomputed kernels.
+"""Exact `GridSearchCV(SVC(kernel="rbf"))` on precomputed kernels, fitted by libsvm (the
+"libsvm" solver; `gsrcl.evaluate.device_svm` is the "device" one).
 
 An RBF kernel is exp(-gamma · squared distance). The squared distances among the training cells are
 computed once (one float64 matrix product) and reused for every gamma, C, inner split and cell-type
@@ -10,16 +11,22 @@ Candidates are searched in `ParameterGrid` order and ties go to the first, as `G
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import sklearn
 import torch
+from sklearn.metrics import average_precision_score
 from sklearn.model_selection import ParameterGrid
 from sklearn.svm import SVC
 
-from gsrcl.evaluate.workers import Workers
+from gsrcl.evaluate.metrics import HARD_METRICS
+from gsrcl.evaluate.workers import SERIAL, Workers
+
+Splits = list[tuple[np.ndarray, np.ndarray]]
 
 SHARED_KERNEL_BYTES = 1 << 30  # kernels of all training cells kept per search, at most
 
@@ -29,6 +36,27 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sq_a = (a * a).sum(dim=1)
     sq_b = (b * b).sum(dim=1)
     return (sq_a[:, None] + sq_b[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
+
+
+def rbf_gamma(value: Any, n_features: int, variance: Callable[[], float]) -> float:
+    """A gamma setting as a number, as scikit-learn resolves it on the rows being fitted:
+    "scale" = 1 / (n_features · their variance), "auto" = 1 / n_features."""
+    if value == "scale":
+        var = variance()
+        return 1.0 / (n_features * var) if var != 0 else 1.0
+    if value == "auto":
+        return 1.0 / n_features
+    return float(value)
+
+
+def best_candidates(tables: list[np.ndarray]) -> list[int]:
+    """For each problem's table (candidates × inner splits) the candidate of the best mean
+    score, the first on ties (as `GridSearchCV`); a candidate with a failed fit never wins."""
+    chosen = []
+    for table in tables:
+        means = table.mean(axis=1)
+        chosen.append(int(np.argmax(np.where(np.isnan(means), -np.inf, means))))
+    return chosen
 
 
 @dataclass
@@ -56,7 +84,8 @@ class KernelSVM:
 class PrecomputedRBF:
     """The training cells of one fold: their distance matrix, shared by every fit on them."""
 
-    def __init__(self, x_train: np.ndarray, device: str = "cpu") -> None:
+    def __init__(self, x_train: np.ndarray, device: str = "cpu", workers: Workers = SERIAL) -> None:
+        self.workers = workers  # threads for independent libsvm fits
         self.x = torch.as_tensor(np.asarray(x_train), dtype=torch.float64, device=device)
         self.x_np = self.x.cpu().numpy()
         self.train_distances = squared_distances(self.x, self.x).cpu().numpy()
@@ -68,20 +97,30 @@ class PrecomputedRBF:
         return squared_distances(other, self.x).cpu().numpy()
 
     def gamma(self, value: Any, rows: np.ndarray | slice = slice(None)) -> float:
-        if value == "scale":
-            var = self.x_np[rows].var()
-            return 1.0 / (self.x_np.shape[1] * var) if var != 0 else 1.0
-        if value == "auto":
-            return 1.0 / self.x_np.shape[1]
-        return float(value)
+        return rbf_gamma(value, self.x_np.shape[1], lambda: self.x_np[rows].var())
+
+    def fit_many(
+        self,
+        labels: list[np.ndarray],
+        splits: list[Splits],
+        grid: dict[str, list],
+        params: dict[str, Any],
+        metric: str,
+    ) -> list[KernelSVM]:
+        """For each label vector: the best candidate of `grid` by mean inner-CV `metric` over its
+        splits, refit on all training cells."""
+        problems = list(zip(labels, splits, strict=True))
+        best = self.search(problems, grid, params, partial(_inner_score, metric))
+        return self.workers.map(
+            lambda i: self.fit(labels[i], {**params, **best[i]}), range(len(labels))
+        )
 
     def search(
         self,
-        problems: list[tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]],
+        problems: list[tuple[np.ndarray, Splits]],
         grid: dict[str, list],
         params: dict[str, Any],
         score,
-        workers: Workers,
     ) -> list[dict[str, Any]]:
         """For each problem (labels, inner splits): the best candidate of `grid` by mean inner-CV
         score (`score(y, svc, test kernel)`).
@@ -90,7 +129,7 @@ class PrecomputedRBF:
         kernels, then a fit per C), run on the `workers`' threads (libsvm releases the GIL); each
         score lands in the cell a sequential search would fill, so the choice is the same."""
         candidates = list(ParameterGrid(grid))
-        shared = self._shared_kernels(candidates, params, workers)
+        shared = self._shared_kernels(candidates, params)
         units = [(p, s) for p, (_, splits) in enumerate(problems) for s in range(len(splits))]
 
         def run(unit: tuple[int, int]) -> list[tuple[list[int], list[float]]]:
@@ -114,18 +153,12 @@ class PrecomputedRBF:
             return results
 
         scores = [np.full((len(candidates), len(splits)), np.nan) for _, splits in problems]
-        for (p, s), results in zip(units, workers.map(run, units), strict=True):
+        for (p, s), results in zip(units, self.workers.map(run, units), strict=True):
             for members, unit_scores in results:
                 scores[p][members, s] = unit_scores
-        chosen = []
-        for table in scores:
-            means = table.mean(axis=1)
-            chosen.append(candidates[int(np.argmax(np.where(np.isnan(means), -np.inf, means)))])
-        return chosen
+        return [candidates[c] for c in best_candidates(scores)]
 
-    def _shared_kernels(
-        self, candidates: list[dict], params: dict, workers: Workers
-    ) -> dict[float, np.ndarray]:
+    def _shared_kernels(self, candidates: list[dict], params: dict) -> dict[float, np.ndarray]:
         """The kernel of all training cells for each gamma that does not depend on the rows
         (every value but "scale"): every task and inner split slices it instead of computing
         exp again. Skipped when the kernels would not fit in SHARED_KERNEL_BYTES."""
@@ -133,7 +166,7 @@ class PrecomputedRBF:
         gammas = {self.gamma(v) for v in values}
         if len(gammas) * self.train_distances.nbytes > SHARED_KERNEL_BYTES:
             return {}
-        kernels = workers.map(lambda g: np.exp(-g * self.train_distances), sorted(gammas))
+        kernels = self.workers.map(lambda g: np.exp(-g * self.train_distances), sorted(gammas))
         return dict(zip(sorted(gammas), kernels, strict=True))
 
     def _by_gamma(self, candidates: list[dict], params: dict, train: np.ndarray) -> dict:
@@ -178,3 +211,12 @@ class PrecomputedRBF:
         ):
             warnings.simplefilter("ignore")
             return KernelSVM(SVC(kernel="precomputed", **svc_params).fit(kernel, y), gamma)
+
+
+def _inner_score(metric: str, y: np.ndarray, model: SVC, kernel: np.ndarray) -> float:
+    """The inner-CV score of an SVC on a kernel, computed as scikit-learn's scorer would."""
+    if metric == "ap":
+        return float(average_precision_score(y, model.decision_function(kernel)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(HARD_METRICS[metric](y, model.predict(kernel)))

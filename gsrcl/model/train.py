@@ -98,10 +98,12 @@ class ValidationScorer:
         metric: str,
         seed: int = 0,
         workers: Workers = SERIAL,
+        solver: str = "auto",
     ) -> None:
         self.x = (x_train, x_val, x_test)
         self.tasks = tasks
         self.classifier, self.inner_folds, self.metric = classifier, inner_folds, metric
+        self.solver = solver
         self.seed, self.workers = seed, workers  # the inner CV shuffle: the same at every step
         self.splits = {name: inner_splits(y, inner_folds, seed) for name, (y, _) in tasks.items()}
 
@@ -117,6 +119,7 @@ class ValidationScorer:
             str(self.x[0].device),
             self.seed,
             self.workers,
+            self.solver,
         )
         names = list(self.tasks)
         models = fold.fit_many([self.tasks[n][0] for n in names], [self.splits[n] for n in names])

@@ -257,7 +257,13 @@ def _expression_files(
     evaluation = experiment.evaluation
     start = time.perf_counter()
     model, probabilities = multiclass_classifier(
-        baseline, x[rows], labels[rows], evaluation.inner_folds, evaluation.metric, experiment.seed
+        baseline,
+        x[rows],
+        labels[rows],
+        evaluation.inner_folds,
+        evaluation.metric,
+        experiment.seed,
+        evaluation.solver,
     )
     log(
         f"  one {type(model).__name__} of {len(picks)} types refit on {rows.sum()} cells "
@@ -293,6 +299,7 @@ def _one_vs_rest_files(
             evaluation.inner_folds,
             evaluation.metric,
             experiment.seed,
+            evaluation.solver,
         )
         return model, held_out, time.perf_counter() - start
 

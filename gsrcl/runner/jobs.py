@@ -25,7 +25,8 @@ from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds, folds_from_record
-from gsrcl.evaluate.classifiers import FoldClassifier, binary_scores
+from gsrcl.evaluate.classifiers import FoldClassifier
+from gsrcl.evaluate.metrics import binary_scores
 from gsrcl.evaluate.workers import Workers
 from gsrcl.model import train
 from gsrcl.model.augment import augmentation
@@ -201,7 +202,14 @@ def run_baselines(
     for spec in evaluation.baselines:
         x = _baseline_features(fold, spec)
         classifier = FoldClassifier(
-            spec, x[fold.train], evaluation.inner_folds, evaluation.metric, device, seed, workers
+            spec,
+            x[fold.train],
+            evaluation.inner_folds,
+            evaluation.metric,
+            device,
+            seed,
+            workers,
+            evaluation.solver,
         )
         prepared = classifier.prepare(x[fold.test])
         if spec.multiclass:  # one model; each task reads its class's column
@@ -387,6 +395,7 @@ def _train_group(
         evaluation.metric,
         seed,
         workers,
+        evaluation.solver,
     )
     epochs = contrastive.epochs[method.loss]
     augment = augmentation(method, generator)

@@ -1,0 +1,228 @@
+"""The RBF SVC grid search solved on a torch device (the "device" solver).
+
+The same search as `gsrcl.evaluate.kernel_svm` (libsvm): every task × inner split × candidate
+of the grid is a C-SVC dual solved by `gsrcl.evaluate.smo` (libsvm's algorithm), all of them in
+one batch on the device; each fit's held-out cells are predicted there and only their confusion
+counts (or, for AP, decision values) come back; the host ranks the candidates exactly as the
+libsvm search does (mean inner-CV score, ties to the first in `ParameterGrid` order) and the
+chosen candidate of each task is refit on all training cells. On a GPU the refits of every
+candidate are solved in the first batch, so a step is one pass of the solver (a second, small
+batch would cost as many kernel launches as the first); elsewhere only the chosen ones are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import ParameterGrid
+from sklearn.svm import SVC
+from sklearn.utils.class_weight import compute_class_weight
+
+from gsrcl.evaluate import smo
+from gsrcl.evaluate.kernel_svm import Splits, best_candidates, rbf_gamma, squared_distances
+from gsrcl.evaluate.metrics import count_scores
+
+# SVC parameters the device solver honours; any other makes "auto" use libsvm
+DEVICE_PARAMS = {"C", "gamma", "class_weight", "tol", "kernel"}
+# SVC parameters that change libsvm's speed or its logging, not the model
+IGNORED_PARAMS = {"cache_size", "shrinking", "verbose", "random_state", "decision_function_shape"}
+
+
+def unsupported_params(params: dict[str, Any]) -> list[str]:
+    """The SVC parameters the device solver cannot honour (kernel must stay "rbf")."""
+    odd = sorted(set(params) - DEVICE_PARAMS - IGNORED_PARAMS)
+    return odd + (["kernel"] if params.get("kernel", "rbf") != "rbf" else [])
+
+
+@dataclass
+class DeviceSVM:
+    """A fitted binary SVC: its dual coefficients over the training cells (zero off the
+    support), on the device; it predicts from squared distances to those cells."""
+
+    coef: torch.Tensor
+    intercept: float
+    gamma: float
+    classes_: np.ndarray
+    params: dict[str, Any]  # the SVC settings it was fitted with
+
+    def decision_function(self, distances: torch.Tensor) -> np.ndarray:
+        kernel = torch.exp(-self.gamma * distances)
+        return (kernel @ self.coef + self.intercept).cpu().numpy()
+
+    def predict(self, distances: torch.Tensor) -> np.ndarray:
+        # libsvm votes for the second class when the decision value is not above 0
+        return self.classes_[(self.decision_function(distances) >= 0).astype(int)]
+
+    def on_features(self) -> SVC:
+        """The same model, unfitted, as an `SVC` that takes features (to refit and export)."""
+        return SVC(**{**self.params, "kernel": "rbf", "gamma": self.gamma})
+
+
+class DeviceRBF:
+    """The training cells of one fold on a device: their squared distances (float64 for
+    predictions, float32 for the solver, as libsvm) and what "scale" needs of any rows."""
+
+    def __init__(self, x_train: np.ndarray, device: str = "cpu") -> None:
+        self.x = torch.as_tensor(np.asarray(x_train), dtype=torch.float64, device=device)
+        self.train_distances = squared_distances(self.x, self.x)
+        self.train_distances.fill_diagonal_(0.0)
+        self.solver_distances = self.train_distances.float()
+        x64 = np.asarray(x_train, dtype=np.float64)
+        self.row_sums, self.row_squares = x64.sum(axis=1), (x64 * x64).sum(axis=1)
+
+    def distances(self, x: np.ndarray) -> torch.Tensor:
+        """Squared distances from other cells (rows) to the training cells (columns)."""
+        other = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=self.x.device)
+        return squared_distances(other, self.x)
+
+    def gamma(self, value: Any, rows: np.ndarray) -> float:
+        def variance() -> float:  # of every value of these rows, from per-row sums
+            count = len(rows) * self.x.shape[1]
+            mean = self.row_sums[rows].sum() / count
+            return max(self.row_squares[rows].sum() / count - mean * mean, 0.0)
+
+        return rbf_gamma(value, self.x.shape[1], variance)
+
+    def fit_many(
+        self,
+        labels: list[np.ndarray],
+        splits: list[Splits],
+        grid: dict[str, list],
+        params: dict[str, Any],
+        metric: str,
+    ) -> list[DeviceSVM]:
+        """For each binary label vector: the best candidate of `grid` by mean inner-CV `metric`
+        over its splits, refit on all training cells."""
+        candidates = [{**params, **c} for c in ParameterGrid(grid)]
+        every_row = np.arange(self.x.shape[0])
+        search = [
+            (t, s, c, train, test)
+            for t, task_splits in enumerate(splits)
+            for s, (train, test) in enumerate(task_splits)
+            for c in range(len(candidates))
+        ]
+        problems = [self._problem(labels[t], candidates[c], train) for t, _, c, train, _ in search]
+        speculative = self.x.device.type == "cuda"
+        if speculative:  # every candidate's refit, in the same batch
+            problems += [
+                self._problem(y, candidate, every_row) for y in labels for candidate in candidates
+            ]
+        solved = self._solve(problems, candidates)
+        scores = [np.full((len(candidates), len(s)), np.nan) for s in splits]
+        for (t, s, c, _, _), score in zip(
+            search, self._held_out_scores(labels, search, solved, metric), strict=True
+        ):
+            scores[t][c, s] = score
+        chosen = best_candidates(scores)
+        if speculative:
+            picked = [len(search) + t * len(candidates) + c for t, c in enumerate(chosen)]
+        else:
+            refits = [
+                self._problem(y, candidates[c], every_row)
+                for y, c in zip(labels, chosen, strict=True)
+            ]
+            solved, picked = self._solve(refits, candidates), list(range(len(labels)))
+        return [
+            self._model(solved, k, y, candidates[c])
+            for k, y, c in zip(picked, labels, chosen, strict=True)
+        ]
+
+    def _problem(self, y: np.ndarray, params: dict, rows: np.ndarray) -> smo.DualProblem | None:
+        """One fit's dual, or None when its rows hold one class (a failed fit, as in
+        GridSearchCV)."""
+        fit_y = y[rows]
+        present = np.unique(fit_y)
+        if len(present) < 2:
+            return None
+        weights = compute_class_weight(params.get("class_weight"), classes=present, y=fit_y)
+        c = float(params.get("C", 1.0))
+        return smo.DualProblem(
+            rows=rows,
+            positive=fit_y == present[1],
+            gamma=self.gamma(params.get("gamma", "scale"), rows),
+            c_negative=c * weights[0],
+            c_positive=c * weights[1],
+        )
+
+    def _solve(self, problems: list[smo.DualProblem | None], candidates: list[dict]) -> _Solved:
+        present = [k for k, p in enumerate(problems) if p is not None]
+        tol = float(candidates[0].get("tol", 1e-3))
+        solution = smo.solve(self.solver_distances, [problems[k] for k in present], tol)
+        if not bool(solution.converged.all()):
+            raise RuntimeError("the device SVM solver did not converge; set solver='libsvm'")
+        return _Solved(problems, present, solution)
+
+    def _held_out_scores(self, labels, search, solved: _Solved, metric: str) -> list[float]:
+        """The inner-CV score of each search fit on its held-out cells (NaN for a failed fit).
+        The fits of one task and split share their kernel blocks, one per gamma."""
+        scores = [np.nan] * len(search)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, (t, s, _, _, _) in enumerate(search):
+            if solved.problems[k] is not None:
+                groups.setdefault((t, s), []).append(k)
+        for (t, _), members in groups.items():
+            _, _, _, train, test = search[members[0]]
+            y = labels[t]
+            truth = torch.as_tensor(y[test] == np.unique(y)[-1], device=self.x.device)
+            decisions = self._decisions(self.train_distances[test][:, train], solved, members)
+            for k, score in zip(members, _score(metric, truth, decisions), strict=True):
+                scores[k] = score
+        return scores
+
+    def _decisions(self, distances: torch.Tensor, solved: _Solved, members: list[int]):
+        """Decision values (fits × cells) of these fits, one kernel per distinct gamma."""
+        out = torch.empty((len(members), distances.shape[0]), dtype=torch.float64)
+        out = out.to(distances.device)
+        by_gamma: dict[float, list[int]] = {}
+        for m, k in enumerate(members):
+            by_gamma.setdefault(solved.problems[k].gamma, []).append(m)
+        for gamma, positions in by_gamma.items():
+            fits = [solved.slot[members[m]] for m in positions]
+            size = distances.shape[1]
+            coef = solved.solution.coef[fits, :size]
+            out[positions] = (torch.exp(-gamma * distances) @ coef.T).T
+            out[positions] += solved.solution.intercept[fits][:, None]
+        return out
+
+    def _model(self, solved: _Solved, k: int, y: np.ndarray, params: dict) -> DeviceSVM:
+        problem = solved.problems[k]
+        if problem is None:
+            raise ValueError("the training cells hold a single class")
+        slot = solved.slot[k]
+        coef = torch.zeros(self.x.shape[0], dtype=torch.float64, device=self.x.device)
+        coef[torch.as_tensor(problem.rows, device=self.x.device)] = solved.solution.coef[
+            slot, : len(problem.rows)
+        ]
+        intercept = float(solved.solution.intercept[slot])
+        return DeviceSVM(coef, intercept, problem.gamma, np.unique(y), params)
+
+
+class _Solved:
+    """A solver's answers addressed by problem number (failed fits are None in `problems`)."""
+
+    def __init__(self, problems, present: list[int], solution: smo.DualSolution) -> None:
+        self.problems = problems
+        self.slot = {k: i for i, k in enumerate(present)}
+        self.solution = solution
+
+
+def _score(metric: str, truth: torch.Tensor, decisions: torch.Tensor) -> np.ndarray:
+    """The metric of each row of decision values against the same true labels; for MCC and F1
+    only the confusion counts leave the device."""
+    if metric == "ap":
+        y = truth.cpu().numpy()
+        return np.array([average_precision_score(y, d) for d in decisions.cpu().numpy()])
+    predicted = decisions >= 0
+    counts = (
+        torch.stack(
+            [predicted.sum(dim=1), (predicted == truth).sum(dim=1), (predicted & truth).sum(dim=1)]
+        )
+        .cpu()
+        .numpy()
+    )
+    n, true = np.full(len(decisions), len(truth)), np.full(len(decisions), int(truth.sum()))
+    return count_scores(metric, n, true, counts[0], counts[1], counts[2])

@@ -1,0 +1,230 @@
+"""libsvm's C-SVC solver, run on many problems at once on a torch device.
+
+Each problem is the dual of a binary C-SVC with bias on an RBF kernel over some of the training
+cells: min ½ αᵀQα − eᵀα subject to yᵀα = 0 and 0 ≤ αᵢ ≤ Cᵢ, with Qᵢⱼ = yᵢyⱼ exp(−γ dᵢⱼ). This is
+libsvm's `Solver` step for step: variables start at 0, each iteration updates the pair chosen by
+its second-order working-set selection (WSS2) and clips it to the box exactly as libsvm does, the
+kernel values enter in float32 (libsvm caches Q as float) and the gradient in float64, and a
+problem stops when its maximal violating pair is within `tol` (libsvm's `eps`, 1e-3 by default).
+Variables are ordered as libsvm orders them (the first class's cells, then the second's, each in
+training order) and held in reverse, so torch's first-index ties pick libsvm's last-index ones.
+The bias is libsvm's `calculate_rho`. Shrinking, a libsvm heuristic that skips variables at their
+bounds, is not done: every variable is checked at every iteration, so the stopping test is the
+one libsvm applies after unshrinking.
+
+All problems advance together, one pair each per iteration, as tensors of problems × cells;
+kernel rows are computed from the squared distances when needed (no kernel is stored), and
+problems that have converged are dropped from the batch every `check_every` iterations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TAU = 1e-12  # libsvm's floor for a non-positive curvature
+
+
+@dataclass(frozen=True)
+class DualProblem:
+    """One binary C-SVC: `rows` index the distance matrix, `positive` marks the second class
+    (libsvm's y = -1), and each class's box is C times its class weight."""
+
+    rows: np.ndarray
+    positive: np.ndarray  # bool, one per row
+    gamma: float
+    c_negative: float
+    c_positive: float
+
+
+@dataclass
+class DualSolution:
+    """Per problem (row), on the device: the decision function's coefficient of each of its
+    rows (columns in the problem's `rows` order, zero-padded; scikit-learn's sign: a larger
+    decision value means the positive class), its intercept, the iterations it took, and
+    whether it met the tolerance."""
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+
+
+class _Batch:
+    """The problems still being solved, as padded tensors (problems × cells)."""
+
+    FIELDS = ("index", "rows", "place", "y", "box", "gamma", "alpha", "grad", "iterations", "done")
+
+    def __init__(self, problems: list[DualProblem], tol: float, device: torch.device) -> None:
+        self.width = width = max(len(p.rows) for p in problems)
+        n = len(problems)
+        rows = np.zeros((n, width), dtype=np.int64)
+        place = np.full((n, width), width, dtype=np.int64)  # padding lands in a spare column
+        sign = np.ones((n, width))
+        box = np.zeros((n, width))
+        for b, p in enumerate(problems):
+            # libsvm's order (first class, then second, each in training order), reversed
+            order = np.concatenate([np.flatnonzero(~p.positive), np.flatnonzero(p.positive)])[::-1]
+            m = len(order)
+            rows[b, :m], place[b, :m] = p.rows[order], order
+            sign[b, :m] = np.where(p.positive[order], -1.0, 1.0)
+            box[b, :m] = np.where(p.positive[order], p.c_positive, p.c_negative)
+        self.tol = tol
+        self.index = torch.arange(n, device=device)  # each row's problem in the caller's list
+        self.rows = torch.as_tensor(rows, device=device)
+        self.place = torch.as_tensor(place, device=device)  # each column's position in `rows`
+        self.y = torch.as_tensor(sign, device=device)
+        self.box = torch.as_tensor(box, device=device)  # padding has a box of 0: never moves
+        self.gamma = torch.as_tensor([p.gamma for p in problems], device=device)[:, None]
+        self.alpha = torch.zeros((n, width), dtype=torch.float64, device=device)
+        self.grad = torch.full((n, width), -1.0, dtype=torch.float64, device=device)
+        self.iterations = torch.zeros(n, dtype=torch.int64, device=device)
+        self.done = torch.zeros(n, dtype=torch.bool, device=device)
+        self.valid = self.box > 0
+
+    def keep(self, mask: torch.Tensor) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, getattr(self, name)[mask])
+        self.valid = self.valid[mask]
+
+
+def _kernel_rows(distances: torch.Tensor, batch: _Batch, column: torch.Tensor) -> torch.Tensor:
+    """K(row `column`, every row) of each problem, in float32 as libsvm caches it."""
+    picked = batch.rows.gather(1, column[:, None])
+    d = distances[picked, batch.rows]  # problems × cells
+    return torch.exp(-batch.gamma.to(d.dtype) * d).double()
+
+
+def _select(batch: _Batch, k_rows) -> tuple:
+    """libsvm's WSS2: i maximises -y∇f over I_up; j minimises the second-order objective over
+    I_low among the pairs that violate. Returns i, Kᵢ, j, and whether each problem is optimal."""
+    y, alpha, box, valid = batch.y, batch.alpha, batch.box, batch.valid
+    below_box, above_zero = alpha < box, alpha > 0
+    up = valid & torch.where(y > 0, below_box, above_zero)
+    low = valid & torch.where(y > 0, above_zero, below_box)
+    violation = -y * batch.grad
+    g_max, i = torch.where(up, violation, -torch.inf).max(dim=1)
+    k_i = k_rows(i)
+    grad_diff = g_max[:, None] - violation
+    curvature = 2.0 - 2.0 * k_i  # K_ii + K_jj - 2 K_ij with K_ii = 1 (RBF)
+    curvature = torch.where(curvature > 0, curvature, TAU)
+    gain = torch.where(low & (grad_diff > 0), -(grad_diff**2) / curvature, torch.inf)
+    best_gain, j = gain.min(dim=1)
+    g_min = torch.where(low, violation, torch.inf).min(dim=1).values
+    optimal = (g_max - g_min < batch.tol) | torch.isinf(best_gain)
+    return i, k_i, j, optimal
+
+
+def _step(batch: _Batch, distances: torch.Tensor, moving: torch.Tensor) -> None:
+    """One libsvm iteration on every problem marked `moving`."""
+    i, k_i, j, optimal = _select(batch, lambda c: _kernel_rows(distances, batch, c))
+    batch.done |= optimal & moving
+    moving = moving & ~optimal
+    pick = lambda t, c: t.gather(1, c[:, None])[:, 0]  # noqa: E731
+    y_i, y_j = pick(batch.y, i), pick(batch.y, j)
+    c_i, c_j = pick(batch.box, i), pick(batch.box, j)
+    a_i, a_j = pick(batch.alpha, i), pick(batch.alpha, j)
+    g_i, g_j = pick(batch.grad, i), pick(batch.grad, j)
+    curvature = 2.0 - 2.0 * pick(k_i, j)
+    curvature = torch.where(curvature > 0, curvature, TAU)
+    new_i, new_j = _clipped_pair(y_i != y_j, a_i, a_j, g_i, g_j, c_i, c_j, curvature)
+    d_i = torch.where(moving, new_i - a_i, 0.0)
+    d_j = torch.where(moving, new_j - a_j, 0.0)
+    # assigned, not added: libsvm sets a clipped α to exactly C or 0
+    batch.alpha.scatter_(1, i[:, None], torch.where(moving, new_i, a_i)[:, None])
+    batch.alpha.scatter_(1, j[:, None], torch.where(moving, new_j, a_j)[:, None])
+    k_j = _kernel_rows(distances, batch, j)
+    batch.grad += batch.y * ((y_i * d_i)[:, None] * k_i + (y_j * d_j)[:, None] * k_j)
+    batch.iterations += moving.long()
+
+
+def _clipped_pair(differ, a_i, a_j, g_i, g_j, c_i, c_j, curvature):
+    """The new (αᵢ, αⱼ): libsvm's analytic pair update, clipped to the box in its order."""
+    # yᵢ ≠ yⱼ: αᵢ - αⱼ is kept
+    delta = (-g_i - g_j) / curvature
+    diff = a_i - a_j
+    ni, nj = a_i + delta, a_j + delta
+    low_j = (diff > 0) & (nj < 0)
+    low_i = (diff <= 0) & (ni < 0)
+    ni, nj = torch.where(low_j, diff, ni), torch.where(low_j, 0.0, nj)
+    ni, nj = torch.where(low_i, 0.0, ni), torch.where(low_i, -diff, nj)
+    high_i = (diff > c_i - c_j) & (ni > c_i)
+    high_j = (diff <= c_i - c_j) & (nj > c_j)
+    ni, nj = torch.where(high_i, c_i, ni), torch.where(high_i, c_i - diff, nj)
+    ni, nj = torch.where(high_j, c_j + diff, ni), torch.where(high_j, c_j, nj)
+    differ_i, differ_j = ni, nj
+    # yᵢ = yⱼ: αᵢ + αⱼ is kept
+    delta = (g_i - g_j) / curvature
+    total = a_i + a_j
+    ni, nj = a_i - delta, a_j + delta
+    high_i = (total > c_i) & (ni > c_i)
+    low_j = (total <= c_i) & (nj < 0)
+    ni, nj = torch.where(high_i, c_i, ni), torch.where(high_i, total - c_i, nj)
+    ni, nj = torch.where(low_j, total, ni), torch.where(low_j, 0.0, nj)
+    high_j = (total > c_j) & (nj > c_j)
+    low_i = (total <= c_j) & (ni < 0)
+    ni, nj = torch.where(high_j, total - c_j, ni), torch.where(high_j, c_j, nj)
+    ni, nj = torch.where(low_i, 0.0, ni), torch.where(low_i, total, nj)
+    return torch.where(differ, differ_i, ni), torch.where(differ, differ_j, nj)
+
+
+def _rho(batch: _Batch) -> torch.Tensor:
+    """libsvm's `calculate_rho`: the mean of y∇f over free variables, else the middle of the
+    interval the bounded ones allow."""
+    y, alpha, valid = batch.y, batch.alpha, batch.valid
+    y_grad = y * batch.grad
+    at_upper, at_lower = valid & (alpha >= batch.box), valid & (alpha <= 0)
+    free = valid & ~at_upper & ~at_lower
+    caps_above = (at_upper & (y < 0)) | (at_lower & (y > 0))
+    caps_below = (at_upper & (y > 0)) | (at_lower & (y < 0))
+    upper = torch.where(caps_above, y_grad, torch.inf).min(dim=1).values
+    lower = torch.where(caps_below, y_grad, -torch.inf).max(dim=1).values
+    n_free = free.sum(dim=1)
+    mean_free = torch.where(free, y_grad, 0.0).sum(dim=1) / n_free.clamp_min(1)
+    return torch.where(n_free > 0, mean_free, (upper + lower) / 2)
+
+
+def solve(
+    distances: torch.Tensor,
+    problems: list[DualProblem],
+    tol: float = 1e-3,
+    check_every: int = 32,
+    max_iterations: int | None = None,
+) -> DualSolution:
+    """Solve every problem on `distances`' device (squared distances among all cells; float32
+    is libsvm's precision for kernel values). A problem still above `tol` after
+    `max_iterations` (default 100 × its size, at least 10 000) is returned as not converged."""
+    if not problems:
+        empty = torch.zeros(0, device=distances.device)
+        return DualSolution(empty.double()[:, None], empty.double(), empty.long(), empty.bool())
+    batch = _Batch(problems, tol, distances.device)
+    limit = max_iterations or max(10_000, 100 * batch.width)
+    n, device = len(problems), distances.device
+    out = DualSolution(
+        coef=torch.zeros((n, batch.width + 1), dtype=torch.float64, device=device),
+        intercept=torch.zeros(n, dtype=torch.float64, device=device),
+        iterations=torch.zeros(n, dtype=torch.int64, device=device),
+        converged=torch.zeros(n, dtype=torch.bool, device=device),
+    )
+    with torch.no_grad():
+        while len(batch.index):
+            for _ in range(check_every):
+                _step(batch, distances, ~batch.done)
+            finished = batch.done | (batch.iterations >= limit)
+            if bool(finished.any()):  # the only synchronisation with the device
+                _collect(batch, finished, out)
+                batch.keep(~finished)
+    out.coef = out.coef[:, : batch.width]
+    return out
+
+
+def _collect(batch: _Batch, finished: torch.Tensor, out: DualSolution) -> None:
+    """Write the finished problems' answers into `out`, in each problem's own row order."""
+    index = batch.index[finished]
+    signed = (-batch.y * batch.alpha)[finished]  # the positive class is libsvm's y = -1
+    out.coef[index[:, None], batch.place[finished]] = signed
+    out.intercept[index] = _rho(batch)[finished]
+    out.iterations[index] = batch.iterations[finished]
+    out.converged[index] = batch.done[finished]
