@@ -23,7 +23,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_pre
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, DeviceSVM, unsupported_params
-from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF, Splits
+from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF, Search, Splits
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
 from gsrcl.evaluate.workers import SERIAL, Workers
 
@@ -132,7 +132,11 @@ class FoldClassifier:
         ]
         if self.kernel is None:
             return [self._grid_search(y, s) for y, s in zip(labels, splits, strict=True)]
-        return self.kernel.fit_many(labels, splits, self.spec.grid, self.spec.params, self.metric)
+        return self.search(labels, splits).models
+
+    def search(self, labels: list[np.ndarray], splits: list[Splits]) -> Search:
+        """The RBF SVC's grid search with its score tables (see `Search`)."""
+        return self.kernel.search(labels, splits, self.spec.grid, self.spec.params, self.metric)
 
     def _grid_search(self, y: np.ndarray, splits: Splits) -> Any:
         scorer = SKLEARN_SCORERS[self.metric][len(np.unique(y)) > 2]

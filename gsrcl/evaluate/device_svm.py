@@ -23,7 +23,13 @@ from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_class_weight
 
 from gsrcl.evaluate import smo
-from gsrcl.evaluate.kernel_svm import Splits, best_candidates, rbf_gamma, squared_distances
+from gsrcl.evaluate.kernel_svm import (
+    Search,
+    Splits,
+    best_candidates,
+    rbf_gamma,
+    squared_distances,
+)
 from gsrcl.evaluate.metrics import count_scores
 
 # SVC parameters the device solver honours; any other makes "auto" use libsvm
@@ -87,14 +93,14 @@ class DeviceRBF:
 
         return rbf_gamma(value, self.x.shape[1], variance)
 
-    def fit_many(
+    def search(
         self,
         labels: list[np.ndarray],
         splits: list[Splits],
         grid: dict[str, list],
         params: dict[str, Any],
         metric: str,
-    ) -> list[DeviceSVM]:
+    ) -> Search:
         """For each binary label vector: the best candidate of `grid` by mean inner-CV `metric`
         over its splits, refit on all training cells."""
         candidates = [{**params, **c} for c in ParameterGrid(grid)]
@@ -126,10 +132,11 @@ class DeviceRBF:
                 for y, c in zip(labels, chosen, strict=True)
             ]
             solved, picked = self._solve(refits, candidates), list(range(len(labels)))
-        return [
+        models = [
             self._model(solved, k, y, candidates[c])
             for k, y, c in zip(picked, labels, chosen, strict=True)
         ]
+        return Search(models, scores, candidates, chosen)
 
     def _problem(self, y: np.ndarray, params: dict, rows: np.ndarray) -> smo.DualProblem | None:
         """One fit's dual, or None when its rows hold one class (a failed fit, as in

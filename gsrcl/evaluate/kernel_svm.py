@@ -60,6 +60,18 @@ def best_candidates(tables: list[np.ndarray]) -> list[int]:
 
 
 @dataclass
+class Search:
+    """A grid search of several label vectors on one set of training cells: each one's model
+    (its chosen candidate refit on all cells), its score table (candidates × inner splits), the
+    candidates (full SVC settings, in `ParameterGrid` order) and the index chosen."""
+
+    models: list[Any]
+    scores: list[np.ndarray]
+    candidates: list[dict[str, Any]]
+    chosen: list[int]
+
+
+@dataclass
 class KernelSVM:
     """A fitted SVC on a precomputed RBF kernel; it predicts from distances to its training rows."""
 
@@ -99,44 +111,42 @@ class PrecomputedRBF:
     def gamma(self, value: Any, rows: np.ndarray | slice = slice(None)) -> float:
         return rbf_gamma(value, self.x_np.shape[1], lambda: self.x_np[rows].var())
 
-    def fit_many(
+    def search(
         self,
         labels: list[np.ndarray],
         splits: list[Splits],
         grid: dict[str, list],
         params: dict[str, Any],
         metric: str,
-    ) -> list[KernelSVM]:
+    ) -> Search:
         """For each label vector: the best candidate of `grid` by mean inner-CV `metric` over its
         splits, refit on all training cells."""
+        candidates = [{**params, **c} for c in ParameterGrid(grid)]
         problems = list(zip(labels, splits, strict=True))
-        best = self.search(problems, grid, params, partial(_inner_score, metric))
-        return self.workers.map(
-            lambda i: self.fit(labels[i], {**params, **best[i]}), range(len(labels))
+        scores = self._score_tables(problems, candidates, partial(_inner_score, metric))
+        chosen = best_candidates(scores)
+        models = self.workers.map(
+            lambda i: self.fit(labels[i], candidates[chosen[i]]), range(len(labels))
         )
+        return Search(models, scores, candidates, chosen)
 
-    def search(
-        self,
-        problems: list[tuple[np.ndarray, Splits]],
-        grid: dict[str, list],
-        params: dict[str, Any],
-        score,
-    ) -> list[dict[str, Any]]:
-        """For each problem (labels, inner splits): the best candidate of `grid` by mean inner-CV
-        score (`score(y, svc, test kernel)`).
+    def _score_tables(
+        self, problems: list[tuple[np.ndarray, Splits]], candidates: list[dict], score
+    ) -> list[np.ndarray]:
+        """For each problem (labels, inner splits): each candidate's score on each inner split
+        (`score(y, svc, test kernel)`).
 
         The work of all problems comes in units of one problem's inner split (for each gamma its
         kernels, then a fit per C), run on the `workers`' threads (libsvm releases the GIL); each
         score lands in the cell a sequential search would fill, so the choice is the same."""
-        candidates = list(ParameterGrid(grid))
-        shared = self._shared_kernels(candidates, params)
+        shared = self._shared_kernels(candidates)
         units = [(p, s) for p, (_, splits) in enumerate(problems) for s in range(len(splits))]
 
         def run(unit: tuple[int, int]) -> list[tuple[list[int], list[float]]]:
             p, s = unit
             y, (train, test) = problems[p][0], problems[p][1][s]
             results = []
-            for gamma, members in self._by_gamma(candidates, params, train).items():
+            for gamma, members in self._by_gamma(candidates, train).items():
                 if gamma in shared:  # the same numbers as exp of the sub-matrix, computed once
                     fit_kernel = shared[gamma][np.ix_(train, train)]
                     test_kernel = shared[gamma][np.ix_(test, train)]
@@ -145,7 +155,7 @@ class PrecomputedRBF:
                     test_kernel = np.exp(-gamma * self.train_distances[np.ix_(test, train)])
                 scores = []
                 for c in members:
-                    model = self._fit(fit_kernel, y[train], gamma, {**params, **candidates[c]})
+                    model = self._fit(fit_kernel, y[train], gamma, candidates[c])
                     scores.append(
                         np.nan if model is None else score(y[test], model.svc, test_kernel)
                     )
@@ -156,26 +166,26 @@ class PrecomputedRBF:
         for (p, s), results in zip(units, self.workers.map(run, units), strict=True):
             for members, unit_scores in results:
                 scores[p][members, s] = unit_scores
-        return [candidates[c] for c in best_candidates(scores)]
+        return scores
 
-    def _shared_kernels(self, candidates: list[dict], params: dict) -> dict[float, np.ndarray]:
+    def _shared_kernels(self, candidates: list[dict]) -> dict[float, np.ndarray]:
         """The kernel of all training cells for each gamma that does not depend on the rows
         (every value but "scale"): every task and inner split slices it instead of computing
         exp again. Skipped when the kernels would not fit in SHARED_KERNEL_BYTES."""
-        values = {c.get("gamma", params.get("gamma", "scale")) for c in candidates} - {"scale"}
+        values = {c.get("gamma", "scale") for c in candidates} - {"scale"}
         gammas = {self.gamma(v) for v in values}
         if len(gammas) * self.train_distances.nbytes > SHARED_KERNEL_BYTES:
             return {}
         kernels = self.workers.map(lambda g: np.exp(-g * self.train_distances), sorted(gammas))
         return dict(zip(sorted(gammas), kernels, strict=True))
 
-    def _by_gamma(self, candidates: list[dict], params: dict, train: np.ndarray) -> dict:
+    def _by_gamma(self, candidates: list[dict], train: np.ndarray) -> dict:
         """The candidates grouped by the gamma they resolve to on these training rows ("scale"
         is a variance over the rows: computed once, not once per candidate)."""
         resolved: dict[Any, float] = {}
         groups: dict[float, list[int]] = {}
         for c, candidate in enumerate(candidates):
-            value = candidate.get("gamma", params.get("gamma", "scale"))
+            value = candidate.get("gamma", "scale")
             if value not in resolved:
                 resolved[value] = self.gamma(value, train)
             groups.setdefault(resolved[value], []).append(c)

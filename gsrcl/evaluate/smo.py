@@ -53,9 +53,11 @@ class DualSolution:
 
 
 class _Batch:
-    """The problems still being solved, as padded tensors (problems × cells)."""
+    """The problems still being solved, as padded tensors (problems × cells). libsvm's gradient
+    G is held as v = -y·G, the quantity its selection compares."""
 
-    FIELDS = ("index", "rows", "place", "y", "box", "gamma", "alpha", "grad", "iterations", "done")
+    FIELDS = ("index", "rows", "place", "y", "box", "gamma", "alpha", "v", "up", "low")
+    FIELDS += ("iterations", "done")
 
     def __init__(self, problems: list[DualProblem], tol: float, device: torch.device) -> None:
         self.width = width = max(len(p.rows) for p in problems)
@@ -77,66 +79,65 @@ class _Batch:
         self.place = torch.as_tensor(place, device=device)  # each column's position in `rows`
         self.y = torch.as_tensor(sign, device=device)
         self.box = torch.as_tensor(box, device=device)  # padding has a box of 0: never moves
-        self.gamma = torch.as_tensor([p.gamma for p in problems], device=device)[:, None]
+        self.gamma = torch.as_tensor([p.gamma for p in problems], device=device)[:, None].float()
         self.alpha = torch.zeros((n, width), dtype=torch.float64, device=device)
-        self.grad = torch.full((n, width), -1.0, dtype=torch.float64, device=device)
+        self.v = self.y.clone()  # G = -1 at α = 0
+        valid = self.box > 0
+        # libsvm's I_up (α can move up along y) and I_low (down), updated where α changes
+        self.up, self.low = valid & (self.y > 0), valid & (self.y < 0)
         self.iterations = torch.zeros(n, dtype=torch.int64, device=device)
         self.done = torch.zeros(n, dtype=torch.bool, device=device)
-        self.valid = self.box > 0
 
     def keep(self, mask: torch.Tensor) -> None:
         for name in self.FIELDS:
             setattr(self, name, getattr(self, name)[mask])
-        self.valid = self.valid[mask]
+
+    def kernel_rows(self, distances: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+        """K(row `column`, every row) of each problem, in float32 as libsvm caches it."""
+        picked = self.rows.gather(1, column[:, None])[:, 0]
+        d = distances.index_select(0, picked).gather(1, self.rows)
+        return d.mul_(-self.gamma).exp_()
 
 
-def _kernel_rows(distances: torch.Tensor, batch: _Batch, column: torch.Tensor) -> torch.Tensor:
-    """K(row `column`, every row) of each problem, in float32 as libsvm caches it."""
-    picked = batch.rows.gather(1, column[:, None])
-    d = distances[picked, batch.rows]  # problems × cells
-    return torch.exp(-batch.gamma.to(d.dtype) * d).double()
-
-
-def _select(batch: _Batch, k_rows) -> tuple:
-    """libsvm's WSS2: i maximises -y∇f over I_up; j minimises the second-order objective over
+def _select(batch: _Batch, distances: torch.Tensor) -> tuple:
+    """libsvm's WSS2: i maximises v over I_up; j minimises the second-order objective over
     I_low among the pairs that violate. Returns i, Kᵢ, j, and whether each problem is optimal."""
-    y, alpha, box, valid = batch.y, batch.alpha, batch.box, batch.valid
-    below_box, above_zero = alpha < box, alpha > 0
-    up = valid & torch.where(y > 0, below_box, above_zero)
-    low = valid & torch.where(y > 0, above_zero, below_box)
-    violation = -y * batch.grad
-    g_max, i = torch.where(up, violation, -torch.inf).max(dim=1)
-    k_i = k_rows(i)
-    grad_diff = g_max[:, None] - violation
-    curvature = 2.0 - 2.0 * k_i  # K_ii + K_jj - 2 K_ij with K_ii = 1 (RBF)
-    curvature = torch.where(curvature > 0, curvature, TAU)
-    gain = torch.where(low & (grad_diff > 0), -(grad_diff**2) / curvature, torch.inf)
-    best_gain, j = gain.min(dim=1)
-    g_min = torch.where(low, violation, torch.inf).min(dim=1).values
-    optimal = (g_max - g_min < batch.tol) | torch.isinf(best_gain)
+    g_max, i = torch.where(batch.up, batch.v, -torch.inf).max(dim=1)
+    k_i = batch.kernel_rows(distances, i)
+    grad_diff = g_max[:, None] - batch.v
+    curvature = (2.0 - 2.0 * k_i).clamp_min_(TAU)  # K_ii + K_jj - 2 K_ij, K_ii = 1 (RBF)
+    gain = torch.where(batch.low & (grad_diff > 0), grad_diff * grad_diff / curvature, -1.0)
+    best_gain, j = gain.max(dim=1)
+    g_min = torch.where(batch.low, batch.v, torch.inf).min(dim=1).values
+    optimal = (g_max - g_min < batch.tol) | (best_gain < 0)
     return i, k_i, j, optimal
 
 
-def _step(batch: _Batch, distances: torch.Tensor, moving: torch.Tensor) -> None:
-    """One libsvm iteration on every problem marked `moving`."""
-    i, k_i, j, optimal = _select(batch, lambda c: _kernel_rows(distances, batch, c))
-    batch.done |= optimal & moving
-    moving = moving & ~optimal
+def _step(batch: _Batch, distances: torch.Tensor) -> None:
+    """One libsvm iteration on every problem not yet done."""
+    i, k_i, j, optimal = _select(batch, distances)
+    batch.done |= optimal
+    moving = ~batch.done
     pick = lambda t, c: t.gather(1, c[:, None])[:, 0]  # noqa: E731
     y_i, y_j = pick(batch.y, i), pick(batch.y, j)
     c_i, c_j = pick(batch.box, i), pick(batch.box, j)
     a_i, a_j = pick(batch.alpha, i), pick(batch.alpha, j)
-    g_i, g_j = pick(batch.grad, i), pick(batch.grad, j)
-    curvature = 2.0 - 2.0 * pick(k_i, j)
-    curvature = torch.where(curvature > 0, curvature, TAU)
+    g_i, g_j = -y_i * pick(batch.v, i), -y_j * pick(batch.v, j)
+    curvature = (2.0 - 2.0 * pick(k_i, j).double()).clamp_min_(TAU)
     new_i, new_j = _clipped_pair(y_i != y_j, a_i, a_j, g_i, g_j, c_i, c_j, curvature)
-    d_i = torch.where(moving, new_i - a_i, 0.0)
-    d_j = torch.where(moving, new_j - a_j, 0.0)
-    # assigned, not added: libsvm sets a clipped α to exactly C or 0
-    batch.alpha.scatter_(1, i[:, None], torch.where(moving, new_i, a_i)[:, None])
-    batch.alpha.scatter_(1, j[:, None], torch.where(moving, new_j, a_j)[:, None])
-    k_j = _kernel_rows(distances, batch, j)
-    batch.grad += batch.y * ((y_i * d_i)[:, None] * k_i + (y_j * d_j)[:, None] * k_j)
+    new_i, new_j = torch.where(moving, new_i, a_i), torch.where(moving, new_j, a_j)
+    for column, value, sign, box in ((i, new_i, y_i, c_i), (j, new_j, y_j, c_j)):
+        # assigned, not added: libsvm sets a clipped α to exactly C or 0
+        batch.alpha.scatter_(1, column[:, None], value[:, None])
+        below_box, above_zero = value < box, value > 0
+        up = torch.where(sign > 0, below_box, above_zero)
+        low = torch.where(sign > 0, above_zero, below_box)
+        batch.up.scatter_(1, column[:, None], up[:, None])
+        batch.low.scatter_(1, column[:, None], low[:, None])
+    k_j = batch.kernel_rows(distances, j)
+    # G += Q_i Δα_i + Q_j Δα_j with Q_it = y_i y_t K_it, so v = -y·G moves by -y_i Δα_i K_i…
+    batch.v.addcmul_(k_i, (-y_i * (new_i - a_i))[:, None])
+    batch.v.addcmul_(k_j, (-y_j * (new_j - a_j))[:, None])
     batch.iterations += moving.long()
 
 
@@ -171,10 +172,10 @@ def _clipped_pair(differ, a_i, a_j, g_i, g_j, c_i, c_j, curvature):
 
 
 def _rho(batch: _Batch) -> torch.Tensor:
-    """libsvm's `calculate_rho`: the mean of y∇f over free variables, else the middle of the
+    """libsvm's `calculate_rho`: the mean of y·G over free variables, else the middle of the
     interval the bounded ones allow."""
-    y, alpha, valid = batch.y, batch.alpha, batch.valid
-    y_grad = y * batch.grad
+    y, alpha, y_grad = batch.y, batch.alpha, -batch.v
+    valid = batch.box > 0
     at_upper, at_lower = valid & (alpha >= batch.box), valid & (alpha <= 0)
     free = valid & ~at_upper & ~at_lower
     caps_above = (at_upper & (y < 0)) | (at_lower & (y > 0))
@@ -211,7 +212,7 @@ def solve(
     with torch.no_grad():
         while len(batch.index):
             for _ in range(check_every):
-                _step(batch, distances, ~batch.done)
+                _step(batch, distances)
             finished = batch.done | (batch.iterations >= limit)
             if bool(finished.any()):  # the only synchronisation with the device
                 _collect(batch, finished, out)
@@ -228,3 +229,19 @@ def _collect(batch: _Batch, finished: torch.Tensor, out: DualSolution) -> None:
     out.intercept[index] = _rho(batch)[finished]
     out.iterations[index] = batch.iterations[finished]
     out.converged[index] = batch.done[finished]
+
+
+def objective_and_violation(
+    kernel: np.ndarray, positive: np.ndarray, coef: np.ndarray, box: np.ndarray
+) -> tuple[float, float]:
+    """A solution's dual objective and its maximal violating pair (libsvm stops when that is
+    below eps), from scikit-learn's signed coefficients over the fit's rows and each row's box
+    (C times its class weight). The kernel's values enter as the solver saw them."""
+    y = np.where(positive, -1.0, 1.0)
+    alpha = np.abs(coef)
+    grad = y * (kernel @ (y * alpha)) - 1.0
+    objective = 0.5 * float((y * alpha) @ kernel @ (y * alpha)) - float(alpha.sum())
+    up = np.where(y > 0, alpha < box, alpha > 0)
+    low = np.where(y > 0, alpha > 0, alpha < box)
+    violation = -y * grad
+    return objective, float(violation[up].max(initial=-np.inf) - violation[low].min(initial=np.inf))
