@@ -1,24 +1,31 @@
-"""Checkpoint selection at the paper's protocol on Baron Mouse: one validation step, on 1 thread
-and on all, and what it means for a `configs/paper.py` fold-job on a GPU box.
+"""Checkpoint scoring at the paper's protocol on Baron Mouse: one validation step with libsvm on 1
+and 2 threads and with the device solver, how closely the device solver gives libsvm's answers,
+and what that means for a `configs/paper.py` SimCLR fold-job on an H200.
 
     python3 bench/scoring.py [--data ../shared/data/baron_mouse.h5ad] [--repeats 3]
-                             [--gpu-tflops 400] [--cores-per-gpu 4]
+                             [--device auto|cpu|cuda:0] [--trained-epochs 100] [--no-agreement]
 
 Real cells: the paper's split of Baron Mouse (fold 0: training, validation and test cells) and
-every scored cell type; the embedding is a 2048-wide one from an untrained paper-width encoder
-(4096-4096-4096-2048 on all genes), which costs the scoring what a trained one does. One step =
-`ValidationScorer.score`: for each task the paper's SVM grid (16 candidates × 5 inner folds), the
-refit of the chosen one, its validation score and its test outputs. It prints the median seconds
-per step with 1 thread and with every core, the speed-up, the fits per second, a check that both
-give identical scores and outputs, the training FLOPs per epoch of the same job, and the
-projected wall time of one SimCLR fold-job (3000 epochs, a step every 50) on a box with
-`--cores-per-gpu` cores per H100-class GPU sustaining `--gpu-tflops` TFLOP/s.
+every scored cell type. Two embeddings: a 2048-wide one from an untrained paper-width encoder
+(4096-4096-4096-2048 on all genes), which costs the scoring what a trained one does, and a trained
+one (SimCLR with Gaussian noise at the CPU protocol's width, 512-256, `--trained-epochs` epochs at
+lr 1e-3 on the training cells). One step = `ValidationScorer.score`: for each task the SVM grid,
+the refit of the chosen candidate, its validation score and its test outputs.
+
+Printed: seconds a step (median of --repeats) for libsvm on 1 thread and on 2, and for the device
+solver on --device (with its batch: problems, iterations, problems × cells stepped, and memory:
+measured on CUDA, computed from the tensors elsewhere); the agreement figures (the paper's grid
+and the class-balanced one, on both embeddings: same choice, libsvm's inner-CV loss where not,
+same validation MCC, objective gap, largest KKT violation); and the projected fold-job on an H200
+from the epoch times measured there (docs/gpu-h200.json) plus the device solver's step, projected
+from this step's measured work (kernel launches per iteration × iterations, and the bytes it moves
+at the GPU's bandwidth) when no GPU is here.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import statistics
 import sys
 import time
@@ -26,107 +33,248 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gsrcl.config.presets import PAPER  # noqa: E402
-from gsrcl.config.settings import Dataset  # noqa: E402
+from gsrcl.config.presets import PAPER, svm  # noqa: E402
+from gsrcl.config.settings import Dataset, Method  # noqa: E402
 from gsrcl.data import dataset as data  # noqa: E402
 from gsrcl.data import preprocess  # noqa: E402
 from gsrcl.data.splits import make_folds  # noqa: E402
+from gsrcl.evaluate import smo  # noqa: E402
+from gsrcl.evaluate.agreement import Agreement, compare_solvers  # noqa: E402
+from gsrcl.evaluate.classifiers import FoldClassifier  # noqa: E402
 from gsrcl.evaluate.workers import Workers  # noqa: E402
+from gsrcl.model.augment import augmentation  # noqa: E402
 from gsrcl.model.encoder import ContrastiveModel  # noqa: E402
+from gsrcl.model.losses import nt_xent  # noqa: E402
 from gsrcl.model.train import ValidationScorer, embed, validation_epochs  # noqa: E402
 
-METHOD = PAPER.methods[0]  # SimCLR + Gaussian noise at the paper's width
+PAPER_METHOD = PAPER.methods[0]  # SimCLR + Gaussian noise at the paper's width
+CPU_METHOD = Method(loss="simclr", augmentation="noise", encoder=(512, 256), head=(256, 128))
+H200_FIGURES = ROOT / "docs" / "gpu-h200.json"
+H200_BANDWIDTH = 4.8e12  # bytes/s, HBM3e as NVIDIA states it for the H200
+LAUNCH_SECONDS = 4e-6  # a CUDA kernel launch beyond torch's dispatch on the host
+
+
+def baron_fold(path: str):
+    adata = data.load_dataset(Dataset(name="baron_mouse", path=path, labels="cell_type"))
+    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
+    folds = make_folds(list(adata.obs_names), labels, PAPER.split, 0, None)
+    parts = folds.train(0), folds.validation(), folds.test(0)
+    x = torch.as_tensor(preprocess.fit_log1p("counts").transform(adata))
+    tasks = {t: (labels[parts[0]] == t, labels[parts[1]] == t) for t in folds.scored_tasks}
+    return x, parts, tasks
+
+
+def untrained(x: torch.Tensor, parts) -> tuple[np.ndarray, ...]:
+    torch.manual_seed(0)
+    model = ContrastiveModel(x.shape[1], PAPER_METHOD.encoder, PAPER_METHOD.head, False, 0.02)
+    return tuple(embed(model.encoder, x[p]) for p in parts)
+
+
+def trained(x: torch.Tensor, parts, epochs: int) -> tuple[np.ndarray, ...]:
+    """SimCLR with Gaussian noise, full batch, on the training cells (the CPU protocol)."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = ContrastiveModel(x.shape[1], CPU_METHOD.encoder, CPU_METHOD.head, False, 0.02)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-6)
+    augment = augmentation(CPU_METHOD, generator)
+    x_train = x[parts[0]]
+    for _ in range(epochs):
+        model.train()
+        z1, z2 = model(torch.cat([augment(x_train), augment(x_train)])).chunk(2)
+        loss = nt_xent(z1, z2, 0.07)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return tuple(embed(model.encoder, x[p]) for p in parts)
 
 
 def step_seconds(scorer: ValidationScorer, embeddings, threads: int, repeats: int):
     """Median seconds of a validation step on `threads` threads, and its last result."""
     times, result = [], None
+    torch.set_num_threads(threads)
     with Workers(threads) as workers:
         scorer.workers = workers
         for _ in range(repeats):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             start = time.perf_counter()
             result = scorer.score(*embeddings)
             times.append(time.perf_counter() - start)
     return statistics.median(times), result
 
 
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(
-        a[t].score == b[t].score
-        and all(np.array_equal(u, v) for u, v in zip(a[t].test, b[t].test, strict=True))
-        for t in a
-    )
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
 
 
-def epoch_flops(n_genes: int, rows: int) -> float:
-    """Forward 2·rows·in·out per layer, backward twice that (the first layer needs no input
-    gradient), plus the rows × rows similarity of the loss: one full-batch SimCLR epoch."""
-    sizes = [n_genes, *METHOD.encoder, *METHOD.head]
-    flops = sum(
-        2 * rows * n_in * n_out * (2 if i == 0 else 3)
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+def device_step(embeddings, tasks, device: str) -> dict:
+    """One step's search with the device solver, its batch work and memory."""
+    fold = FoldClassifier(
+        PAPER.evaluation.classifier, embeddings[0], 5, "mcc", device, 0, solver="device"
     )
-    return flops + 3 * 2 * rows * rows * METHOD.head[-1]
+    labels = [y for y, _ in tasks.values()]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    fold.search(labels, [fold.inner_splits(y) for y in labels])
+    batches = fold.kernel.batches
+    figures = {
+        "problems": sum(b[0] for b in batches),
+        "rounds": sum(b[2].rounds for b in batches),
+        "cell_steps": sum(b[2].cell_steps for b in batches),
+        "widest": max(b[1] for b in batches),
+    }
+    if device.startswith("cuda"):
+        figures["memory_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+        figures["memory_measured"] = True
+    else:  # the batch's tensors (8 B a float64, 4 float32, 1 bool) and one step's temporaries
+        problems, width = max((b[0], b[1]) for b in batches)
+        n = embeddings[0].shape[0]
+        per_cell = 6 * 8 + 2 * 1 + 8 * 8 + 2 * 4  # batch state; grad_diff, gain, masks; K rows
+        figures["memory_gib"] = (problems * width * per_cell + n * n * 12) / 2**30
+        figures["memory_measured"] = False
+    return figures
+
+
+def launches_per_round() -> float:
+    """torch operations (kernel launches on a GPU) one SMO iteration dispatches."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    distances = torch.as_tensor(((x[:, None] - x[None]) ** 2).sum(-1), dtype=torch.float32)
+    problem = smo.DualProblem(np.arange(40), np.arange(40) < 20, 0.5, 1.0, 1.0)
+    with _CountOps() as counter:
+        solution = smo.solve(distances, [problem], max_iterations=64, check_every=64)
+    return counter.ops / solution.rounds
+
+
+def dispatch_seconds() -> float:
+    """Host seconds torch spends on one small elementwise operation (its dispatch)."""
+    a = torch.zeros(8, dtype=torch.float64)
+    start = time.perf_counter()
+    for _ in range(20_000):
+        torch.where(a > 0, a, a)
+    return (time.perf_counter() - start) / 40_000
+
+
+def print_agreement(name: str, agreement: Agreement) -> None:
+    n = agreement.searches
+    print(
+        f"  {name}: same choice {agreement.same_choice}/{n} "
+        f"({100 * agreement.same_choice / n:.1f} %; libsvm's inner-CV loss where not ≤ "
+        f"{agreement.worst_choice_loss:.4f}), same validation MCC {agreement.same_validation}/{n} "
+        f"(largest gap {agreement.worst_validation_gap:.4f}), objective gap ≤ "
+        f"{agreement.worst_objective_gap:.1e}, KKT violation ≤ {agreement.worst_violation:.1e}; "
+        f"libsvm {agreement.seconds['libsvm']:.1f} s, device {agreement.seconds['device']:.1f} s"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/baron_mouse.h5ad"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--gpu-tflops", type=float, default=400.0)
-    parser.add_argument("--cores-per-gpu", type=int, default=4)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--trained-epochs", type=int, default=100)
+    parser.add_argument("--no-agreement", action="store_true")
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
+    device = args.device
+    if device == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
 
-    spec = Dataset(name="baron_mouse", path=args.data, labels="cell_type")
-    adata = data.load_dataset(spec)
-    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
-    folds = make_folds(list(adata.obs_names), labels, PAPER.split, 0, None)
-    train, val, test = folds.train(0), folds.validation(), folds.test(0)
-    x = torch.as_tensor(preprocess.fit_log1p("counts").transform(adata))
-    torch.manual_seed(0)
-    model = ContrastiveModel(x.shape[1], METHOD.encoder, METHOD.head, False, 0.02)
-    embeddings = tuple(embed(model.encoder, x[part]) for part in (train, val, test))
-    tasks = {t: (labels[train] == t, labels[val] == t) for t in folds.scored_tasks}
-    scorer = ValidationScorer(
-        x[train], x[val], x[test], tasks, PAPER.evaluation.classifier, 5, "mcc", seed=0
-    )
+    x, parts, tasks = baron_fold(args.data)
+    embeddings = untrained(x, parts)
     grid = PAPER.evaluation.classifier.grid
     fits = len(tasks) * (5 * len(grid["gamma"]) * len(grid["C"]) + 1)
     print(
-        f"Baron Mouse fold 0: {len(train)} training, {len(val)} validation, {len(test)} test "
-        f"cells × {embeddings[0].shape[1]}-wide embedding; {len(tasks)} tasks, {fits} SVM fits "
-        f"a step; {cores} cores"
+        f"Baron Mouse fold 0: {len(parts[0])} training, {len(parts[1])} validation, "
+        f"{len(parts[2])} test cells × {embeddings[0].shape[1]}-wide untrained paper-width "
+        f"embedding; {len(tasks)} tasks, the paper's grid: {fits} SVM fits a step"
     )
-    one, serial = step_seconds(scorer, embeddings, 1, args.repeats)
-    many, parallel = step_seconds(scorer, embeddings, cores, args.repeats)
-    print(f"  1 thread:   {one:6.2f} s a step, {fits / one:5.0f} fits/s")
-    print(f"  {cores} threads: {many:6.2f} s a step, {fits / many:5.0f} fits/s")
-    identical = same(serial, parallel)
-    print(f"  speed-up {one / many:.2f}×; identical scores and test outputs: {identical}")
+    seconds, results = {}, {}
+    for name, solver, threads, where in (
+        ("libsvm, 1 thread", "libsvm", 1, "cpu"),
+        ("libsvm, 2 threads", "libsvm", 2, "cpu"),
+        (f"device solver on {device}", "device", 2, device),
+    ):
+        on = tuple(torch.as_tensor(p) for p in (x[parts[0]], x[parts[1]], x[parts[2]]))
+        scorer = ValidationScorer(
+            *(t.to(where) for t in on),
+            tasks,
+            PAPER.evaluation.classifier,
+            5,
+            "mcc",
+            0,
+            solver=solver,
+        )
+        seconds[name], results[name] = step_seconds(scorer, embeddings, threads, args.repeats)
+        print(f"  {name:28s} {seconds[name]:6.2f} s a step")
+    one, two = seconds["libsvm, 1 thread"], seconds["libsvm, 2 threads"]
+    print(f"  libsvm speed-up on 2 threads: {one / two:.2f}×")
+    work = device_step(embeddings, tasks, device)
+    kind = "measured" if work["memory_measured"] else "computed from its tensors"
+    print(
+        f"  device batch: {work['problems']} problems of up to {work['widest']} cells, "
+        f"{work['rounds']} iterations, {work['cell_steps'] / 1e9:.2f} G problem-cells stepped; "
+        f"memory {work['memory_gib']:.2f} GiB ({kind})"
+    )
+    same = sum(
+        results["libsvm, 2 threads"][t].score == results[f"device solver on {device}"][t].score
+        for t in tasks
+    )
+    print(f"  validation MCC of this step, device = libsvm: {same}/{len(tasks)} tasks")
 
+    if not args.no_agreement:
+        print("\nagreement with libsvm (item 3 of the device-solver issue):")
+        learnt = trained(x, parts, args.trained_epochs)
+        total = Agreement()
+        for embedding_name, emb in (("untrained paper-width", embeddings), ("trained", learnt)):
+            for grid_name, spec in (("paper grid", svm()), ("class-balanced grid", svm(True))):
+                agreement = compare_solvers(spec, emb[0], emb[1], tasks, 5, "mcc", 0, device)
+                print_agreement(f"{embedding_name}, {grid_name}", agreement)
+                total = total.add(agreement)
+        print_agreement("all", total)
+
+    project_h200(work, one, device)
+
+
+def project_h200(work: dict, libsvm_step: float, device: str) -> None:
+    """The paper's SimCLR fold-job on an H200: its measured epochs plus 61 scoring steps."""
+    measured = json.loads(H200_FIGURES.read_text())
     epochs = PAPER.contrastive.epochs["simclr"]
     steps = len(validation_epochs(epochs, PAPER.contrastive.validate_every))
-    flops = epoch_flops(x.shape[1], 2 * len(train))
-    training = epochs * flops / (args.gpu_tflops * 1e12)
-    efficiency = one / many / cores  # per-thread efficiency measured here, assumed to hold
-    scoring = steps * one / (args.cores_per_gpu * efficiency)
+    launches, dispatch = launches_per_round(), dispatch_seconds()
+    host = work["rounds"] * launches * (dispatch + LAUNCH_SECONDS)
+    # every operation reads or writes at most one float64 problems × cells tensor
+    memory = work["cell_steps"] * launches * 8 / H200_BANDWIDTH
+    step = max(host, memory)
+    libsvm_h200 = measured["fold_fp32"]["scoring_s_per_validation_step"]
     print(
-        f"\ntraining: {flops / 1e12:.2f} TFLOP an epoch, {epochs * flops / 1e15:.1f} PFLOP for "
-        f"{epochs} epochs; {steps} validation steps"
+        f"\nprojected on an H200 ({measured['gpu']} figures of {H200_FIGURES.name}): device "
+        f"step ≈ {step:.2f} s = max(launch-bound {host:.2f} s: {work['rounds']} iterations × "
+        f"{launches:.0f} launches × {1e6 * (dispatch + LAUNCH_SECONDS):.1f} µs; memory-bound "
+        f"{memory:.3f} s) against libsvm's {libsvm_h200:.2f} s measured there"
     )
-    print(
-        f"projected SimCLR fold-job, {args.cores_per_gpu} cores per GPU at "
-        f"{args.gpu_tflops:.0f} TFLOP/s: training {training:.0f} s, scoring {scoring:.0f} s "
-        f"({steps} steps × {one:.2f} s / ({args.cores_per_gpu} × {efficiency:.2f} efficiency)); "
-        f"with scoring overlapped, about {max(training, scoring) + scoring / steps:.0f} s, "
-        f"{'scoring' if scoring > training else 'training'} the larger part"
-    )
+    for precision in ("fp32", "bf16"):
+        training = epochs * measured["throughput"][precision]["ms_per_epoch"] / 1e3
+        scoring = steps * step
+        print(
+            f"  SimCLR fold-job, {precision}: training {training:.0f} s + scoring {steps} × "
+            f"{step:.2f} s = {scoring:.0f} s → {training + scoring:.0f} s serial, "
+            f"{max(training, scoring):.0f} s if scoring fully overlaps "
+            f"(was {measured['fold_fp32']['wall_s']:.0f} s in fp32 with libsvm)"
+        )
+    if device.startswith("cuda"):
+        print("  (a GPU is here: the device step above is measured, use it instead)")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def test_a_job_is_done_only_with_its_fingerprint_and_intact_files(tmp_path):
     job.clear()
     (job.path / "sub").mkdir()  # anything in a job folder is cleared with it
     job.clear()
-    job.write_metrics("j", [{"task": "1", "mcc": 0.5}], {"total": 1.0})
+    job.write_metrics("j", [{"task": "1", "mcc": 0.5}], {"total": 1.0}, {"svm": "libsvm"})
     (job.path / "encoder-a.pt").write_bytes(b"x" * 100)
     job.share_encoder(job.path / "encoder-a.pt", "b")
     assert job.state("f").status == "incomplete"

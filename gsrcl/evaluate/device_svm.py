@@ -79,6 +79,7 @@ class DeviceRBF:
         self.solver_distances = self.train_distances.float()
         x64 = np.asarray(x_train, dtype=np.float64)
         self.row_sums, self.row_squares = x64.sum(axis=1), (x64 * x64).sum(axis=1)
+        self.batches: list[tuple[int, int, smo.DualSolution]] = []  # (problems, width, answers)
 
     def distances(self, x: np.ndarray) -> torch.Tensor:
         """Squared distances from other cells (rows) to the training cells (columns)."""
@@ -158,7 +159,9 @@ class DeviceRBF:
     def _solve(self, problems: list[smo.DualProblem | None], candidates: list[dict]) -> _Solved:
         present = [k for k, p in enumerate(problems) if p is not None]
         tol = float(candidates[0].get("tol", 1e-3))
-        solution = smo.solve(self.solver_distances, [problems[k] for k in present], tol)
+        batch = [problems[k] for k in present]
+        solution = smo.solve(self.solver_distances, batch, tol)
+        self.batches.append((len(batch), max((len(p.rows) for p in batch), default=0), solution))
         if not bool(solution.converged.all()):
             raise RuntimeError("the device SVM solver did not converge; set solver='libsvm'")
         return _Solved(problems, present, solution)

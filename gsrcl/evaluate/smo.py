@@ -44,12 +44,15 @@ class DualSolution:
     """Per problem (row), on the device: the decision function's coefficient of each of its
     rows (columns in the problem's `rows` order, zero-padded; scikit-learn's sign: a larger
     decision value means the positive class), its intercept, the iterations it took, and
-    whether it met the tolerance."""
+    whether it met the tolerance. `rounds` and `cell_steps` measure the batch's work: the
+    iterations it ran and, summed over them, problems × cells still in the batch."""
 
     coef: torch.Tensor
     intercept: torch.Tensor
     iterations: torch.Tensor
     converged: torch.Tensor
+    rounds: int = 0
+    cell_steps: int = 0
 
 
 class _Batch:
@@ -213,6 +216,8 @@ def solve(
         while len(batch.index):
             for _ in range(check_every):
                 _step(batch, distances)
+            out.rounds += check_every
+            out.cell_steps += check_every * len(batch.index) * batch.width
             finished = batch.done | (batch.iterations >= limit)
             if bool(finished.any()):  # the only synchronisation with the device
                 _collect(batch, finished, out)

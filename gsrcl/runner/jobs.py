@@ -25,7 +25,7 @@ from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds, folds_from_record
-from gsrcl.evaluate.classifiers import FoldClassifier
+from gsrcl.evaluate.classifiers import FoldClassifier, resolve_solver, uses_precomputed_kernel
 from gsrcl.evaluate.metrics import binary_scores
 from gsrcl.evaluate.workers import Workers
 from gsrcl.model import train
@@ -156,7 +156,14 @@ def run_job(
     seconds = {**output.seconds, "total": time.perf_counter() - start}
     rows = [{**row, "dataset": job.dataset, "fold": job.fold} for row in output.rows]
     out.write_table(PREDICTIONS, pd.DataFrame(output.predictions))
-    out.write_metrics(job.id, rows, seconds)
+    evaluation = experiment.evaluation
+    specs = evaluation.baselines if job.method == BASELINE else (evaluation.classifier,)
+    solvers = {
+        spec.name: resolve_solver(evaluation.solver, spec, device)
+        for spec in specs
+        if uses_precomputed_kernel(spec)
+    }
+    out.write_metrics(job.id, rows, seconds, solvers)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from gsrcl.config.settings import Dataset, Experiment
 from gsrcl.data import splits
 from gsrcl.data.dataset import LABEL, DatasetCache
 from gsrcl.errors import UserError
-from gsrcl.evaluate.classifiers import estimator_for
+from gsrcl.evaluate.classifiers import estimator_for, resolve_solver
 from gsrcl.reference.export import export_model
 from gsrcl.report import page as report
 from gsrcl.runner import dispatch, jobs
@@ -118,12 +118,16 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
 
 
 def environment_record(experiment: Experiment) -> dict:
+    """Also which solver fits the embeddings' RBF SVC on each device (a setting it cannot
+    honour stops the run here, before any job)."""
+    evaluation, where = experiment.evaluation, devices(experiment)
     return {
         "fingerprint": jobs.experiment_fingerprint(experiment),
         "config": asdict(experiment),
         "seed": experiment.seed,
         "versions": package_versions(),
-        "devices": devices(experiment),
+        "devices": where,
+        "solvers": {d: resolve_solver(evaluation.solver, evaluation.classifier, d) for d in where},
         "host": platform.node(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

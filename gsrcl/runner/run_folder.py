@@ -92,8 +92,12 @@ class JobFolder:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
 
-    def write_metrics(self, job_id: str, rows: list[dict], seconds: dict[str, float]) -> None:
-        write_json(self.path / METRICS, {"job": job_id, "rows": rows, "seconds": seconds})
+    def write_metrics(
+        self, job_id: str, rows: list[dict], seconds: dict[str, float], solvers: dict[str, str]
+    ) -> None:
+        """`solvers`: which solver fitted each RBF SVC classifier of the job, by name."""
+        record = {"job": job_id, "rows": rows, "seconds": seconds, "solvers": solvers}
+        write_json(self.path / METRICS, record)
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
         """predictions.csv, loss.csv or validation.csv."""
