@@ -7,11 +7,13 @@ protocol, and the default config on cuda:0. Prints each figure and keeps them in
 peak        n×n×n matmul, fp32 (TF32 off, as the runner trains), TF32 and bf16: GFLOP/s
 throughput  full-batch SimCLR epochs at the paper's width (14 878 → 4096-4096-4096-2048 → 512-128)
             on a Baron Mouse training fold's worth of cells, --precision, against those peaks
-fold:P      baron_mouse/simclr-noise/fold-0 of configs/paper.py (3000 epochs, validation every 50,
-            the paper's SVM grid) in precision P, in this process on cuda:0: wall, training and
-            validation-wait seconds, the scoring seconds of one validation step, GPU memory (peak
-            allocated, and the device's own reading), GPU utilisation sampled every 0.2 s, the
-            job's mean MCC
+fold:P[:S]  baron_mouse/simclr-noise/fold-0 of configs/paper.py (3000 epochs, validation every 50,
+            the paper's SVM grid) in precision P with evaluation.solver S (default "auto": the
+            device solver on a GPU; "libsvm" for the CPU path), in this process on cuda:0: wall,
+            training and validation-wait seconds, the scoring seconds of one validation step,
+            GPU memory (peak allocated, and the device's own reading), GPU utilisation sampled
+            every 0.2 s, the job's mean MCC; after `throughput`, also the training seconds with
+            scoring overlapped against the same epochs alone
 default     `python3 runner.py` (config.py, devices="auto") with 1 and with 2 workers per device:
             wall time, where the jobs ran, and the summary against a CPU run's (--cpu-summary)
 """
@@ -128,10 +130,11 @@ class ScoringSeconds(logging.Handler):
             self.seconds.append(float(record.args[2]))
 
 
-def part_fold(figures: dict, precision: str, epochs: int | None) -> None:
+def part_fold(figures: dict, precision: str, epochs: int | None, solver: str = "auto") -> None:
     experiment = load_config(ROOT / "configs" / "paper.py")
     noise = [m for m in experiment.methods if m.name == "simclr-noise"]
     contrastive = dataclasses.replace(experiment.contrastive, precision=precision)
+    evaluation = dataclasses.replace(experiment.evaluation, solver=solver)
     if epochs is not None:
         contrastive = dataclasses.replace(contrastive, epochs={"simclr": epochs, "supcon": epochs})
     experiment = dataclasses.replace(
@@ -139,6 +142,7 @@ def part_fold(figures: dict, precision: str, epochs: int | None) -> None:
         datasets=(dataclasses.replace(experiment.datasets[0], path=str(BARON)),),
         methods=tuple(noise),
         contrastive=contrastive,
+        evaluation=evaluation,
         compute=Compute(devices="auto"),
         results_dir=tempfile.mkdtemp(prefix="gsrcl-gpu-"),
     )
@@ -153,9 +157,10 @@ def part_fold(figures: dict, precision: str, epochs: int | None) -> None:
     with GpuSampler() as sampler:
         outcome = dispatch.execute(job, experiment, run, DEVICE, datasets)
     logging.getLogger("gsrcl").removeHandler(scoring)
+    name = f"fold_{precision}" + ("" if solver == "auto" else f"_{solver}")
     if outcome.status != "done":
-        print(f"fold-job {precision}: {outcome.status}: {outcome.error}")
-        figures[f"fold_{precision}"] = {"error": outcome.error}
+        print(f"fold-job {precision}, solver {solver}: {outcome.status}: {outcome.error}")
+        figures[name] = {"error": outcome.error}
         return
     metrics = json.loads((run.job(job).path / "metrics.json").read_text())
     seconds = metrics["seconds"]
@@ -177,11 +182,18 @@ def part_fold(figures: dict, precision: str, epochs: int | None) -> None:
         "tasks": len(metrics["rows"]),
         "dataset_cells": cells,
         "genes": genes,
+        "solvers": metrics["solvers"],
     }
-    figures[f"fold_{precision}"] = result
+    alone = figures.get("throughput", {}).get(precision, {}).get("ms_per_epoch")
+    if alone:  # the same epochs without scoring beside them
+        result["training_over_alone"] = seconds["training"] / (epochs * alone / 1e3)
+    figures[name] = result
+    overlap = result.get("training_over_alone")
     print(
-        f"baron_mouse/simclr-noise/fold-0, paper protocol, {precision}: "
-        f"{outcome.seconds:.0f} s wall, training {seconds['training']:.0f} s "
+        f"baron_mouse/simclr-noise/fold-0, paper protocol, {precision}, solver "
+        f"{metrics['solvers']}: "
+        + (f"training {overlap:.2f}× the same epochs alone; " if overlap else "")
+        + f"{outcome.seconds:.0f} s wall, training {seconds['training']:.0f} s "
         f"({result['epochs_per_s']:.0f} epochs/s), waiting on validation "
         f"{seconds['validation_wait']:.0f} s; one validation step's scoring "
         f"{result['scoring_s_per_validation_step']:.1f} s × {len(scoring.seconds)}; "
@@ -261,6 +273,8 @@ def main() -> None:
         "throughput": lambda: part_throughput(figures, args.precision),
         "fold:fp32": lambda: part_fold(figures, "fp32", args.epochs),
         "fold:bf16": lambda: part_fold(figures, "bf16", args.epochs),
+        "fold:fp32:libsvm": lambda: part_fold(figures, "fp32", args.epochs, "libsvm"),
+        "fold:bf16:libsvm": lambda: part_fold(figures, "bf16", args.epochs, "libsvm"),
         "default": lambda: part_default(figures, args.cpu_summary),
     }
     for part in args.parts:

@@ -80,3 +80,27 @@ def test_a_training_state_saved_on_cuda_resumes_on_the_cpu():
     resumed = run("cpu")  # the weights, optimizer and scores carry over; the noise stream cannot
     assert [r["epoch"] for r in resumed.validation] == [0, 2, 4, 6]
     assert len(resumed.losses) == 6 and all(v == v for v in resumed.losses)
+
+
+def test_the_device_solver_on_cuda_replays_a_graph_and_agrees_with_the_cpu(caplog):
+    import numpy as np
+
+    from gsrcl.evaluate import smo
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (150, 6)), rng.normal(0.8, 1, (50, 6))])
+    distances = torch.as_tensor(((x[:, None] - x[None]) ** 2).sum(-1), dtype=torch.float32)
+    positive = np.arange(200) >= 150
+    problems = [
+        smo.DualProblem(np.arange(0, 200, step), positive[::step], gamma, c, 2 * c)
+        for step in (1, 2)
+        for gamma in (0.05, 0.5)
+        for c in (0.1, 10.0)
+    ]
+    with caplog.at_level("WARNING", logger="gsrcl.evaluate.smo"):
+        gpu = smo.solve(distances.cuda(), problems)
+    assert "not recorded" not in caplog.text  # the CUDA graph path ran
+    cpu = smo.solve(distances, problems)
+    assert bool(gpu.converged.all())
+    assert torch.allclose(gpu.coef.cpu(), cpu.coef, atol=1e-3)
+    assert torch.allclose(gpu.intercept.cpu(), cpu.intercept, atol=1e-3)

@@ -19,10 +19,13 @@ problems that have converged are dropped from the batch every `check_every` iter
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 TAU = 1e-12  # libsvm's floor for a non-positive curvature
 
@@ -95,53 +98,66 @@ class _Batch:
         for name in self.FIELDS:
             setattr(self, name, getattr(self, name)[mask])
 
-    def kernel_rows(self, distances: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
-        """K(row `column`, every row) of each problem, in float32 as libsvm caches it."""
-        picked = self.rows.gather(1, column[:, None])[:, 0]
-        d = distances.index_select(0, picked).gather(1, self.rows)
-        return d.mul_(-self.gamma).exp_()
+
+def _kernel_rows(rows, gamma, distances: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    """K(row `column`, every row) of each problem, in float32 as libsvm caches it."""
+    picked = rows.gather(1, column[:, None])[:, 0]
+    d = distances.index_select(0, picked).gather(1, rows)
+    return d.mul_(-gamma).exp_()
 
 
-def _select(batch: _Batch, distances: torch.Tensor) -> tuple:
-    """libsvm's WSS2: i maximises v over I_up; j minimises the second-order objective over
-    I_low among the pairs that violate. Returns i, Kᵢ, j, and whether each problem is optimal."""
-    g_max, i = torch.where(batch.up, batch.v, -torch.inf).max(dim=1)
-    k_i = batch.kernel_rows(distances, i)
-    grad_diff = g_max[:, None] - batch.v
-    curvature = (2.0 - 2.0 * k_i).clamp_min_(TAU)  # K_ii + K_jj - 2 K_ij, K_ii = 1 (RBF)
-    gain = torch.where(batch.low & (grad_diff > 0), grad_diff * grad_diff / curvature, -1.0)
+def _iteration(rows, y, box, gamma, alpha, v, up, low, done, iterations, distances, tol):
+    """One libsvm iteration on every problem not yet done, in place. WSS2 first: i maximises v
+    over I_up; j minimises the second-order objective over the pairs (i, j ∈ I_low) that
+    violate; a problem is optimal when max - min of v over I_up and I_low is below `tol`."""
+    g_max, i = torch.where(up, v, -torch.inf).max(dim=1)
+    k_i = _kernel_rows(rows, gamma, distances, i)
+    grad_diff = g_max[:, None] - v
+    curvature = (2.0 - 2.0 * k_i).clamp_min(TAU)  # K_ii + K_jj - 2 K_ij, K_ii = 1 (RBF)
+    gain = torch.where(low & (grad_diff > 0), grad_diff * grad_diff / curvature, -1.0)
     best_gain, j = gain.max(dim=1)
-    g_min = torch.where(batch.low, batch.v, torch.inf).min(dim=1).values
-    optimal = (g_max - g_min < batch.tol) | (best_gain < 0)
-    return i, k_i, j, optimal
+    g_min = torch.where(low, v, torch.inf).min(dim=1).values
+    done |= (g_max - g_min < tol) | (best_gain < 0)
+    moving = ~done
+    pick = lambda t, c: t.gather(1, c[:, None])[:, 0]  # noqa: E731
+    y_i, y_j = pick(y, i), pick(y, j)
+    c_i, c_j = pick(box, i), pick(box, j)
+    a_i, a_j = pick(alpha, i), pick(alpha, j)
+    g_i, g_j = -y_i * pick(v, i), -y_j * pick(v, j)
+    curvature = (2.0 - 2.0 * pick(k_i, j).double()).clamp_min(TAU)
+    new_i, new_j = _clipped_pair(y_i != y_j, a_i, a_j, g_i, g_j, c_i, c_j, curvature)
+    new_i, new_j = torch.where(moving, new_i, a_i), torch.where(moving, new_j, a_j)
+    for column, value, sign, c in ((i, new_i, y_i, c_i), (j, new_j, y_j, c_j)):
+        # assigned, not added: libsvm sets a clipped α to exactly C or 0
+        alpha.scatter_(1, column[:, None], value[:, None])
+        below_box, above_zero = value < c, value > 0
+        up.scatter_(1, column[:, None], torch.where(sign > 0, below_box, above_zero)[:, None])
+        low.scatter_(1, column[:, None], torch.where(sign > 0, above_zero, below_box)[:, None])
+    k_j = _kernel_rows(rows, gamma, distances, j)
+    # G += Q_i Δα_i + Q_j Δα_j with Q_it = y_i y_t K_it, so v = -y·G moves by -y_i Δα_i K_i…
+    v.addcmul_(k_i, (-y_i * (new_i - a_i))[:, None])
+    v.addcmul_(k_j, (-y_j * (new_j - a_j))[:, None])
+    iterations += moving.long()
 
 
 def _step(batch: _Batch, distances: torch.Tensor) -> None:
-    """One libsvm iteration on every problem not yet done."""
-    i, k_i, j, optimal = _select(batch, distances)
-    batch.done |= optimal
-    moving = ~batch.done
-    pick = lambda t, c: t.gather(1, c[:, None])[:, 0]  # noqa: E731
-    y_i, y_j = pick(batch.y, i), pick(batch.y, j)
-    c_i, c_j = pick(batch.box, i), pick(batch.box, j)
-    a_i, a_j = pick(batch.alpha, i), pick(batch.alpha, j)
-    g_i, g_j = -y_i * pick(batch.v, i), -y_j * pick(batch.v, j)
-    curvature = (2.0 - 2.0 * pick(k_i, j).double()).clamp_min_(TAU)
-    new_i, new_j = _clipped_pair(y_i != y_j, a_i, a_j, g_i, g_j, c_i, c_j, curvature)
-    new_i, new_j = torch.where(moving, new_i, a_i), torch.where(moving, new_j, a_j)
-    for column, value, sign, box in ((i, new_i, y_i, c_i), (j, new_j, y_j, c_j)):
-        # assigned, not added: libsvm sets a clipped α to exactly C or 0
-        batch.alpha.scatter_(1, column[:, None], value[:, None])
-        below_box, above_zero = value < box, value > 0
-        up = torch.where(sign > 0, below_box, above_zero)
-        low = torch.where(sign > 0, above_zero, below_box)
-        batch.up.scatter_(1, column[:, None], up[:, None])
-        batch.low.scatter_(1, column[:, None], low[:, None])
-    k_j = batch.kernel_rows(distances, j)
-    # G += Q_i Δα_i + Q_j Δα_j with Q_it = y_i y_t K_it, so v = -y·G moves by -y_i Δα_i K_i…
-    batch.v.addcmul_(k_i, (-y_i * (new_i - a_i))[:, None])
-    batch.v.addcmul_(k_j, (-y_j * (new_j - a_j))[:, None])
-    batch.iterations += moving.long()
+    ITERATION(
+        batch.rows,
+        batch.y,
+        batch.box,
+        batch.gamma,
+        batch.alpha,
+        batch.v,
+        batch.up,
+        batch.low,
+        batch.done,
+        batch.iterations,
+        distances,
+        batch.tol,
+    )
+
+
+ITERATION = _iteration
 
 
 def _clipped_pair(differ, a_i, a_j, g_i, g_j, c_i, c_j, curvature):
@@ -212,18 +228,66 @@ def solve(
         iterations=torch.zeros(n, dtype=torch.int64, device=device),
         converged=torch.zeros(n, dtype=torch.bool, device=device),
     )
+    chunk = None
     with torch.no_grad():
         while len(batch.index):
-            for _ in range(check_every):
-                _step(batch, distances)
-            out.rounds += check_every
+            chunk = chunk or _Chunk(batch, distances, check_every)
+            out.rounds += chunk.run()
             out.cell_steps += check_every * len(batch.index) * batch.width
-            finished = batch.done | (batch.iterations >= limit)
-            if bool(finished.any()):  # the only synchronisation with the device
+            limited = batch.iterations >= limit
+            finished = batch.done | limited
+            count = int(finished.sum())  # the only synchronisations with the device
+            stuck = bool((limited & ~batch.done).any())
+            # a CUDA graph is recorded anew for a smaller batch: only once it has halved
+            if count and (chunk.graph is None or stuck or 2 * count >= len(batch.index)):
                 _collect(batch, finished, out)
                 batch.keep(~finished)
+                chunk = None
     out.coef = out.coef[:, : batch.width]
     return out
+
+
+class _Chunk:
+    """`count` iterations of the batch as it is now: on a GPU one CUDA graph replays them (one
+    launch instead of a hundred small ones an iteration, which would leave the GPU waiting on
+    Python); elsewhere, or if recording fails, they run operation by operation."""
+
+    def __init__(self, batch: _Batch, distances: torch.Tensor, count: int) -> None:
+        self.batch, self.distances, self.count = batch, distances, count
+        self.graph, self.warmed = None, 0
+        if distances.is_cuda:
+            try:
+                self._record()
+            except RuntimeError as error:  # run eagerly: same kernels, same answers
+                log.warning(
+                    "CUDA graph of the SVM solver not recorded (%s); running eagerly", error
+                )
+                torch.cuda.synchronize(distances.device)
+                self.graph = None
+
+    def _record(self) -> None:
+        # torch's recipe: warm up on a side stream, then capture (nothing runs while capturing)
+        side = torch.cuda.Stream(self.distances.device)
+        side.wait_stream(torch.cuda.current_stream(self.distances.device))
+        with torch.cuda.stream(side):
+            _step(self.batch, self.distances)  # a real iteration, counted as one
+        torch.cuda.current_stream(self.distances.device).wait_stream(side)
+        self.warmed = 1
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(self.count):
+                _step(self.batch, self.distances)
+        self.graph = graph
+
+    def run(self) -> int:
+        """Run the iterations; how many ran."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            for _ in range(self.count):
+                _step(self.batch, self.distances)
+        ran, self.warmed = self.count + self.warmed, 0
+        return ran
 
 
 def _collect(batch: _Batch, finished: torch.Tensor, out: DualSolution) -> None:

@@ -106,11 +106,18 @@ class ValidationScorer:
         self.solver = solver
         self.seed, self.workers = seed, workers  # the inner CV shuffle: the same at every step
         self.splits = {name: inner_splits(y, inner_folds, seed) for name, (y, _) in tasks.items()}
+        # on a GPU the device solver's kernels go to a stream of their own, so the training's
+        # kernels (on the default stream) do not queue behind a whole scoring step
+        self.stream = torch.cuda.Stream(x_train.device) if x_train.is_cuda else None
 
     def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, ...]:
         return tuple(embed(encoder, x) for x in self.x)
 
     def score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
+        with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
+            return self._score(train, val, test)
+
+    def _score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
         fold = FoldClassifier(
             self.classifier,
             train,
