@@ -100,10 +100,11 @@ class _Batch:
 
 
 def _kernel_rows(rows, gamma, distances: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
-    """K(row `column`, every row) of each problem, in float32 as libsvm caches it."""
+    """K(row `column`, every row) of each problem: computed in float32, as libsvm caches it,
+    then used in float64, as libsvm's arithmetic on it is."""
     picked = rows.gather(1, column[:, None])[:, 0]
     d = distances.index_select(0, picked).gather(1, rows)
-    return d.mul_(-gamma).exp_()
+    return d.mul_(-gamma).exp_().double()
 
 
 def _iteration(rows, y, box, gamma, alpha, v, up, low, done, iterations, distances, tol):
@@ -119,45 +120,42 @@ def _iteration(rows, y, box, gamma, alpha, v, up, low, done, iterations, distanc
     g_min = torch.where(low, v, torch.inf).min(dim=1).values
     done |= (g_max - g_min < tol) | (best_gain < 0)
     moving = ~done
-    pick = lambda t, c: t.gather(1, c[:, None])[:, 0]  # noqa: E731
-    y_i, y_j = pick(y, i), pick(y, j)
-    c_i, c_j = pick(box, i), pick(box, j)
-    a_i, a_j = pick(alpha, i), pick(alpha, j)
-    g_i, g_j = -y_i * pick(v, i), -y_j * pick(v, j)
-    curvature = (2.0 - 2.0 * pick(k_i, j).double()).clamp_min(TAU)
-    new_i, new_j = _clipped_pair(y_i != y_j, a_i, a_j, g_i, g_j, c_i, c_j, curvature)
-    new_i, new_j = torch.where(moving, new_i, a_i), torch.where(moving, new_j, a_j)
-    for column, value, sign, c in ((i, new_i, y_i, c_i), (j, new_j, y_j, c_j)):
-        # assigned, not added: libsvm sets a clipped α to exactly C or 0
-        alpha.scatter_(1, column[:, None], value[:, None])
-        below_box, above_zero = value < c, value > 0
-        up.scatter_(1, column[:, None], torch.where(sign > 0, below_box, above_zero)[:, None])
-        low.scatter_(1, column[:, None], torch.where(sign > 0, above_zero, below_box)[:, None])
+    pair = torch.stack([i, j], dim=1)
+    (y_i, y_j), (c_i, c_j) = y.gather(1, pair).unbind(1), box.gather(1, pair).unbind(1)
+    (a_i, a_j), (v_i, v_j) = alpha.gather(1, pair).unbind(1), v.gather(1, pair).unbind(1)
+    curvature = (2.0 - 2.0 * k_i.gather(1, j[:, None])[:, 0]).clamp_min(TAU)
+    new_i, new_j = _clipped_pair(y_i != y_j, a_i, a_j, -y_i * v_i, -y_j * v_j, c_i, c_j, curvature)
+    new = torch.stack([torch.where(moving, new_i, a_i), torch.where(moving, new_j, a_j)], dim=1)
+    # assigned, not added: libsvm sets a clipped α to exactly C or 0
+    alpha.scatter_(1, pair, new)
+    signs, boxes = torch.stack([y_i, y_j], dim=1), torch.stack([c_i, c_j], dim=1)
+    below_box, above_zero = new < boxes, new > 0
+    up.scatter_(1, pair, torch.where(signs > 0, below_box, above_zero))
+    low.scatter_(1, pair, torch.where(signs > 0, above_zero, below_box))
     k_j = _kernel_rows(rows, gamma, distances, j)
     # G += Q_i Δα_i + Q_j Δα_j with Q_it = y_i y_t K_it, so v = -y·G moves by -y_i Δα_i K_i…
-    v.addcmul_(k_i, (-y_i * (new_i - a_i))[:, None])
-    v.addcmul_(k_j, (-y_j * (new_j - a_j))[:, None])
+    step = -signs * (new - torch.stack([a_i, a_j], dim=1))
+    v.addcmul_(k_i, step[:, :1])
+    v.addcmul_(k_j, step[:, 1:])
     iterations += moving.long()
 
 
 def _step(batch: _Batch, distances: torch.Tensor) -> None:
-    ITERATION(
-        batch.rows,
-        batch.y,
-        batch.box,
-        batch.gamma,
-        batch.alpha,
-        batch.v,
-        batch.up,
-        batch.low,
-        batch.done,
-        batch.iterations,
+    b = batch
+    _iteration(
+        b.rows,
+        b.y,
+        b.box,
+        b.gamma,
+        b.alpha,
+        b.v,
+        b.up,
+        b.low,
+        b.done,
+        b.iterations,
         distances,
-        batch.tol,
+        b.tol,
     )
-
-
-ITERATION = _iteration
 
 
 def _clipped_pair(differ, a_i, a_j, g_i, g_j, c_i, c_j, curvature):
@@ -238,8 +236,9 @@ def solve(
             finished = batch.done | limited
             count = int(finished.sum())  # the only synchronisations with the device
             stuck = bool((limited & ~batch.done).any())
-            # a CUDA graph is recorded anew for a smaller batch: only once it has halved
-            if count and (chunk.graph is None or stuck or 2 * count >= len(batch.index)):
+            # on a GPU finished problems stay in the batch (masked) until all are: recording a
+            # graph for a smaller batch costs more than stepping them (bench/scoring.py)
+            if count and (chunk.graph is None or stuck or count == len(batch.index)):
                 _collect(batch, finished, out)
                 batch.keep(~finished)
                 chunk = None
