@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.model_selection import ParameterGrid
+from sklearn.svm import SVC
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +47,7 @@ from gsrcl.data import preprocess  # noqa: E402
 from gsrcl.data.splits import make_folds  # noqa: E402
 from gsrcl.evaluate import smo  # noqa: E402
 from gsrcl.evaluate.agreement import Agreement, compare_solvers  # noqa: E402
-from gsrcl.evaluate.classifiers import FoldClassifier  # noqa: E402
+from gsrcl.evaluate.classifiers import FoldClassifier, inner_splits  # noqa: E402
 from gsrcl.evaluate.workers import Workers  # noqa: E402
 from gsrcl.model.augment import augmentation  # noqa: E402
 from gsrcl.model.encoder import ContrastiveModel  # noqa: E402
@@ -56,7 +58,7 @@ PAPER_METHOD = PAPER.methods[0]  # SimCLR + Gaussian noise at the paper's width
 CPU_METHOD = Method(loss="simclr", augmentation="noise", encoder=(512, 256), head=(256, 128))
 H200_FIGURES = ROOT / "docs" / "gpu-h200.json"
 H200_BANDWIDTH = 4.8e12  # bytes/s, HBM3e as NVIDIA states it for the H200
-LAUNCH_SECONDS = 4e-6  # a CUDA kernel launch beyond torch's dispatch on the host
+KERNEL_SECONDS = 2.5e-6  # a small kernel replayed in a CUDA graph, launch to launch (assumed)
 
 
 def baron_fold(path: str):
@@ -108,54 +110,69 @@ def step_seconds(scorer: ValidationScorer, embeddings, threads: int, repeats: in
     return statistics.median(times), result
 
 
-class _CountOps(TorchDispatchMode):
-    def __init__(self) -> None:
+VIEWS = {"unsqueeze", "select", "slice", "view", "expand", "as_strided", "alias", "unbind"}
+VIEWS |= {"t", "transpose", "squeeze", "detach", "lift_fresh", "_unsafe_view"}
+
+
+class _CountKernels(TorchDispatchMode):
+    """torch operations that launch a kernel (views do not), and the bytes written by those
+    whose output spans the whole batch (problems × cells)."""
+
+    def __init__(self, batch_cells: int) -> None:
         super().__init__()
-        self.ops = 0
+        self.kernels, self.full_bytes, self.batch_cells = 0, 0, batch_cells
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ not in VIEWS:
+            self.kernels += 1
+            if isinstance(out, torch.Tensor) and out.numel() >= self.batch_cells:
+                self.full_bytes += out.numel() * out.element_size()
+        return out
 
 
 def device_step(embeddings, tasks, device: str) -> dict:
-    """One step's search with the device solver, its batch work and memory."""
-    fold = FoldClassifier(
-        PAPER.evaluation.classifier, embeddings[0], 5, "mcc", device, 0, solver="device"
-    )
+    """One step's search with the device solver: its batches' sizes and iterations, and the
+    memory of the batch it makes on a GPU (search and every candidate's refit together):
+    measured there, computed from its tensors elsewhere."""
+    spec = PAPER.evaluation.classifier
+    fold = FoldClassifier(spec, embeddings[0], 5, "mcc", device, 0, solver="device")
     labels = [y for y, _ in tasks.values()]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    fold.search(labels, [fold.inner_splits(y) for y in labels])
+    search = fold.search(labels, [fold.inner_splits(y) for y in labels])
     batches = fold.kernel.batches
+    cells = embeddings[0].shape[0]
     figures = {
         "problems": sum(b[0] for b in batches),
-        "rounds": sum(b[2].rounds for b in batches),
+        "iterations_max": max(int(b[2].iterations.max()) for b in batches),
         "cell_steps": sum(b[2].cell_steps for b in batches),
-        "widest": max(b[1] for b in batches),
+        "cells": cells,
+        "gpu_problems": batches[0][0] + len(labels) * len(search.candidates),
     }
     if device.startswith("cuda"):
         figures["memory_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
         figures["memory_measured"] = True
-    else:  # the batch's tensors (8 B a float64, 4 float32, 1 bool) and one step's temporaries
-        problems, width = max((b[0], b[1]) for b in batches)
-        n = embeddings[0].shape[0]
-        per_cell = 6 * 8 + 2 * 1 + 8 * 8 + 2 * 4  # batch state; grad_diff, gain, masks; K rows
-        figures["memory_gib"] = (problems * width * per_cell + n * n * 12) / 2**30
+    else:  # per problem-cell: state 50 B (int64 rows and places, 4 float64, 2 masks), an
+        # iteration's temporaries ~70 B; the distances 12 B a pair (float64 and float32)
+        per_cell = 50 + 70
+        batch = figures["gpu_problems"] * cells * per_cell
+        figures["memory_gib"] = (batch + cells * cells * 12) / 2**30
         figures["memory_measured"] = False
     return figures
 
 
-def launches_per_round() -> float:
-    """torch operations (kernel launches on a GPU) one SMO iteration dispatches."""
+def iteration_cost() -> tuple[float, float]:
+    """One SMO iteration: kernels launched, and bytes moved per problem-cell (what full-batch
+    operations write, ×3 for what they read)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3))
     distances = torch.as_tensor(((x[:, None] - x[None]) ** 2).sum(-1), dtype=torch.float32)
-    problem = smo.DualProblem(np.arange(40), np.arange(40) < 20, 0.5, 1.0, 1.0)
-    with _CountOps() as counter:
-        solution = smo.solve(distances, [problem], max_iterations=64, check_every=64)
-    return counter.ops / solution.rounds
+    problems = [smo.DualProblem(np.arange(40), np.arange(40) < 20, 0.5, 1.0, 1.0)] * 8
+    with _CountKernels(8 * 40) as counter:
+        solution = smo.solve(distances, problems, max_iterations=64, check_every=64)
+    return counter.kernels / solution.rounds, 3 * counter.full_bytes / solution.rounds / (8 * 40)
 
 
 def dispatch_seconds() -> float:
@@ -165,6 +182,51 @@ def dispatch_seconds() -> float:
     for _ in range(20_000):
         torch.where(a > 0, a, a)
     return (time.perf_counter() - start) / 40_000
+
+
+def single_problems(embeddings, tasks) -> None:
+    """One inner split of every task × the class-balanced grid, each dual solved by libsvm and
+    by the device solver on the CPU: iterations, and how far their decisions are apart."""
+    x = embeddings[0].astype(np.float64)
+    distances = np.maximum(squared(x), 0.0)
+    np.fill_diagonal(distances, 0.0)
+    problems, fits = [], []
+    for y, _ in tasks.values():
+        train, test = inner_splits(y, 5, 0)[0]
+        for candidate in ParameterGrid(svm(True).grid):
+            gamma = candidate["gamma"]
+            gamma = 1 / (x.shape[1] * x[train].var()) if gamma == "scale" else gamma
+            kernel = np.exp(-gamma * distances)
+            reference = SVC(
+                kernel="precomputed", C=candidate["C"], class_weight=candidate["class_weight"]
+            )
+            reference.fit(kernel[np.ix_(train, train)], y[train])
+            c_neg, c_pos = candidate["C"] * reference.class_weight_
+            problems.append(smo.DualProblem(train, y[train], gamma, c_neg, c_pos))
+            fits.append((reference, kernel[np.ix_(test, train)]))
+    solution = smo.solve(torch.as_tensor(distances, dtype=torch.float32), problems)
+    flips = cells = 0
+    worst = 0.0
+    for k, (reference, kernel) in enumerate(fits):
+        size = len(problems[k].rows)
+        ours = kernel @ solution.coef[k, :size].numpy() + float(solution.intercept[k])
+        theirs = reference.decision_function(kernel)
+        flips += int(((ours >= 0) != reference.predict(kernel)).sum())
+        cells += len(ours)
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+    libsvm_iterations = np.array([reference.n_iter_[0] for reference, _ in fits])
+    print(
+        f"  {len(problems)} single duals (one inner split per task, class-balanced grid): libsvm "
+        f"iterations median {np.median(libsvm_iterations):.0f}, 90th percentile "
+        f"{np.percentile(libsvm_iterations, 90):.0f}, largest {libsvm_iterations.max()}; device "
+        f"solver largest {int(solution.iterations.max())}; held-out predictions that differ "
+        f"{flips}/{cells}; largest decision-value gap {worst:.1e}"
+    )
+
+
+def squared(x: np.ndarray) -> np.ndarray:
+    norms = (x * x).sum(axis=1)
+    return norms[:, None] + norms[None, :] - 2 * x @ x.T
 
 
 def print_agreement(name: str, agreement: Agreement) -> None:
@@ -223,9 +285,10 @@ def main() -> None:
     work = device_step(embeddings, tasks, device)
     kind = "measured" if work["memory_measured"] else "computed from its tensors"
     print(
-        f"  device batch: {work['problems']} problems of up to {work['widest']} cells, "
-        f"{work['rounds']} iterations, {work['cell_steps'] / 1e9:.2f} G problem-cells stepped; "
-        f"memory {work['memory_gib']:.2f} GiB ({kind})"
+        f"  device solver here: {work['problems']} problems, at most "
+        f"{work['iterations_max']} iterations, {work['cell_steps'] / 1e9:.2f} G problem-cells "
+        f"stepped; on a GPU one batch of {work['gpu_problems']} problems × {work['cells']} "
+        f"cells: {work['memory_gib']:.2f} GiB ({kind})"
     )
     same = sum(
         results["libsvm, 2 threads"][t].score == results[f"device solver on {device}"][t].score
@@ -235,6 +298,7 @@ def main() -> None:
 
     if not args.no_agreement:
         print("\nagreement with libsvm (item 3 of the device-solver issue):")
+        single_problems(embeddings, tasks)
         learnt = trained(x, parts, args.trained_epochs)
         total = Agreement()
         for embedding_name, emb in (("untrained paper-width", embeddings), ("trained", learnt)):
@@ -244,37 +308,44 @@ def main() -> None:
                 total = total.add(agreement)
         print_agreement("all", total)
 
-    project_h200(work, one, device)
+    project_h200(work, device)
 
 
-def project_h200(work: dict, libsvm_step: float, device: str) -> None:
-    """The paper's SimCLR fold-job on an H200: its measured epochs plus 61 scoring steps."""
+def project_h200(work: dict, device: str) -> None:
+    """The paper's SimCLR fold-job on an H200: its measured epochs plus 61 scoring steps, each
+    the device solver's one CUDA-graph batch (the search and every candidate's refit, never
+    compacted) sized from this step's measured iterations."""
     measured = json.loads(H200_FIGURES.read_text())
     epochs = PAPER.contrastive.epochs["simclr"]
     steps = len(validation_epochs(epochs, PAPER.contrastive.validate_every))
-    launches, dispatch = launches_per_round(), dispatch_seconds()
-    host = work["rounds"] * launches * (dispatch + LAUNCH_SECONDS)
-    # every operation reads or writes at most one float64 problems × cells tensor
-    memory = work["cell_steps"] * launches * 8 / H200_BANDWIDTH
-    step = max(host, memory)
+    kernels, traffic = iteration_cost()
+    dispatch = dispatch_seconds()
+    rounds = -(-work["iterations_max"] // 32) * 32 + 1
+    cells = work["gpu_problems"] * work["cells"]
+    latency = rounds * kernels * KERNEL_SECONDS
+    memory = rounds * cells * traffic / H200_BANDWIDTH
+    recording = 32 * kernels * dispatch  # the host dispatches each operation once to record
+    step = latency + memory + recording
     libsvm_h200 = measured["fold_fp32"]["scoring_s_per_validation_step"]
     print(
-        f"\nprojected on an H200 ({measured['gpu']} figures of {H200_FIGURES.name}): device "
-        f"step ≈ {step:.2f} s = max(launch-bound {host:.2f} s: {work['rounds']} iterations × "
-        f"{launches:.0f} launches × {1e6 * (dispatch + LAUNCH_SECONDS):.1f} µs; memory-bound "
-        f"{memory:.3f} s) against libsvm's {libsvm_h200:.2f} s measured there"
+        f"\nprojected on an {measured['gpu']} ({H200_FIGURES.name}): device step ≈ {step:.2f} s "
+        f"= {rounds} iterations × {kernels:.0f} kernels × {KERNEL_SECONDS * 1e6:.1f} µs "
+        f"({latency:.2f} s) + {work['gpu_problems']} problems × {work['cells']} cells × "
+        f"{traffic:.0f} B an iteration at {H200_BANDWIDTH / 1e12:.1f} TB/s ({memory:.2f} s) + "
+        f"recording the graph ({recording:.2f} s), against libsvm's {libsvm_h200:.2f} s "
+        f"measured there ({libsvm_h200 / step:.1f}×)"
     )
     for precision in ("fp32", "bf16"):
         training = epochs * measured["throughput"][precision]["ms_per_epoch"] / 1e3
         scoring = steps * step
         print(
-            f"  SimCLR fold-job, {precision}: training {training:.0f} s + scoring {steps} × "
-            f"{step:.2f} s = {scoring:.0f} s → {training + scoring:.0f} s serial, "
-            f"{max(training, scoring):.0f} s if scoring fully overlaps "
-            f"(was {measured['fold_fp32']['wall_s']:.0f} s in fp32 with libsvm)"
+            f"  SimCLR fold-job, {precision}: training {training:.0f} s (measured epochs) + "
+            f"scoring {steps} × {step:.2f} s = {scoring:.0f} s: {training + scoring:.0f} s "
+            f"serial, {max(training, scoring):.0f} s if scoring fully overlaps (measured with "
+            f"libsvm: {measured['fold_fp32']['wall_s']:.0f} s in fp32)"
         )
     if device.startswith("cuda"):
-        print("  (a GPU is here: the device step above is measured, use it instead)")
+        print("  (a GPU is here: the device step measured above replaces this projection)")
 
 
 if __name__ == "__main__":
