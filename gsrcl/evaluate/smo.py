@@ -273,7 +273,8 @@ class _Chunk:
         torch.cuda.current_stream(self.distances.device).wait_stream(side)
         self.warmed = 1
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # "thread_local": the training thread keeps launching its own kernels meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             for _ in range(self.count):
                 _step(self.batch, self.distances)
         self.graph = graph
