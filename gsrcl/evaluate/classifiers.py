@@ -23,7 +23,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_pre
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, DeviceSVM, unsupported_params
-from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF, Search, Splits
+from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF, RBFSolver, Search, Splits
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
 from gsrcl.evaluate.workers import SERIAL, Workers
 
@@ -109,7 +109,7 @@ class FoldClassifier:
     ) -> None:
         self.spec, self.inner_folds, self.metric, self.seed = spec, inner_folds, metric, seed
         self.workers = workers
-        self.kernel: PrecomputedRBF | DeviceRBF | None = None
+        self.kernel: RBFSolver | None = None
         if not uses_precomputed_kernel(spec):
             self.x_train = x_train
         elif resolve_solver(solver, spec, device) == "device":

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
-from sklearn.model_selection import ParameterGrid
 from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_class_weight
 
 from gsrcl.evaluate import smo
 from gsrcl.evaluate.kernel_svm import (
+    RBFSolver,
     Search,
     Splits,
     best_candidates,
@@ -68,7 +68,7 @@ class DeviceSVM:
         return SVC(**{**self.params, "kernel": "rbf", "gamma": self.gamma})
 
 
-class DeviceRBF:
+class DeviceRBF(RBFSolver):
     """The training cells of one fold on a device: their squared distances (float64 for
     predictions, float32 for the solver, as libsvm) and what "scale" needs of any rows."""
 
@@ -94,17 +94,10 @@ class DeviceRBF:
 
         return rbf_gamma(value, self.x.shape[1], variance)
 
-    def search(
-        self,
-        labels: list[np.ndarray],
-        splits: list[Splits],
-        grid: dict[str, list],
-        params: dict[str, Any],
-        metric: str,
+    def _search(
+        self, labels: list[np.ndarray], splits: list[Splits], candidates: list[dict], metric: str
     ) -> Search:
-        """For each binary label vector: the best candidate of `grid` by mean inner-CV `metric`
-        over its splits, refit on all training cells."""
-        candidates = [{**params, **c} for c in ParameterGrid(grid)]
+        """Binary label vectors only."""
         every_row = np.arange(self.x.shape[0])
         search = [
             (t, s, c, train, test)

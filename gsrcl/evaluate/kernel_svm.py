@@ -11,6 +11,7 @@ Candidates are searched in `ParameterGrid` order and ties go to the first, as `G
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -93,8 +94,37 @@ class KernelSVM:
         return SVC(**{**self.svc.get_params(), "kernel": "rbf", "gamma": self.gamma})
 
 
-class PrecomputedRBF:
-    """The training cells of one fold: their distance matrix, shared by every fit on them."""
+class RBFSolver(ABC):
+    """The RBF SVC grid search on one fold's training cells, as some solver runs it: each
+    solver is one subclass (libsvm here, `device_svm.DeviceRBF` on a torch device)."""
+
+    def search(
+        self,
+        labels: list[np.ndarray],
+        splits: list[Splits],
+        grid: dict[str, list],
+        params: dict[str, Any],
+        metric: str,
+    ) -> Search:
+        """For each label vector: the best candidate of `grid` (over the fixed `params`) by mean
+        inner-CV `metric` over its splits, refit on all training cells."""
+        candidates = [{**params, **c} for c in ParameterGrid(grid)]
+        return self._search(labels, splits, candidates, metric)
+
+    @abstractmethod
+    def _search(
+        self, labels: list[np.ndarray], splits: list[Splits], candidates: list[dict], metric: str
+    ) -> Search: ...
+
+    @abstractmethod
+    def distances(self, x: np.ndarray) -> Any:
+        """Squared distances from other cells (rows) to the training cells (columns), in the
+        form this solver's models predict from."""
+
+
+class PrecomputedRBF(RBFSolver):
+    """The training cells of one fold: their distance matrix, shared by every fit on them;
+    fits by libsvm."""
 
     def __init__(self, x_train: np.ndarray, device: str = "cpu", workers: Workers = SERIAL) -> None:
         self.workers = workers  # threads for independent libsvm fits
@@ -111,17 +141,9 @@ class PrecomputedRBF:
     def gamma(self, value: Any, rows: np.ndarray | slice = slice(None)) -> float:
         return rbf_gamma(value, self.x_np.shape[1], lambda: self.x_np[rows].var())
 
-    def search(
-        self,
-        labels: list[np.ndarray],
-        splits: list[Splits],
-        grid: dict[str, list],
-        params: dict[str, Any],
-        metric: str,
+    def _search(
+        self, labels: list[np.ndarray], splits: list[Splits], candidates: list[dict], metric: str
     ) -> Search:
-        """For each label vector: the best candidate of `grid` by mean inner-CV `metric` over its
-        splits, refit on all training cells."""
-        candidates = [{**params, **c} for c in ParameterGrid(grid)]
         problems = list(zip(labels, splits, strict=True))
         scores = self._score_tables(problems, candidates, partial(_inner_score, metric))
         chosen = best_candidates(scores)
