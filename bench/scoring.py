@@ -236,7 +236,7 @@ def print_agreement(name: str, agreement: Agreement) -> None:
         f"({100 * agreement.same_choice / n:.1f} %; libsvm's inner-CV loss where not ≤ "
         f"{agreement.worst_choice_loss:.4f}), same validation MCC {agreement.same_validation}/{n} "
         f"(largest gap {agreement.worst_validation_gap:.4f}), objective gap ≤ "
-        f"{agreement.worst_objective_gap:.1e}, KKT violation ≤ {agreement.worst_violation:.1e}; "
+        f"{agreement.worst_objective_gap:.1e}, KKT violation ≤ {agreement.worst_violation:.3e}; "
         f"libsvm {agreement.seconds['libsvm']:.1f} s, device {agreement.seconds['device']:.1f} s"
     )
 
