@@ -31,4 +31,11 @@ __all__ = sorted(_API)
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(import_module(_API[name]), name)
+    if name == "__version__":  # the installed distribution's, as `gsrcl --version` prints
+        return import_module("gsrcl.cli").version()
     raise AttributeError(f"module 'gsrcl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (what a notebook's tab completion offers), still loaded lazily."""
+    return sorted([*__all__, "__version__"])

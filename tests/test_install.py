@@ -37,3 +37,17 @@ def test_pip_install_gives_the_gsrcl_command_and_the_api(tmp_path):
     )
     assert api.returncode == 0, api.stderr
     assert str(venv) in api.stdout and "function run" in api.stdout
+
+
+def test_the_package_lists_its_api_and_version_without_loading_it():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gsrcl; names = dir(gsrcl); "
+        "assert 'annotate' in names and 'ReferenceModel' in names and 'run' in names, names; "
+        "assert 'torch' not in sys.modules; "
+        "from gsrcl.cli import version; assert gsrcl.__version__ == version(); print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
