@@ -218,6 +218,15 @@ def test_a_query_in_the_wrong_scale_or_with_other_gene_names_is_refused(annotate
     _refused(annotated["model"], tmp_path / "renamed.h5ad", "lacks 100% of the reference's genes")
 
 
+def test_a_query_of_no_cells_or_of_a_bare_matrix_gets_one_clear_message(annotated):
+    model = gsrcl.ReferenceModel.load(annotated["model"])
+    query = ad.read_h5ad(annotated["folder"] / "query.h5ad")
+    with pytest.raises(UserError, match="holds no cells"):
+        gsrcl.annotate(query[:0].copy(), model)
+    with pytest.raises(TypeError, match="AnnData or the path.*not a ndarray"):
+        gsrcl.annotate(query.X.toarray(), model)
+
+
 def test_export_command_on_a_finished_run_names_a_method_not_in_the_config(annotated):
     with pytest.raises(UserError, match="not in the config"):
         export_model(annotated["experiment"], method="supcon-noise")

@@ -162,6 +162,12 @@ def annotate_adata_or_file(
     """`annotate` for an AnnData, or for a file read as the runner reads it."""
     if isinstance(cells, ad.AnnData):
         return annotate(cells, model, threshold, chunk_size, use_raw, layer, say)
+    if not isinstance(cells, str | Path):
+        raise TypeError(
+            "gsrcl.annotate labels an AnnData or the path of a file the runner reads "
+            f"(.h5ad, .zarr, .loom, 10x, CSV), not a {type(cells).__name__}; wrap a matrix "
+            "as anndata.AnnData(X, var=pandas.DataFrame(index=gene_names))"
+        )
     query = Query(str(cells), use_raw, layer, transpose)
     return _annotate_query(query, model, threshold, chunk_size, say)
 
@@ -225,6 +231,8 @@ def _read_query(query: Query, model: reference.ReferenceModel) -> ad.AnnData:
 def _checked_query(adata: ad.AnnData, model: reference.ReferenceModel, what: str) -> ad.AnnData:
     """Unique ids and genes, float32 values checked finite and non-negative, in the scale the
     model was trained on."""
+    if adata.n_obs == 0:
+        raise UserError(f"{what} holds no cells: there is nothing to label")
     adata = data.checked_values(Dataset(name="query", path=what, values=model.values), adata)
     mismatch = data.scale_mismatch(model.values, adata.X)
     if mismatch is not None:
