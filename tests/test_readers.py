@@ -268,3 +268,14 @@ def test_loom_and_zarr_through_anndatas_readers(tmp_path, counts, suffix):
         warnings.simplefilter("ignore")
         (adata.write_loom if suffix == ".loom" else adata.write_zarr)(path)
     _check(load_dataset(Dataset(name="d", path=str(path))), counts)
+
+
+def test_an_h5ad_with_an_empty_x_names_its_layers_and_the_setting(tmp_path, counts):
+    obs = pd.DataFrame({"cell_type": TYPES}, index=CELLS)
+    adata = ad.AnnData(X=None, obs=obs, var=pd.DataFrame(index=GENES))
+    adata.layers["counts"] = sp.csr_matrix(counts)
+    path = tmp_path / "layers.h5ad"
+    adata.write_h5ad(path)
+    with pytest.raises(UserError, match=r"empty X \(the layers \['counts'\]\).*layer=NAME"):
+        load_dataset(Dataset(name="d", path=str(path)))
+    _check(load_dataset(Dataset(name="d", path=str(path), layer="counts")), counts)

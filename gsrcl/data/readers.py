@@ -74,6 +74,13 @@ def select_matrix(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
                 f"layers are {list(adata.layers)}"
             )
         adata.X = adata.layers[spec.layer]
+    if adata.X is None:  # an .h5ad may keep its values in layers only
+        held = [name for name, layer in adata.layers.items() if layer is not None]
+        where = f"the layers {held}" if held else "no layer either"
+        raise UserError(
+            f"dataset {spec.name}: {spec.path} has an empty X ({where}); choose the matrix with "
+            "layer=NAME (annotate: --layer NAME) or use_raw=True"
+        )
     return adata
 
 
