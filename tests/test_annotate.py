@@ -253,6 +253,15 @@ def test_the_command_line_labels_a_query_and_answers_bad_input_with_a_message(an
     )
     assert missing.returncode == 2 and missing.stderr.startswith("error: query")
     assert "Traceback" not in missing.stderr
+    a_file = subprocess.run(
+        [*command, *query, "--out", str(tmp_path / "predictions.csv")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert a_file.returncode == 2, a_file.stderr
+    assert "predictions.csv is a file; give a folder" in a_file.stderr
+    assert "jobs" not in a_file.stderr and "Traceback" not in a_file.stderr
 
 
 def _forged(model, tmp_path, name, change):

@@ -96,7 +96,7 @@ class Annotation:
 
     def write(self, out: str | Path, umap: bool = True, say: Callable[[str], None] = print) -> Path:
         """predictions.csv, query.h5ad and (with `umap`) umap.png in the folder `out`."""
-        out = Path(out)
+        out = output_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "predictions.csv", self.table)
         atomic_write(out / "query.h5ad", self.to_adata(umap=umap).write_h5ad)
@@ -108,6 +108,16 @@ class Annotation:
         )
         say(f"results in {out}")
         return out
+
+
+def output_folder(out: str | Path) -> Path:
+    """Where an annotation is written: a folder, made if missing; never an existing file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"--out {out} is a file; give a folder to write the labels into (made if missing)"
+        )
+    return out
 
 
 def annotate(
@@ -137,6 +147,7 @@ def annotate_file(
 ) -> pd.DataFrame:
     """Label the query file's cells; write predictions.csv, query.h5ad and umap.png into `out`."""
     _check_options(threshold, chunk_size)  # before the model is read: a typo fails at once
+    output_folder(out)
     annotation = _annotate_query(query, reference.load(model_dir), threshold, chunk_size, say)
     annotation.write(out, umap, say)
     return annotation.table
