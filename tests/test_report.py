@@ -40,3 +40,19 @@ def test_report_from_a_tiny_real_run_and_rebuilt_after_a_failure(tmp_path):
     assert "Failed or missing jobs" in page and "7 done, 2 not done" in page
     assert "supcon-noise/fold-1: failed ValueError: injected" in page
     assert "supcon-noise/fold-2: not run" in page
+
+
+def test_a_figure_that_cannot_be_drawn_is_a_note_on_the_page_not_a_failure(tmp_path, caplog):
+    import numpy as np
+
+    from gsrcl.report import figures
+    from gsrcl.report.page import FigureSet
+    from gsrcl.runner.run_folder import RunFolder
+
+    figs = FigureSet(RunFolder(tmp_path / "run"))
+    one_gene = np.random.default_rng(0).poisson(2, size=(40, 1))
+    with caplog.at_level("WARNING"):
+        figs.attempt("d: the UMAPs", lambda: figures.umap_coordinates(one_gene))
+        figs.attempt("d: a figure", lambda: None)
+    assert len(figs.html) == 1 and figs.html[0].startswith('<p class="note">d: the UMAPs not')
+    assert not caplog.records  # no failure line

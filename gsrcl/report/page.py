@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
@@ -96,6 +97,19 @@ class FigureSet:
         self.run = run
         self.html: list[str] = []
 
+    def attempt(self, what: str, draw: Callable[[], None]) -> None:
+        """Draw a figure (or a dataset's); one that cannot be drawn (too few genes or cells
+        for a UMAP, say) becomes a note on the page, and the rest of the report goes on."""
+        try:
+            draw()
+        except Exception as error:
+            log.info("report: %s not drawn: %s", what, error)
+            self.html.append(
+                f'<p class="note">{html.escape(what)} not drawn: '
+                + html.escape(str(error))
+                + "</p>"
+            )
+
     def add(self, name: str, fig, caption: str) -> None:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -147,9 +161,18 @@ def dataset_figures(
     labels = adata.obs[LABEL].to_numpy(dtype=str)
     colours = figures.type_colours(list(labels))  # every figure of the dataset agrees
     for method in experiment.methods:
-        _training_figure(figs, done, name, method.name, colours)
-    _pr_figure(figs, done, experiment, name, tasks, methods)
-    _umap_figure(figs, done, experiment, adata, spec, tasks, colours)
+        figs.attempt(
+            f"{name}: the training curves of {method.name}",
+            lambda m=method.name: _training_figure(figs, done, name, m, colours),
+        )
+    figs.attempt(
+        f"{name}: the precision-recall figure",
+        lambda: _pr_figure(figs, done, experiment, name, tasks, methods),
+    )
+    figs.attempt(
+        f"{name}: the UMAPs",
+        lambda: _umap_figure(figs, done, experiment, adata, spec, tasks, colours),
+    )
 
 
 def _training_figure(figs, done: DoneJobs, name: str, method: str, colours) -> None:
@@ -219,12 +242,14 @@ def build(experiment: Experiment, run: RunFolder, done: set[Job], datasets: Data
     methods = experiment.method_names
     write_summary_md(run, summary, methods)
     figs = FigureSet(run)
+    jobs_done = DoneJobs(run, experiment, done)
     for spec in experiment.datasets:
-        try:
-            jobs_done = DoneJobs(run, experiment, done)
-            dataset_figures(figs, jobs_done, experiment, datasets.get(spec), spec, summary)
-        except Exception as error:  # a figure that fails must not cost the rest of the report
-            log.warning("report: figures of %s failed: %s", spec.name, error)
+        figs.attempt(
+            f"{spec.name}: the figures",
+            lambda s=spec: dataset_figures(
+                figs, jobs_done, experiment, datasets.get(s), s, summary
+            ),
+        )
     page = _page(experiment, run, summary, methods, figs.html)
     return run.write_page("report.html", page)
 
@@ -233,7 +258,7 @@ STYLE = """body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#2
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:left} th{background:#f3f3f3}
 figure{margin:1.5em 0} img{max-width:100%} figcaption{font-size:13px;color:#555}
-.bad{color:#a00}"""
+.bad{color:#a00} .note{font-size:13px;color:#777}"""
 
 
 def _facts(experiment: Experiment, record: dict, manifest: pd.DataFrame, methods) -> list:
