@@ -82,8 +82,12 @@ def _plain(value: Any) -> Any:
 
 
 def safe_name(name: str) -> str:
-    """A cell-type name usable as a file name ('CD4+/CD25 T Reg' → 'CD4+_CD25_T_Reg')."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)
+    """A file name for any user-given name (a cell type), one-to-one and bounded: a readable
+    slug of at most 48 characters, then 8 hex digits of the exact name's SHA-256
+    ('CD4+/CD25 T Reg' → 'CD4+_CD25_T_Reg-<8 hex>'), so 'T/cell' and 'T_cell', or 'αβ T cell'
+    and 'γδ T cell', get files of their own and a 400-character name fits a file system."""
+    slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name)[:48].strip("._-") or "name"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def describe_os_error(error: OSError) -> str:

@@ -55,13 +55,14 @@ def test_tiny_run_writes_the_results_layout_with_real_numbers(tmp_path):
         TASKS
     )
 
-    checkpoint = torch.load(job / "encoder-CD19+_B.pt", weights_only=True)
+    checkpoint = torch.load(job / f"encoder-{safe_name('CD19+ B')}.pt", weights_only=True)
     encoder = build_encoder(**checkpoint["kwargs"])
     encoder.load_state_dict(checkpoint["state_dict"])
     assert len(checkpoint["genes"]) == 765
     assert encoder(torch.zeros(2, 765)).shape == (2, 32)
     masking = torch.load(
-        job.parent.parent / "simclr-masking-200" / "fold-0" / "encoder-CD34+.pt", weights_only=True
+        job.parent.parent / "simclr-masking-200" / "fold-0" / f"encoder-{safe_name('CD34+')}.pt",
+        weights_only=True,
     )
     assert len(masking["genes"]) == 200 and masking["preprocess"]["mean"].shape == (200,)
 

@@ -61,7 +61,7 @@ def test_a_job_is_done_only_with_its_fingerprint_and_intact_files(tmp_path):
     job.mark_done("f", "cpu", 2.5)
     assert job.state("f") == JobState("done", device="cpu", seconds=2.5)
     assert job.state("g").status == "stale"
-    with open(job.path / "encoder-b.pt", "r+b") as file:  # same size, one byte changed
+    with open(job.encoder_path("b"), "r+b") as file:  # same size, one byte changed
         file.write(b"y")
     assert job.state("f") == JobState("corrupt", "encoder-a.pt changed after the job wrote it")
     (job.path / "encoder-a.pt").write_bytes(b"x" * 50)

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # Bumped when the same settings give other numbers (2: cells in id order, shuffled inner CV), so
 # results of an older runner are redone rather than mixed with new ones.
 SCORING_VERSION = 2
+# how file names derive from cell-type names (gsrcl.files.safe_name): 2 = slug + hash, one file
+# per name; a job written under another naming is redone, never read with the wrong names
+FILE_NAMING = 2
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
         "evaluation": asdict(experiment.evaluation),
         "seed": experiment.seed,
         "scoring_version": SCORING_VERSION,
+        "file_naming": FILE_NAMING,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
