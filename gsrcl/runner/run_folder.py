@@ -7,8 +7,8 @@ results/<experiment>/
   .lock                  held by the runner using the folder: host, pid, start time
   splits/<dataset>.json  validation cells, fold assignment, tasks (with reasons for skipped ones)
   jobs/<dataset>/<method>/fold-<k>/   metrics.json, loss.csv, validation.csv, predictions.csv,
-                                      encoder-<task>.pt (tasks sharing a snapshot share the file:
-                                      hard links), DONE (written last) | error.txt
+                                      encoder-<safe_name(task)>.pt (tasks sharing a snapshot
+                                      share the file: hard links), DONE (written last) | error.txt
   logs/worker-<n>.log    what each worker process did
   manifest.csv           one row per job: status, device, seconds, error
   summary.csv | summary.md | report.html | figures/   derived from the done jobs
