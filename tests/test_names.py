@@ -1,6 +1,8 @@
 """Cell-type names map one-to-one to files, whatever they hold: names that a slug would merge,
 unicode, and names longer than a file name may be."""
 
+import dataclasses
+
 import anndata as ad
 import pandas as pd
 import scanpy as sc
@@ -40,6 +42,7 @@ def test_colliding_unicode_and_long_names_go_through_run_report_export_and_annot
         tmp_path,
         datasets=(dataset,),
         methods=base.methods[:1],
+        evaluation=dataclasses.replace(base.evaluation, baselines=()),
         export=Export(after_run=True, method="simclr-noise"),
     )
     assert run_experiment(experiment, log=lambda _: None) == 0
