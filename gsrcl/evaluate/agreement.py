@@ -8,7 +8,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.utils.class_weight import compute_class_weight
 
 from gsrcl.config.settings import Classifier
 from gsrcl.evaluate.classifiers import FoldClassifier
@@ -109,10 +108,8 @@ def _refit_gaps(distances: np.ndarray, y: np.ndarray, reference, coef: np.ndarra
     device refit's maximal violating pair (with float32 kernel values, as both solvers saw)."""
     kernel = np.exp(-reference.gamma * distances).astype(np.float32).astype(np.float64)
     positive = y == reference.classes_[1]
-    params = reference.svc.get_params()
-    classes = np.unique(y)
-    weights = compute_class_weight(params.get("class_weight"), classes=classes, y=y)
-    box = float(params["C"]) * weights[np.searchsorted(classes, y)]
+    # each cell's bound: C times its class's weight, as libsvm was given them
+    box = reference.svc.C * reference.svc.class_weight_[positive.astype(int)]
     dense = np.zeros(len(y))
     dense[reference.svc.support_] = reference.svc.dual_coef_[0]
     device_objective, violation = objective_and_violation(kernel, positive, coef, box)

@@ -105,12 +105,15 @@ class DeviceRBF(RBFSolver):
             for s, (train, test) in enumerate(task_splits)
             for c in range(len(candidates))
         ]
-        problems = [self._problem(labels[t], candidates[c], train) for t, _, c, train, _ in search]
+        problems = [
+            problem
+            for y, task_splits in zip(labels, splits, strict=True)
+            for train, _ in task_splits
+            for problem in self._problems(y, train, candidates)
+        ]
         speculative = self.x.device.type == "cuda"
         if speculative:  # every candidate's refit, in the same batch
-            problems += [
-                self._problem(y, candidate, every_row) for y in labels for candidate in candidates
-            ]
+            problems += [p for y in labels for p in self._problems(y, every_row, candidates)]
         solved = self._solve(problems, candidates)
         scores = [np.full((len(candidates), len(s)), np.nan) for s in splits]
         for (t, s, c, _, _), score in zip(
@@ -122,7 +125,7 @@ class DeviceRBF(RBFSolver):
             picked = [len(search) + t * len(candidates) + c for t, c in enumerate(chosen)]
         else:
             refits = [
-                self._problem(y, candidates[c], every_row)
+                self._problems(y, every_row, [candidates[c]])[0]
                 for y, c in zip(labels, chosen, strict=True)
             ]
             solved, picked = self._solve(refits, candidates), list(range(len(labels)))
@@ -132,22 +135,33 @@ class DeviceRBF(RBFSolver):
         ]
         return Search(models, scores, candidates, chosen)
 
-    def _problem(self, y: np.ndarray, params: dict, rows: np.ndarray) -> smo.DualProblem | None:
-        """One fit's dual, or None when its rows hold one class (a failed fit, as in
-        GridSearchCV)."""
+    def _problems(
+        self, y: np.ndarray, rows: np.ndarray, candidates: list[dict]
+    ) -> list[smo.DualProblem | None]:
+        """Each candidate's dual on these rows, or None when they hold one class (a failed fit,
+        as in GridSearchCV). Class weights and gammas are resolved once per distinct value:
+        this runs on the host for every fit of a step."""
         fit_y = y[rows]
         present = np.unique(fit_y)
         if len(present) < 2:
-            return None
-        weights = compute_class_weight(params.get("class_weight"), classes=present, y=fit_y)
-        c = float(params.get("C", 1.0))
-        return smo.DualProblem(
-            rows=rows,
-            positive=fit_y == present[1],
-            gamma=self.gamma(params.get("gamma", "scale"), rows),
-            c_negative=c * weights[0],
-            c_positive=c * weights[1],
-        )
+            return [None] * len(candidates)
+        positive = fit_y == present[1]
+        weights: dict[str, np.ndarray] = {}
+        gammas: dict[Any, float] = {}
+        problems = []
+        for params in candidates:
+            class_weight, gamma = params.get("class_weight"), params.get("gamma", "scale")
+            if repr(class_weight) not in weights:
+                weights[repr(class_weight)] = compute_class_weight(
+                    class_weight, classes=present, y=fit_y
+                )
+            if gamma not in gammas:
+                gammas[gamma] = self.gamma(gamma, rows)
+            c, (w_negative, w_positive) = float(params.get("C", 1.0)), weights[repr(class_weight)]
+            problems.append(
+                smo.DualProblem(rows, positive, gammas[gamma], c * w_negative, c * w_positive)
+            )
+        return problems
 
     def _solve(self, problems: list[smo.DualProblem | None], candidates: list[dict]) -> _Solved:
         present = [k for k, p in enumerate(problems) if p is not None]
@@ -178,15 +192,15 @@ class DeviceRBF(RBFSolver):
 
     def _decisions(self, distances: torch.Tensor, solved: _Solved, members: list[int]):
         """Decision values (fits × cells) of these fits, one kernel per distinct gamma."""
-        out = torch.empty((len(members), distances.shape[0]), dtype=torch.float64)
-        out = out.to(distances.device)
+        out = torch.empty(
+            (len(members), distances.shape[0]), dtype=torch.float64, device=distances.device
+        )
         by_gamma: dict[float, list[int]] = {}
         for m, k in enumerate(members):
             by_gamma.setdefault(solved.problems[k].gamma, []).append(m)
         for gamma, positions in by_gamma.items():
             fits = [solved.slot[members[m]] for m in positions]
-            size = distances.shape[1]
-            coef = solved.solution.coef[fits, :size]
+            coef = solved.solution.coef[fits, : distances.shape[1]]
             out[positions] = (torch.exp(-gamma * distances) @ coef.T).T
             out[positions] += solved.solution.intercept[fits][:, None]
         return out
