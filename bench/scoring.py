@@ -48,6 +48,7 @@ from gsrcl.data.splits import make_folds  # noqa: E402
 from gsrcl.evaluate import smo  # noqa: E402
 from gsrcl.evaluate.agreement import Agreement, compare_solvers  # noqa: E402
 from gsrcl.evaluate.classifiers import FoldClassifier, inner_splits  # noqa: E402
+from gsrcl.evaluate.kernel_svm import rbf_gamma, squared_distances  # noqa: E402
 from gsrcl.evaluate.workers import Workers  # noqa: E402
 from gsrcl.model.augment import augmentation  # noqa: E402
 from gsrcl.model.encoder import ContrastiveModel  # noqa: E402
@@ -188,14 +189,13 @@ def single_problems(embeddings, tasks) -> None:
     """One inner split of every task × the class-balanced grid, each dual solved by libsvm and
     by the device solver on the CPU: iterations, and how far their decisions are apart."""
     x = embeddings[0].astype(np.float64)
-    distances = np.maximum(squared(x), 0.0)
+    distances = squared_distances(torch.as_tensor(x), torch.as_tensor(x)).numpy()
     np.fill_diagonal(distances, 0.0)
     problems, fits = [], []
     for y, _ in tasks.values():
         train, test = inner_splits(y, 5, 0)[0]
         for candidate in ParameterGrid(svm(True).grid):
-            gamma = candidate["gamma"]
-            gamma = 1 / (x.shape[1] * x[train].var()) if gamma == "scale" else gamma
+            gamma = rbf_gamma(candidate["gamma"], x.shape[1], lambda: x[train].var())  # noqa: B023
             kernel = np.exp(-gamma * distances)
             reference = SVC(
                 kernel="precomputed", C=candidate["C"], class_weight=candidate["class_weight"]
@@ -222,11 +222,6 @@ def single_problems(embeddings, tasks) -> None:
         f"solver largest {int(solution.iterations.max())}; held-out predictions that differ "
         f"{flips}/{cells}; largest decision-value gap {worst:.1e}"
     )
-
-
-def squared(x: np.ndarray) -> np.ndarray:
-    norms = (x * x).sum(axis=1)
-    return norms[:, None] + norms[None, :] - 2 * x @ x.T
 
 
 def print_agreement(name: str, agreement: Agreement) -> None:
