@@ -1,11 +1,9 @@
 import collections
-import os
 from pathlib import Path
 
 import pytest
 
 from gsrcl.config.settings import Classifier, Compute, Evaluation
-from gsrcl.runner.dispatch import plan_slots
 from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import tiny_experiment
 from tests.helpers import failing_baseline
@@ -37,13 +35,6 @@ def _starts(run_dir: Path) -> collections.Counter:
             if " start " in line:
                 counts[line.split(" start ")[1].split(" on ")[0]] += 1
     return counts
-
-
-def test_slots_cover_every_device_and_share_the_cores():
-    slots = plan_slots(["cuda:0", "cuda:1", "cuda:2"], 2, 1, None)
-    assert [s.device for s in slots] == ["cuda:0", "cuda:1", "cuda:2"] * 2
-    cpu = plan_slots(["cpu"], 4, 2, None)
-    assert len(cpu) == 2 and all(s.threads == max(1, (os.cpu_count() or 1) // 2) for s in cpu)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

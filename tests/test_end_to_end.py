@@ -1,12 +1,16 @@
 import json
+from dataclasses import replace
 
 import pandas as pd
 import torch
 
-from gsrcl.files import safe_name
+from gsrcl.config.settings import Storage
+from gsrcl.files import safe_name, sha256
 from gsrcl.model.encoder import build_encoder
+from gsrcl.runner import estimate, jobs, retention
 from gsrcl.runner.pipeline import run_experiment
-from tests.conftest import tiny_experiment
+from gsrcl.runner.run_folder import RunFolder
+from tests.conftest import PBMC, tiny_experiment
 
 TASKS = ["CD19+ B", "CD34+", "Dendritic"]  # the order of the config's cell_types
 
@@ -44,7 +48,8 @@ def test_tiny_run_writes_the_results_layout_with_real_numbers(tmp_path):
     assert "validation step at epoch 2: 3 tasks scored in" in worker_log
     assert "epoch 4/4" in worker_log
 
-    job = run_dir / "jobs" / "pbmc68k_reduced" / "simclr-noise" / "fold-0"
+    jobs_dir = run_dir / "jobs" / "pbmc68k_reduced"
+    job = jobs_dir / "simclr-noise" / "fold-0"
     assert {"DONE", "metrics.json", "predictions.csv", "loss.csv", "validation.csv"} <= {
         p.name for p in job.iterdir()
     }
@@ -54,27 +59,74 @@ def test_tiny_run_writes_the_results_layout_with_real_numbers(tmp_path):
     assert sorted(validation["epoch"].unique()) == [0, 2, 4] and set(validation["task"]) == set(
         TASKS
     )
+    _kept_encoders_are_the_ones_export_takes(experiment, jobs_dir)
 
-    checkpoint = torch.load(job / f"encoder-{safe_name('CD19+ B')}.pt", weights_only=True)
+    best = _best_folds(jobs_dir / "simclr-noise")
+    checkpoint = torch.load(
+        jobs_dir / "simclr-noise" / f"fold-{best['CD19+ B']}" / _encoder("CD19+ B"),
+        weights_only=True,
+    )
+    assert checkpoint["state_dict"]["0.weight"].dtype == torch.float16  # storage's default
     encoder = build_encoder(**checkpoint["kwargs"])
     encoder.load_state_dict(checkpoint["state_dict"])
     assert len(checkpoint["genes"]) == 765
     assert encoder(torch.zeros(2, 765)).shape == (2, 32)
+    masking = jobs_dir / "simclr-masking-200"
     masking = torch.load(
-        job.parent.parent / "simclr-masking-200" / "fold-0" / f"encoder-{safe_name('CD34+')}.pt",
-        weights_only=True,
+        masking / f"fold-{_best_folds(masking)['CD34+']}" / _encoder("CD34+"), weights_only=True
     )
     assert len(masking["genes"]) == 200 and masking["preprocess"]["mean"].shape == (200,)
 
-    # each distinct chosen snapshot is written once; tasks that chose it share the file
-    rows = json.loads((job / "metrics.json").read_text())["rows"]
-    files = {r["task"]: job / f"encoder-{safe_name(r['task'])}.pt" for r in rows}
-    inodes = {r["epoch"]: set() for r in rows}
-    for r in rows:
-        assert torch.load(files[r["task"]], weights_only=True)["epoch"] == r["epoch"]
-        inodes[r["epoch"]].add(files[r["task"]].stat().st_ino)
-    assert all(len(same) == 1 for same in inodes.values())
-    assert len({i for same in inodes.values() for i in same}) == len(inodes)
+
+def _encoder(task: str) -> str:
+    return f"encoder-{safe_name(task)}.pt"
+
+
+def _best_folds(method_dir) -> dict[str, int]:
+    """Per task, the fold with the best validation score (earliest on ties), from metrics.json."""
+    best: dict[str, tuple[float, int]] = {}
+    for fold in range(3):
+        for row in json.loads((method_dir / f"fold-{fold}" / "metrics.json").read_text())["rows"]:
+            score = row["validation_score"]
+            if row["task"] not in best or score > best[row["task"]][0]:
+                best[row["task"]] = (score, fold)
+    return {task: fold for task, (_, fold) in best.items()}
+
+
+def _kept_encoders_are_the_ones_export_takes(
+    experiment, jobs_dir, methods=("simclr-noise", "supcon-noise", "simclr-masking-200")
+) -> None:
+    """keep_encoders="chosen": one encoder per method and task, in the fold export takes;
+    tasks of a job sharing a snapshot share its file; no DONE lists a removed file; and the
+    same folder checked under keep_encoders="all" runs the pruned jobs again."""
+    for method in methods:
+        best = _best_folds(jobs_dir / method)
+        for fold in range(3):
+            folder = jobs_dir / method / f"fold-{fold}"
+            marker = json.loads((folder / "DONE").read_text())
+            held = {p.name for p in folder.glob("encoder-*.pt")}
+            assert held == {_encoder(t) for t, f in best.items() if f == fold}, (method, fold)
+            assert {n for n in marker["files"] if n.startswith("encoder-")} == held
+            assert {e["task"] for e in marker.get("pruned", {}).values()} == {
+                t for t, f in best.items() if f != fold
+            }
+            rows = json.loads((folder / "metrics.json").read_text())["rows"]
+            epochs = {r["epoch"]: set() for r in rows if _encoder(r["task"]) in held}
+            for r in rows:
+                if _encoder(r["task"]) in held:
+                    saved = torch.load(folder / _encoder(r["task"]), weights_only=True)
+                    assert saved["epoch"] == r["epoch"]
+                    epochs[r["epoch"]].add((folder / _encoder(r["task"])).stat().st_ino)
+            assert all(len(inodes) == 1 for inodes in epochs.values())
+    planned = jobs.plan(experiment)
+    run = RunFolder.of(experiment)
+    assert {s.status for s in retention.job_states(experiment, run, planned).values()} == {"done"}
+    keep_all = replace(experiment, storage=Storage(keep_encoders="all"))
+    again = retention.job_states(keep_all, run, planned)
+    pruned = {
+        job for job in planned if json.loads((run.job(job).path / "DONE").read_text()).get("pruned")
+    }
+    assert pruned and {job for job, s in again.items() if s.status != "done"} == pruned
 
 
 def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_path):
@@ -86,6 +138,26 @@ def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_pat
     status, log = _run(experiment)
     assert status == 0 and "6 skipped, 0 to run" in log
     assert summary_path.read_text() == first
+
+    # the fold holding CD34+'s kept encoder is redone and scores lower (as a GPU rerun may):
+    # the fold whose CD34+ encoder was removed is now the one export takes, so it runs again
+    method_dir = tmp_path / "results" / "tiny" / "jobs" / "pbmc68k_reduced" / "simclr-noise"
+    holder = method_dir / f"fold-{_best_folds(method_dir)['CD34+']}"
+    metrics = json.loads((holder / "metrics.json").read_text())
+    for row in metrics["rows"]:
+        row["validation_score"] -= 2 * (row["task"] == "CD34+")
+    (holder / "metrics.json").write_text(json.dumps(metrics))
+    marker = json.loads((holder / "DONE").read_text())  # as the redone job would have written
+    marker["files"]["metrics.json"] = {
+        "size": (holder / "metrics.json").stat().st_size,
+        "sha256": sha256(holder / "metrics.json"),
+    }
+    (holder / "DONE").write_text(json.dumps(marker))
+    status, log = _run(experiment)
+    assert status == 0 and "the encoder export needs for 'CD34+' was removed" in log, log
+    assert "5 skipped, 1 to run" in log  # only that fold
+    assert summary_path.read_text() == first
+    _kept_encoders_are_the_ones_export_takes(experiment, method_dir.parent, ["simclr-noise"])
 
     again = tiny_experiment(tmp_path / "again", methods=experiment.methods)
     assert _run(again)[0] == 0
@@ -115,8 +187,24 @@ def test_check_prints_the_plan_without_training(tmp_path):
     assert check(tiny_experiment(tmp_path), log=lines.append) == 0
     text = "\n".join(lines)
     assert "CD34+: 13 cells, scored" in text and "12 jobs planned" in text
-    assert "simclr-masking-200" in text and "workers: 1 on cpu" in text
+    assert "simclr-masking-200" in text and "jobs: placed by need on" in text
+    assert "pbmc68k_reduced/supcon-noise: 3 CPU jobs of ~" in text
+    assert "estimate: the run takes ~" in text
+    assert "disk: results keep up to" in text and "keep_encoders='chosen', float16" in text
     assert not (tmp_path / "results").exists()
+
+
+def test_the_disk_estimate_has_the_paper_encoders_size_and_bound():
+    from gsrcl.config.presets import PAPER
+    from gsrcl.config.settings import Experiment
+
+    noise = PAPER.methods[0]  # Baron Mouse's 14 878 genes at the paper's width: 412 MB
+    assert round(estimate.encoder_bytes(14878, noise, "float32") / 1e6) == 412
+    paper = Experiment(name="p", datasets=(PBMC,), methods=PAPER.methods)
+    chosen = estimate.disk(paper, {"baron": (14878, 13)})
+    assert chosen.kept <= 6e9 < chosen.keep_all  # one encoder per method and type, float16
+    everything = replace(paper, storage=Storage(keep_encoders="all", encoder_precision="float32"))
+    assert estimate.disk(everything, {"baron": (14878, 13)}).kept > 9 * chosen.kept
 
 
 def test_the_api_runs_an_experiment_and_returns_its_summary(tmp_path):

@@ -208,15 +208,19 @@ class Compute:
     """Where jobs run."""
 
     devices: str | tuple[int, ...] = "auto"  # "auto" (all GPUs, else CPU), "cpu", or GPU indices
-    workers_per_device: int = 1
-    cpu_workers: int = 1
-    threads: int | None = None  # torch / BLAS threads per CPU worker; None = cores / workers
+    # GPU jobs one GPU runs at once: "auto" packs as many as its memory and the cores allow
+    workers_per_device: int | Literal["auto"] = "auto"
+    # CPU jobs at once (baselines; every job where there is no GPU): "auto" = up to one per core
+    cpu_workers: int | Literal["auto"] = "auto"
+    # torch / BLAS / scoring threads per job; None = the cores shared out among the running jobs,
+    # shared out again as jobs finish (a job takes its new share at its next validation step)
+    threads: int | None = None
     # "local": worker processes on this machine; "ray": Ray tasks on a cluster (pip install ray)
     executor: Literal["local", "ray"] = "local"
     # ray: None starts a local Ray in the runner; "auto" joins the cluster this machine is part
     # of; "ray://head:10001" connects to a remote head node
     ray_address: str | None = None
-    ray_cpus_per_job: int = 1  # ray, CPU-only clusters: cores each job reserves (GPU jobs: 1 GPU)
+    ray_cpus_per_job: int = 1  # ray: cores a CPU job reserves (GPU jobs: 1 core, a GPU share)
     # a training saves its state (to resume after a kill) at a validation step at most this often;
     # 0 saves at every step. At the paper's width one save is GBs, so not every few seconds on a GPU
     save_progress_seconds: float = 300.0
@@ -225,8 +229,8 @@ class Compute:
         problems = []
         if isinstance(self.devices, str) and self.devices not in ("auto", "cpu"):
             problems.append("devices must be 'auto', 'cpu' or a list of GPU indices")
-        if self.workers_per_device < 1 or self.cpu_workers < 1:
-            problems.append("workers_per_device and cpu_workers must be at least 1")
+        if any(w != "auto" and w < 1 for w in (self.workers_per_device, self.cpu_workers)):
+            problems.append("workers_per_device and cpu_workers must be 'auto' or at least 1")
         if self.threads is not None and self.threads < 1:
             problems.append("threads must be at least 1, or None")
         if self.ray_cpus_per_job < 1:
@@ -246,6 +250,18 @@ class Export:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """What a run keeps on disk. At the paper's width one encoder is 412 MB in float32."""
+
+    # "chosen": per dataset, method and cell type only the encoder export would choose across
+    # the folds (the others are removed once a better fold is done); "all": every fold's
+    keep_encoders: Literal["chosen", "all"] = "chosen"
+    # encoders stored as float16 halve the disk; annotation labels measured the same for
+    # >= 99.9 % of cells (docs/storage.md). Training and scoring always use float32.
+    encoder_precision: Literal["float32", "float16"] = "float16"
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment: datasets × methods × folds, plus the baselines."""
 
@@ -257,6 +273,7 @@ class Experiment:
     evaluation: Evaluation = field(default_factory=Evaluation)
     compute: Compute = field(default_factory=Compute)
     export: Export = field(default_factory=Export)
+    storage: Storage = field(default_factory=Storage)
     seed: int = 0
     results_dir: str = "results"
 

@@ -98,9 +98,11 @@ class EncoderFile:
         )
         return cls(state, kwargs, encoder_input, asdict(method), epoch)
 
-    def to_record(self) -> dict[str, Any]:
+    def to_record(self, precision: str = "float32") -> dict[str, Any]:
+        """`precision` "float16" stores the weights at half the size; `build` loads them back
+        into the float32 network."""
         return {
-            "state_dict": self.state_dict,
+            "state_dict": stored(self.state_dict, precision),
             "kwargs": self.kwargs,
             "genes": self.input.genes,
             "method": self.method,
@@ -125,6 +127,18 @@ class EncoderFile:
         encoder = build_encoder(**self.kwargs)
         encoder.load_state_dict(self.state_dict)
         return encoder.eval()
+
+
+def stored(state: dict[str, torch.Tensor], precision: str) -> dict[str, torch.Tensor]:
+    """The weights as stored: float16 where asked and the values fit its range (a tensor that
+    does not fit stays float32); integer tensors (batch counts) unchanged."""
+    if precision == "float32":
+        return state
+    half = torch.finfo(torch.float16).max
+    return {
+        name: t.half() if t.is_floating_point() and t.numel() and t.abs().max() <= half else t
+        for name, t in state.items()
+    }
 
 
 def load_encoder(path: Path) -> tuple[torch.nn.Module, EncoderFile]:

@@ -159,6 +159,7 @@ class CheckpointSelector:
         embeddings = self.scorer.embed(encoder)
         state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         self._collect()
+        self.scorer.workers.refresh()  # no scoring under way: cores freed meanwhile are taken
         if self.pool is None:
             self._keep(epoch, state, self._timed_score(*embeddings))
         else:

@@ -34,7 +34,7 @@ from gsrcl.model.checkpoints import load_encoder
 from gsrcl.model.train import embed
 from gsrcl.reference import model as reference
 from gsrcl.reference import neighbourhood, rule
-from gsrcl.runner import jobs
+from gsrcl.runner import jobs, retention
 from gsrcl.runner.environment import package_versions
 from gsrcl.runner.run_folder import JobFolder, RunFolder
 
@@ -168,38 +168,37 @@ def _done_folders(
     experiment: Experiment, run: RunFolder, dataset: str, job_method: str
 ) -> list[JobFolder]:
     """The folders of the method's jobs on `dataset`, every one of them done with this config."""
-    folders = []
-    for fold in range(experiment.split.folds):
-        job = jobs.Job(dataset, job_method, fold)
-        folder = run.job(job)
-        state = folder.state(jobs.fingerprint(experiment, job))
+    planned = [jobs.Job(dataset, job_method, fold) for fold in range(experiment.split.folds)]
+    states = retention.job_states(experiment, run, planned)
+    for job, state in states.items():
         if state.status != "done":
             why = f": {state.reason}" if state.reason else ""
             raise UserError(
                 f"job {job.id} is {state.status}{why}; run the experiment with this config "
                 "(python3 runner.py) before exporting"
             )
-        folders.append(folder)
-    return folders
+    return [run.job(job) for job in planned]
 
 
 def _chosen_encoders(folders: list[JobFolder]) -> dict[str, dict]:
     """For each task: the fold whose chosen checkpoint scored best on the validation cells."""
-    best: dict[str, dict] = {}
-    for fold, folder in enumerate(folders):
-        checksums = folder.checksums()
-        for row in folder.metrics():
-            if row["task"] not in best or row["validation_score"] > best[row["task"]]["score"]:
-                path = folder.encoder_path(row["task"])
-                best[row["task"]] = {
-                    "fold": fold,
-                    "epoch": row["epoch"],
-                    "score": row["validation_score"],
-                    "test_mcc": row["mcc"],
-                    "path": path,
-                    "digest": checksums[path.name],  # checked by `state`: no second read
-                }
-    return best
+    scores = {fold: folder.validation_scores() for fold, folder in enumerate(folders)}
+    rows = {
+        (fold, row["task"]): row for fold, folder in enumerate(folders) for row in folder.metrics()
+    }
+    picks = {}
+    for task, fold in retention.best_folds(scores).items():
+        row, folder = rows[fold, task], folders[fold]
+        path = folder.encoder_path(task)
+        picks[task] = {
+            "fold": fold,
+            "epoch": row["epoch"],
+            "score": row["validation_score"],
+            "test_mcc": row["mcc"],
+            "path": path,
+            "digest": folder.checksums()[path.name],  # checked by `state`: no second read
+        }
+    return picks
 
 
 def describe_types(picks: dict[str, dict]) -> str:

@@ -1,9 +1,12 @@
-"""Running jobs on a pool of long-lived worker processes, one per device slot.
+"""Running jobs on worker processes placed by the scheduler (`gsrcl.runner.schedule`).
 
-Each worker is spawned, pinned to its device (GPU index, or a share of the CPU cores) before any
-work, and asks the main process for jobs one at a time through its own inbox, so the main process
-always knows which job each worker holds: a job is handed out exactly once, and a worker that dies
-(killed, out of memory) is replaced and its job recorded as failed. `execute` runs every job.
+A worker is spawned for a device (a GPU, or the CPU) when the scheduler places a job there and no
+idle worker of that device is free; it takes its jobs one at a time through its own inbox, so the
+main process always knows which job each worker holds: a job is handed out exactly once, and a
+worker that dies (killed, out of memory) is replaced and its job recorded as failed. Each worker's
+share of the cores lives in shared memory (`CoreShare`): the runner shares the cores out again
+whenever a job starts or finishes, and a running job takes its new share at its next validation
+step. `execute` runs every job.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import torch.multiprocessing as mp
 from gsrcl.config.settings import Experiment
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.errors import UserError
+from gsrcl.evaluate.workers import Share
 from gsrcl.files import describe_os_error
 from gsrcl.runner import jobs
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.run_folder import RunFolder
+from gsrcl.runner.schedule import Machine, Needs, Scheduler
 
 POLL_SECONDS = 0.5
 
@@ -44,22 +49,28 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Slot:
-    """One worker's place: its device and how many CPU threads it may use."""
+    """One worker process: its device and its share of the cores (`CoreShare`, `FixedShare`)."""
 
     index: int
     device: str
-    threads: int
+    share: Share
 
 
 def execute(
-    job: Job, experiment: Experiment, run: RunFolder, device: str, datasets: DatasetCache
+    job: Job,
+    experiment: Experiment,
+    run: RunFolder,
+    device: str,
+    datasets: DatasetCache,
+    share: Share | None = None,
 ) -> Outcome:
-    """Run one job into a cleared folder; DONE is written last, a failure leaves error.txt."""
+    """Run one job into a cleared folder; DONE is written last, a failure leaves error.txt.
+    `share`: the worker's share of the cores, when the runner may change it mid-job."""
     folder = run.job(job)
     start = time.perf_counter()
     try:
         folder.prepare()
-        jobs.run_job(job, experiment, run, device, datasets)
+        jobs.run_job(job, experiment, run, device, datasets, share)
         seconds = time.perf_counter() - start
         folder.drop_progress()
         folder.mark_done(jobs.fingerprint(experiment, job), device, seconds)
@@ -87,15 +98,6 @@ def record_failure(
     return Outcome(job.id, "failed", device, time.perf_counter() - start, summary)
 
 
-def plan_slots(
-    devices: list[str], workers_per_device: int, cpu_workers: int, threads
-) -> list[Slot]:
-    """Worker slots; CPU cores are divided between all workers so none is oversubscribed."""
-    places = ["cpu"] * cpu_workers if devices == ["cpu"] else devices * workers_per_device
-    share = threads or max(1, (os.cpu_count() or 1) // len(places))
-    return [Slot(i, device, share) for i, device in enumerate(places)]
-
-
 # ---- the worker process ----
 
 
@@ -109,8 +111,9 @@ def _worker(slot: Slot, experiment: Experiment, run: RunFolder, inbox, outbox, p
     datasets = DatasetCache()  # each dataset read once by this worker, for all its jobs
     outbox.put(("ready", slot.index, None))
     while (job := inbox.get()) is not None:
+        set_threads(slot.share.threads())
         log.info("start %s on %s", job.id, slot.device)
-        outcome = execute(job, experiment, run, slot.device, datasets)
+        outcome = execute(job, experiment, run, slot.device, datasets, slot.share)
         log.info("%s %s in %.1f s %s", outcome.status, job.id, outcome.seconds, outcome.error)
         outbox.put(("outcome", slot.index, outcome))
 
@@ -128,12 +131,47 @@ class _ToRunner(logging.Handler):
 
 def pin(slot: Slot) -> None:
     """Bind the process to its GPU and its share of CPU threads before any other work."""
-    from threadpoolctl import threadpool_limits
-
     if slot.device.startswith("cuda"):
         torch.cuda.set_device(slot.device)
-    torch.set_num_threads(slot.threads)
-    threadpool_limits(slot.threads)  # numpy / scipy BLAS used by scikit-learn
+    set_threads(slot.share.threads())
+
+
+def set_threads(threads: int) -> None:
+    """torch's threads and the BLAS threads numpy / scipy use under scikit-learn."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+class CoreShare:
+    """A worker's share of the cores: set by the runner, read by the worker's job (`Workers`),
+    in shared memory so it can change while the job runs."""
+
+    def __init__(self, context, threads: int) -> None:
+        self.value = context.Value("i", threads, lock=False)
+
+    def threads(self) -> int:
+        return self.value.value
+
+    def set(self, threads: int) -> None:
+        self.value.value = threads
+
+    def apply(self, threads: int) -> None:
+        set_threads(threads)
+
+
+class FixedShare:
+    """A share that does not change (a Ray task's cores)."""
+
+    def __init__(self, threads: int) -> None:
+        self.fixed = threads
+
+    def threads(self) -> int:
+        return self.fixed
+
+    def apply(self, threads: int) -> None:
+        set_threads(threads)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -160,15 +198,75 @@ def _log_to_file(path: Path) -> None:
 
 
 class Pool:
-    """Workers on slots; `run` hands out jobs until every job has an outcome."""
+    """Worker processes started as the scheduler places jobs: one per running job, each bound to
+    its device (an idle one of the same device takes the next job there). `run` hands out jobs
+    until every job has an outcome."""
 
-    def __init__(self, slots: list[Slot], experiment: Experiment, run: RunFolder) -> None:
+    def __init__(self, machine: Machine, experiment: Experiment, run: RunFolder) -> None:
         self.context = mp.get_context("spawn")
         self.outbox = self.context.Queue()
-        self.experiment, self.folder = experiment, run
-        self.workers: dict[int, tuple] = {}  # slot index → (process, inbox)
-        self.slots = slots
+        self.machine, self.experiment, self.folder = machine, experiment, run
+        self.workers: dict[int, tuple] = {}  # index → (process, inbox, slot)
+        self.idle: set[int] = set()
+        self.starting: set[int] = set()  # started workers that have not said they are ready
         self.failed_starts = 0
+
+    def run(
+        self,
+        todo: list[Job],
+        needs: dict[Job, Needs],
+        on_start: Callable[[Job, str], None],
+        on_outcome: Callable[[Outcome], None],
+        on_progress: Callable[[Job, str], None] = lambda job, text: None,
+    ) -> list[Outcome]:
+        scheduler = Scheduler(
+            self.machine, {job: needs[job] for job in todo}, self.experiment.compute
+        )
+        running: dict[int, tuple[Job, float]] = {}
+        outcomes: list[Outcome] = []
+        try:
+            self._place(scheduler, running, on_start)
+            while len(outcomes) < len(todo):
+                try:
+                    kind, index, message = self.outbox.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    outcomes += self._replace_dead(scheduler, running, on_outcome)
+                    self._place(scheduler, running, on_start)
+                    continue
+                if kind == "progress" and index in running:
+                    on_progress(running[index][0], message)
+                elif kind == "ready":
+                    self.starting.discard(index)
+                elif kind == "outcome":
+                    scheduler.finish(running.pop(index)[0])
+                    self.idle.add(index)
+                    outcomes.append(message)
+                    on_outcome(message)
+                    self._place(scheduler, running, on_start)
+        finally:
+            self.stop()
+        return outcomes
+
+    def _place(self, scheduler: Scheduler, running: dict, on_start) -> None:
+        """Start the jobs the scheduler places now, then give every running job its share."""
+        for job, device in scheduler.place():
+            index = self._worker_on(device)
+            running[index] = (job, time.perf_counter())
+            self.workers[index][1].put(job)
+            on_start(job, device)
+        shares = scheduler.shares()
+        for index, (job, _) in running.items():
+            self.workers[index][2].share.set(shares[job])
+
+    def _worker_on(self, device: str) -> int:
+        """An idle worker on `device`, or a new one."""
+        for index in sorted(self.idle):
+            if self.workers[index][2].device == device:
+                self.idle.discard(index)
+                return index
+        index = max(self.workers, default=-1) + 1
+        self._start(Slot(index, device, CoreShare(self.context, 1)))
+        return index
 
     def _start(self, slot: Slot) -> None:
         inbox = self.context.Queue()
@@ -179,80 +277,44 @@ class Pool:
             name=f"gsrcl-worker-{slot.index}",
         )
         process.start()
-        self.workers[slot.index] = (process, inbox)
+        self.workers[slot.index] = (process, inbox, slot)
+        self.starting.add(slot.index)
 
-    def run(
-        self,
-        todo: list[Job],
-        on_start: Callable[[Job, str], None],
-        on_outcome: Callable[[Outcome], None],
-        on_progress: Callable[[Job, str], None] = lambda job, text: None,
-    ) -> list[Outcome]:
-        pending = list(reversed(todo))
-        running: dict[int, tuple[Job, float]] = {}
-        outcomes: list[Outcome] = []
-        for slot in self.slots[: len(todo)]:
-            self._start(slot)
-        try:
-            while len(outcomes) < len(todo):
-                try:
-                    kind, index, outcome = self.outbox.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    outcomes += self._replace_dead(running, pending, on_outcome)
-                    continue
-                if kind == "progress":
-                    if index in running:
-                        on_progress(running[index][0], outcome)
-                    continue
-                if kind == "outcome":
-                    running.pop(index)
-                    outcomes.append(outcome)
-                    on_outcome(outcome)
-                self._give_work(index, pending, running, on_start)
-        finally:
-            self.stop()
-        return outcomes
-
-    def _give_work(self, index: int, pending: list[Job], running: dict, on_start) -> None:
-        inbox = self.workers[index][1]
-        if not pending:
-            inbox.put(None)
-            return
-        job = pending.pop()
-        running[index] = (job, time.perf_counter())
-        inbox.put(job)
-        on_start(job, self.slots[index].device)
-
-    def _replace_dead(self, running: dict, pending: list[Job], on_outcome) -> list[Outcome]:
-        """A worker that died mid-job: record the job as failed, start a new worker in its slot."""
+    def _replace_dead(self, scheduler: Scheduler, running: dict, on_outcome) -> list[Outcome]:
+        """A worker that died: a job it had not begun goes back to the scheduler (a worker that
+        never starts, not for ever); a job it was running is recorded as failed."""
         failed = []
-        for index, (process, _) in list(self.workers.items()):
+        for index, (process, _, slot) in list(self.workers.items()):
             if process.is_alive() or process.exitcode == 0:
                 continue
-            if index not in running:  # died before taking a job: retry, but not for ever
+            del self.workers[index]
+            self.idle.discard(index)
+            job, start = running.pop(index, (None, 0.0))
+            if index in self.starting:
+                self.starting.discard(index)
                 self.failed_starts += 1
-                if self.failed_starts > 3 * len(self.slots):
+                if self.failed_starts > 3 * self.machine.cores:
                     raise UserError(
                         f"worker processes fail to start; see {self.folder.logs}. A script "
                         "that calls gsrcl must guard its top level with "
                         "`if __name__ == '__main__':` (workers are spawned)"
                     )
-                self._start(self.slots[index])
+                if job is not None:
+                    scheduler.requeue(job)
                 continue
-            job, start = running.pop(index)
-            device = self.slots[index].device
+            if job is None:
+                continue
+            scheduler.finish(job)
             reason = f"worker process died (exit code {process.exitcode}; killed or out of memory)"
-            outcome = record_failure(job, self.folder, device, start, reason + "\n", reason)
+            outcome = record_failure(job, self.folder, slot.device, start, reason + "\n", reason)
             on_outcome(outcome)
             failed.append(outcome)
-            if pending:
-                self._start(self.slots[index])
         return failed
 
     def stop(self) -> None:
-        for process, _ in self.workers.values():
+        for process, _, _ in self.workers.values():
             if process.is_alive():
                 process.terminate()
-        for process, _ in self.workers.values():
+        for process, _, _ in self.workers.values():
             process.join(timeout=5)
         self.workers.clear()

@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment, Method
+from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment, Method, Storage
 from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds, folds_from_record
 from gsrcl.evaluate.classifiers import FoldClassifier, resolve_solver, uses_precomputed_kernel
 from gsrcl.evaluate.metrics import binary_scores
-from gsrcl.evaluate.workers import Workers
+from gsrcl.evaluate.workers import Share, Workers
 from gsrcl.model import train
 from gsrcl.model.augment import augmentation
 from gsrcl.model.checkpoints import EncoderFile
@@ -77,13 +77,16 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
     """Everything a job's numbers depend on; a finished job is redone when it changes."""
     inputs = {
         "dataset": asdict(_dataset(experiment, job.dataset)),
-        "method": asdict(_method(experiment, job.method)) if job.method != BASELINE else BASELINE,
+        "method": asdict(method_named(experiment, job.method))
+        if job.method != BASELINE
+        else BASELINE,
         "contrastive": asdict(experiment.contrastive),
         "split": asdict(experiment.split),
         "evaluation": asdict(experiment.evaluation),
         "seed": experiment.seed,
         "scoring_version": SCORING_VERSION,
         "file_naming": FILE_NAMING,
+        "encoder_precision": experiment.storage.encoder_precision,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -98,7 +101,7 @@ def _dataset(experiment: Experiment, name: str) -> Dataset:
     return next(d for d in experiment.datasets if d.name == name)
 
 
-def _method(experiment: Experiment, name: str) -> Method:
+def method_named(experiment: Experiment, name: str) -> Method:
     return next(m for m in experiment.methods if m.name == name)
 
 
@@ -131,9 +134,15 @@ class FoldData:
 
 
 def run_job(
-    job: Job, experiment: Experiment, run: RunFolder, device: str, datasets: DatasetCache
+    job: Job,
+    experiment: Experiment,
+    run: RunFolder,
+    device: str,
+    datasets: DatasetCache,
+    share: Share | None = None,
 ) -> None:
-    """Compute a job and write its files into its (already cleared) folder."""
+    """Compute a job and write its files into its (already cleared) folder. `share`: the
+    runner's say over the job's threads while it runs (None: they stay as they are)."""
     seed = job_seed(experiment, job)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -144,15 +153,15 @@ def run_job(
     folds = folds_from_record(run.read_splits(spec.name), meta)
     if folds is None:
         raise RuntimeError(f"the splits of {spec.name} are missing or stale; rerun the runner")
-    fold = _fold_data(adata, spec, folds, job.fold)
+    fold = fold_data(adata, spec, folds, job.fold)
     out = run.job(job)
     start = time.perf_counter()
     # the worker's CPU share (pin() set torch's threads to it) serves the classifier fits too
-    with Workers(torch.get_num_threads()) as workers:
+    with Workers(torch.get_num_threads(), share) as workers:
         if job.method == BASELINE:
             output = run_baselines(fold, experiment, device, seed, workers)
         else:
-            method = _method(experiment, job.method)
+            method = method_named(experiment, job.method)
             job_print = fingerprint(experiment, job)
             output = run_contrastive(
                 fold, method, experiment, device, seed, out, workers, job_print
@@ -180,7 +189,7 @@ class JobOutput:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _fold_data(adata: ad.AnnData, spec: Dataset, folds: Folds, fold: int) -> FoldData:
+def fold_data(adata: ad.AnnData, spec: Dataset, folds: Folds, fold: int) -> FoldData:
     return FoldData(
         adata=adata,
         values=spec.values,
@@ -211,17 +220,8 @@ def run_baselines(
     evaluation = experiment.evaluation
     y_train = fold.labels[fold.train]
     for spec in evaluation.baselines:
-        x = _baseline_features(fold, spec)
-        classifier = FoldClassifier(
-            spec,
-            x[fold.train],
-            evaluation.inner_folds,
-            evaluation.metric,
-            device,
-            seed,
-            workers,
-            evaluation.solver,
-        )
+        workers.refresh()
+        x, classifier = baseline_classifier(fold, experiment, spec, device, seed, workers)
         prepared = classifier.prepare(x[fold.test])
         if spec.multiclass:  # one model; each task reads its class's column
             models = [classifier.fit(y_train)] * len(fold.tasks)
@@ -236,6 +236,25 @@ def run_baselines(
             rows.append(row)
             predictions += cells
     return JobOutput(rows, predictions)
+
+
+def baseline_classifier(
+    fold: FoldData, experiment: Experiment, spec: Classifier, device: str, seed: int, workers
+) -> tuple[np.ndarray, FoldClassifier]:
+    """A baseline's features of every cell, and its classifier on the fold's training cells."""
+    evaluation = experiment.evaluation
+    x = _baseline_features(fold, spec)
+    classifier = FoldClassifier(
+        spec,
+        x[fold.train],
+        evaluation.inner_folds,
+        evaluation.metric,
+        device,
+        seed,
+        workers,
+        evaluation.solver,
+    )
+    return x, classifier
 
 
 def _baseline_features(fold: FoldData, spec: Classifier) -> np.ndarray:
@@ -256,7 +275,7 @@ def run_contrastive(
 ) -> JobOutput:
     """Train (once, or once per task for SupCon), score each task's chosen encoder on the test
     fold, save it."""
-    fitted = _method_features(fold, method)
+    fitted = method_features(fold, method)
     x = torch.as_tensor(fitted.transform(fold.adata), device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     # one training for SimCLR (all tasks); one per task for SupCon (it needs the task's labels)
@@ -270,7 +289,7 @@ def run_contrastive(
             fold, method, experiment, x, tasks, generator, seed, workers, progress
         )
         part = _group_results(fold, method, tasks, result)
-        _save_encoders(out, result.best, model, fitted, fold, method)
+        _save_encoders(out, result.best, model, fitted, fold, method, experiment.storage)
         progress.finish(part)
     parts = progress.finished
     seconds = {
@@ -381,23 +400,48 @@ def _train_group(
     progress: JobProgress,
 ):
     """One encoder trained on the fold's training cells, its checkpoints chosen for `tasks`."""
-    contrastive, evaluation = experiment.contrastive, experiment.evaluation
-    x_train = x[fold.train]
-    model = ContrastiveModel(
+    contrastive = experiment.contrastive
+    model = contrastive_model(experiment, method, x, fold)
+    labels = supcon_labels(method, fold, tasks[0], x.device)
+    scorer = validation_scorer(experiment, fold, x, tasks, seed, workers)
+    epochs = contrastive.epochs[method.loss]
+    augment = augmentation(method, generator)
+    return model, train.train(
+        model, x[fold.train], augment, contrastive, epochs, scorer, generator, labels, progress
+    )
+
+
+def contrastive_model(
+    experiment: Experiment, method: Method, x: torch.Tensor, fold: FoldData
+) -> ContrastiveModel:
+    """A new network for `method` on the device of `x` (BatchNorm when it trains in batches)."""
+    contrastive = experiment.contrastive
+    return ContrastiveModel(
         x.shape[1],
         method.encoder,
         method.head,
-        batchnorm=len(x_train) > contrastive.batch_size,
+        batchnorm=len(fold.train) > contrastive.batch_size,
         init_std=contrastive.init_std,
     ).to(x.device)
-    labels = None
-    if method.loss == "supcon":
-        labels = torch.as_tensor(fold.labels[fold.train] == tasks[0], device=x.device)
+
+
+def supcon_labels(method: Method, fold: FoldData, task: str, device) -> torch.Tensor | None:
+    """SupCon's labels for a training on `task` (None for SimCLR)."""
+    if method.loss != "supcon":
+        return None
+    return torch.as_tensor(fold.labels[fold.train] == task, device=device)
+
+
+def validation_scorer(
+    experiment: Experiment, fold: FoldData, x, tasks: list[str], seed: int, workers: Workers
+) -> train.ValidationScorer:
+    """The checkpoint scorer of `tasks` on the fold's training, validation and test cells."""
+    evaluation = experiment.evaluation
     task_labels = {
         t: (fold.labels[fold.train] == t, fold.labels[fold.validation] == t) for t in tasks
     }
-    scorer = train.ValidationScorer(
-        x_train,
+    return train.ValidationScorer(
+        x[fold.train],
         x[fold.validation],
         x[fold.test],
         task_labels,
@@ -408,20 +452,17 @@ def _train_group(
         workers,
         evaluation.solver,
     )
-    epochs = contrastive.epochs[method.loss]
-    augment = augmentation(method, generator)
-    return model, train.train(
-        model, x_train, augment, contrastive, epochs, scorer, generator, labels, progress
-    )
 
 
-def _method_features(fold: FoldData, method: Method) -> preprocess.Fitted:
+def method_features(fold: FoldData, method: Method) -> preprocess.Fitted:
     if method.augmentation == "masking":
         return preprocess.fit_masking(fold.adata[fold.train], fold.values, method.n_genes)
     return preprocess.fit_log1p(fold.values)
 
 
-def _save_encoders(out: JobFolder, chosen: dict, model, fitted, fold, method) -> None:
+def _save_encoders(
+    out: JobFolder, chosen: dict, model, fitted, fold, method, storage: Storage
+) -> None:
     """One encoder file per task; tasks that chose the same snapshot share one file on disk
     (hard links), so a SimCLR job writes each distinct snapshot once."""
     genes = fold.adata.var_names if fitted.genes is None else fold.adata.var_names[fitted.genes]
@@ -433,4 +474,6 @@ def _save_encoders(out: JobFolder, chosen: dict, model, fitted, fold, method) ->
         saved = EncoderFile.of(
             checkpoint.state, model.kwargs, list(genes), fitted, method, checkpoint.epoch
         )
-        written[checkpoint.epoch] = out.save_encoder(task, saved.to_record())
+        written[checkpoint.epoch] = out.save_encoder(
+            task, saved.to_record(storage.encoder_precision)
+        )

@@ -18,10 +18,11 @@ from gsrcl.errors import UserError
 from gsrcl.evaluate.classifiers import estimator_for, resolve_solver
 from gsrcl.reference.export import export_model
 from gsrcl.report import page as report
-from gsrcl.runner import dispatch, jobs
+from gsrcl.runner import dispatch, estimate, jobs, retention
 from gsrcl.runner.environment import package_versions
 from gsrcl.runner.progress import Progress
 from gsrcl.runner.run_folder import JobState, RunFolder
+from gsrcl.runner.schedule import Machine, Needs
 from gsrcl.runner.summary import mcc_table, summarize
 
 
@@ -41,18 +42,19 @@ def check_classifiers(experiment: Experiment) -> None:
 
 def prepare(
     experiment: Experiment, run: RunFolder, datasets: DatasetCache, log: Callable[[str], None]
-) -> list[str]:
+) -> dict[str, splits.Folds]:
     """Write experiment.json and the splits of every dataset that reads (reused when still
-    valid); a dataset that does not read is reported and left out. Returns the readable ones."""
+    valid); a dataset that does not read is reported and left out. Returns the readable ones'
+    folds."""
     run.write_record(environment_record(experiment))
-    ready = []
+    ready = {}
     for spec in experiment.datasets:
         try:
             folds = dataset_folds(spec, experiment, datasets, run)
         except UserError as error:
             log(f"error: {error}")
             continue
-        ready.append(spec.name)
+        ready[spec.name] = folds
         describe_tasks(spec.name, datasets.get(spec), folds, log)
     if not ready:
         raise UserError("no dataset could be read; fix the errors above")
@@ -90,19 +92,17 @@ def describe_tasks(name: str, adata, folds: splits.Folds, log: Callable[[str], N
 
 
 def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
-    """`--check`: validate every dataset and print the plan, without training or writing."""
+    """`--check`: validate every dataset and print the plan and its estimate (from a short
+    timing of each dataset and method here), without running or writing."""
     check_executor(experiment)
     check_classifiers(experiment)
     datasets = DatasetCache()
     failed = 0
+    folds: dict[str, splits.Folds] = {}
     for spec in experiment.datasets:
         try:
-            describe_tasks(
-                spec.name,
-                datasets.get(spec),
-                dataset_folds(spec, experiment, datasets, None),
-                log,
-            )
+            folds[spec.name] = dataset_folds(spec, experiment, datasets, None)
+            describe_tasks(spec.name, datasets.get(spec), folds[spec.name], log)
         except UserError as error:
             log(f"error: {error}")
             failed += 1
@@ -112,8 +112,21 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
         f"folds: {experiment.split.folds} (validation {experiment.split.validation_fraction:.0%}), "
         f"seed {experiment.seed}"
     )
-    log(_where_jobs_run(experiment))
+    machine = estimate.this_machine(devices(experiment))
+    log(_where_jobs_run(experiment, machine))
     log(f"{len(planned)} jobs planned; results in {RunFolder.of(experiment).path}")
+    readable = [job for job in planned if job.dataset in folds]
+    if readable:
+        plan = estimate.plan(experiment, readable, folds, datasets, machine, log)
+        for line in estimate.describe_plan(plan, machine):
+            log(line)
+        shapes = {
+            name: (datasets.get(spec).n_vars, len(folds[name].scored_tasks))
+            for spec in experiment.datasets
+            if (name := spec.name) in folds
+        }
+        at_once = min(machine.cores // (experiment.compute.threads or 1) or 1, len(planned))
+        log(estimate.describe_disk(estimate.disk(experiment, shapes), experiment, at_once))
     return 1 if failed else 0
 
 
@@ -153,6 +166,8 @@ class RunResult:
     summary: pd.DataFrame
     outcomes: list[dispatch.Outcome]
     report: Path | None
+    seconds: float = 0.0  # the jobs' wall time
+    estimated_seconds: float | None = None  # the estimate of it made before they ran
 
 
 def run_experiment(
@@ -174,7 +189,7 @@ def execute_experiment(
     run = RunFolder.of(experiment)
     with run.lock(log):
         planned = jobs.plan(experiment)
-        states = job_states(experiment, run, planned)
+        states = retention.job_states(experiment, run, planned)
         if mode == "failed":
             _refuse_stale(run, states, "--rerun-failed reruns failed jobs of the same config")
         datasets = DatasetCache()
@@ -188,13 +203,32 @@ def execute_experiment(
         if mode == "force":  # from scratch: no job resumes a saved training
             for job in todo:
                 run.job(job).drop_progress()
-        outcomes = run_jobs(experiment, run, todo, log)
-        states = {**states, **job_states(experiment, run, todo)}  # the others did not change
-        write_manifest(run, planned, states, outcomes)
+        machine = estimate.this_machine(devices(experiment))
+        plan = estimate.plan(experiment, todo, ready, datasets, machine, log) if todo else None
+        if plan:
+            log(f"estimate: ~{estimate.describe_time(plan.seconds)} on this machine")
+            for warning in plan.warnings:
+                log(f"warning: {warning}")
+        start = time.perf_counter()
+        outcomes = run_jobs(experiment, run, todo, plan.needs if plan else {}, machine, log)
+        wall = time.perf_counter() - start
+        states = _keep_encoders(experiment, run, planned, todo, states)
+        again = [job for job in planned if "was removed" in states[job].reason]
+        if again:
+            outcomes += _remake_encoders(experiment, run, again, states, machine, log)
+            states = retention.job_states(experiment, run, again, known=states)
+        write_manifest(run, planned, states, outcomes, plan.needs if plan else {})
         summary = write_summary(experiment, run, states)
         log("\n" + mcc_table(summary))
+        if plan and plan.seconds > 0:
+            log(
+                f"\nthe jobs took {estimate.describe_time(wall)}; estimated "
+                f"{estimate.describe_time(plan.seconds)} ({wall / plan.seconds - 1:+.0%})"
+            )
         page = write_report(experiment, run, states, datasets, log)
-        exported = export_models(experiment, ready, log) if experiment.export.after_run else True
+        exported = (
+            export_models(experiment, list(ready), log) if experiment.export.after_run else True
+        )
     log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -204,14 +238,41 @@ def execute_experiment(
     if unread:
         log(f"\n{unread} dataset(s) could not be read; see the errors above")
     status = 1 if failed or unread or not exported else 0
-    return RunResult(status, run.path, summary, outcomes, page)
+    estimated = plan.seconds if plan else None
+    return RunResult(status, run.path, summary, outcomes, page, wall, estimated)
 
 
-def job_states(
-    experiment: Experiment, run: RunFolder, planned: list[jobs.Job]
+def _keep_encoders(
+    experiment: Experiment,
+    run: RunFolder,
+    planned: list[jobs.Job],
+    todo: list[jobs.Job],
+    states: dict[jobs.Job, JobState],
 ) -> dict[jobs.Job, JobState]:
-    """Every planned job's one answer to "is it done?" (fingerprint and files checked)."""
-    return {job: run.job(job).state(jobs.fingerprint(experiment, job)) for job in planned}
+    """Prune every method's superseded encoders (also of jobs done before this run); the states
+    after it (the other jobs' files did not change; which encoders they must hold may have)."""
+    for dataset, method in {(job.dataset, job.method) for job in planned}:
+        retention.prune(experiment, run, dataset, method)
+    return retention.job_states(experiment, run, todo, known=states)
+
+
+def _remake_encoders(
+    experiment: Experiment,
+    run: RunFolder,
+    again: list[jobs.Job],
+    states: dict[jobs.Job, JobState],
+    machine: Machine,
+    log: Callable[[str], None],
+) -> list[dispatch.Outcome]:
+    """Jobs whose removed encoder became the one export needs (the fold that superseded it was
+    redone and scored lower) run again now, so the run ends with every encoder export takes."""
+    for job in again:
+        log(f"{job.id}: {states[job].reason}")
+    needs = {job: Needs(gpu=bool(machine.gpus), seconds=0.0, host_bytes=0) for job in again}
+    outcomes = run_jobs(experiment, run, again, needs, machine, log)
+    for dataset, method in {(job.dataset, job.method) for job in again}:
+        retention.prune(experiment, run, dataset, method)
+    return outcomes
 
 
 def _refuse_stale(run: RunFolder, states: dict[jobs.Job, JobState], what: str) -> None:
@@ -242,39 +303,43 @@ def _selected(state: JobState, mode: str, job: jobs.Job, log: Callable[[str], No
     return mode == "force" or state.status != "done"
 
 
-def worker_slots(experiment: Experiment) -> list[dispatch.Slot]:
-    compute = experiment.compute
-    return dispatch.plan_slots(
-        devices(experiment), compute.workers_per_device, compute.cpu_workers, compute.threads
-    )
-
-
-def _where_jobs_run(experiment: Experiment) -> str:
+def _where_jobs_run(experiment: Experiment, machine: estimate.Machine) -> str:
     compute = experiment.compute
     if compute.executor == "ray":
         address = compute.ray_address or "a local Ray started by the runner"
         return f"executor: ray at {address}, one GPU or {compute.ray_cpus_per_job} CPUs per job"
-    slots = worker_slots(experiment)
-    return (
-        f"workers: {len(slots)} on {', '.join(sorted({s.device for s in slots}))}, "
-        f"{slots[0].threads} threads each"
-    )
+    threads = f"{compute.threads} threads a job" if compute.threads else "cores shared out"
+    gpus = f", GPU jobs on {', '.join(machine.gpus)}" if machine.gpus else ""
+    return f"jobs: placed by need on {machine.cores} cores{gpus} ({threads})"
 
 
 def run_jobs(
-    experiment: Experiment, run: RunFolder, todo: list[jobs.Job], log: Callable[[str], None]
+    experiment: Experiment,
+    run: RunFolder,
+    todo: list[jobs.Job],
+    needs: dict[jobs.Job, Needs],
+    machine: Machine,
+    log: Callable[[str], None],
 ) -> list[dispatch.Outcome]:
     if not todo:
         return []
     if experiment.compute.executor == "ray":
         from gsrcl.runner.ray_pool import RayPool  # Ray is optional: imported only when chosen
 
-        pool = RayPool(experiment, run, gpus=experiment.compute.devices != "cpu")
+        pool = RayPool(experiment, run, machine, gpus=experiment.compute.devices != "cpu")
     else:
-        pool = dispatch.Pool(worker_slots(experiment), experiment, run)
+        pool = dispatch.Pool(machine, experiment, run)
     progress = Progress(len(todo), log)
+    by_id = {job.id: job for job in todo}
+
+    def finished(outcome: dispatch.Outcome) -> None:
+        progress.finished(outcome)
+        if outcome.status == "done":  # disk stays bounded during the run, not only after it
+            job = by_id[outcome.job]
+            retention.prune(experiment, run, job.dataset, job.method)
+
     try:
-        return pool.run(todo, progress.started, progress.finished, progress.step)
+        return pool.run(todo, needs, progress.started, finished, progress.step)
     finally:
         progress.close()
 
@@ -307,7 +372,7 @@ def report_only(experiment: Experiment, log: Callable[[str], None] = print) -> i
         raise UserError(f"no results in {run.path}; run the experiment first")
     with run.lock(log):
         planned = jobs.plan(experiment)
-        states = job_states(experiment, run, planned)
+        states = retention.job_states(experiment, run, planned)
         _refuse_stale(run, states, "--report-only reports the current config's results")
         for job, state in states.items():
             if state.status == "corrupt":
@@ -327,10 +392,12 @@ def write_manifest(
     planned: list[jobs.Job],
     states: dict[jobs.Job, JobState],
     outcomes: list[dispatch.Outcome],
+    needs: dict[jobs.Job, Needs] | None = None,
 ) -> None:
     """One row per planned job, from the job's own folder: a job done by an earlier invocation
-    keeps the device and seconds of the invocation that ran it."""
-    now = {o.job: o for o in outcomes}
+    keeps the device and seconds of the invocation that ran it; a job run now has its estimate
+    beside them."""
+    now, needs = {o.job: o for o in outcomes}, needs or {}
     rows = []
     for job in planned:
         state, outcome = states[job], now.get(job.id)
@@ -339,8 +406,10 @@ def write_manifest(
             device, seconds = state.device, state.seconds
         else:
             device, seconds = (outcome.device, outcome.seconds) if outcome else ("", None)
-        rows.append([job.id, status, device, seconds, state.reason])
-    run.write_manifest(pd.DataFrame(rows, columns=["job", "status", "device", "seconds", "error"]))
+        estimated = round(needs[job].seconds, 1) if job in needs else None
+        rows.append([job.id, status, device, seconds, estimated, state.reason])
+    columns = ["job", "status", "device", "seconds", "estimated_seconds", "error"]
+    run.write_manifest(pd.DataFrame(rows, columns=columns))
 
 
 def write_summary(

@@ -9,6 +9,8 @@ results/<experiment>/
   jobs/<dataset>/<method>/fold-<k>/   metrics.json, loss.csv, validation.csv, predictions.csv,
                                       encoder-<safe_name(task)>.pt (tasks sharing a snapshot
                                       share the file: hard links), DONE (written last) | error.txt
+                                      (keep_encoders="chosen": the encoders another fold
+                                      supersedes are removed; DONE then lists them as pruned)
   logs/worker-<n>.log    what each worker process did
   manifest.csv           one row per job: status, device, seconds, error
   summary.csv | summary.md | report.html | figures/   derived from the done jobs
@@ -146,6 +148,20 @@ class JobFolder:
         marker = {"fingerprint": fingerprint, "files": files, "device": device}
         write_json(self.path / DONE, {**marker, "seconds": seconds, "finished": _now()})
 
+    def remove_encoders(self, tasks: list[str], kept_in: dict[str, str]) -> None:
+        """Remove the encoders of `tasks` from a done job (`kept_in`: the folder that holds the
+        one export takes instead). The marker is rewritten first, so it never lists a removed
+        file; a stop in between leaves an unlisted file, removed by the next pruning."""
+        marker = json.loads((self.path / DONE).read_text())
+        pruned = marker.setdefault("pruned", {})
+        for task in tasks:
+            name = self.encoder_path(task).name
+            marker["files"].pop(name, None)
+            pruned[name] = {"task": task, "kept_in": kept_in[task]}
+        write_json(self.path / DONE, marker)
+        for name in pruned:
+            (self.path / name).unlink(missing_ok=True)
+
     def record_error(self, summary: str, text: str) -> None:
         """error.txt: the one-line summary, then the traceback."""
         write_text(self.path / ERROR, f"{summary}\n\n{text}")
@@ -179,6 +195,25 @@ class JobFolder:
         if self.path.exists() and any(self.path.iterdir()):
             return JobState("incomplete", "stopped before it finished")
         return JobState("missing")
+
+    def marker(self, fingerprint: str) -> dict | None:
+        """The DONE record when it names `fingerprint`, without checking the files (`state`
+        does); None otherwise."""
+        try:
+            saved = json.loads((self.path / DONE).read_text())
+        except (ValueError, OSError):
+            return None
+        named = isinstance(saved, dict) and saved.get("fingerprint") == fingerprint
+        return saved if named else None
+
+    def pruned_tasks(self) -> list[str]:
+        """The tasks whose encoders were removed from this done job (keep_encoders="chosen")."""
+        pruned = json.loads((self.path / DONE).read_text()).get("pruned", {})
+        return [entry["task"] for entry in pruned.values()]
+
+    def validation_scores(self) -> dict[str, float]:
+        """A contrastive job's validation score of each task's chosen checkpoint."""
+        return {row["task"]: row["validation_score"] for row in self.metrics()}
 
     def metrics(self) -> list[dict]:
         """The rows of metrics.json (call on done jobs only: their files are checked)."""

@@ -1,0 +1,104 @@
+"""Timing a job's parts briefly on this machine, for the estimate of a run (`estimate`).
+
+Per dataset and method: two training epochs (on the first fold's training cells, with the
+method's network, augmentation and loss) and one validation step (every task's grid search on
+the untrained encoder's embeddings); for the baselines, each one's grid search on one task (a
+multi-class baseline's on all), as many times as a job fits it. A timing that fails (a broken
+estimator, say) is reported and left out: the job itself will say what is wrong.
+The same code the jobs run, on the device they run on, with the threads a job will have.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from gsrcl.config.settings import BASELINE, Experiment, Method
+from gsrcl.data.dataset import DatasetCache
+from gsrcl.data.splits import Folds
+from gsrcl.evaluate.workers import Workers
+from gsrcl.model import train
+from gsrcl.model.augment import augmentation
+from gsrcl.runner import jobs
+
+CALIBRATION_EPOCHS = 2
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds measured here: a training epoch and a validation step of a contrastive method,
+    or a whole job of the baselines (`job`)."""
+
+    epoch: float = 0.0
+    step: float = 0.0
+    job: float = 0.0
+
+
+def calibrate(
+    experiment: Experiment,
+    dataset: str,
+    folds: Folds,
+    method: str,
+    device: str,
+    threads: int,
+    datasets: DatasetCache,
+) -> Timing:
+    spec = next(d for d in experiment.datasets if d.name == dataset)
+    fold = jobs.fold_data(datasets.get(spec), spec, folds, 0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with Workers(threads) as workers:
+            if method == BASELINE:
+                return _baselines(experiment, fold, device, workers)
+            return _contrastive(
+                experiment, fold, jobs.method_named(experiment, method), device, workers
+            )
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _baselines(
+    experiment: Experiment, fold: jobs.FoldData, device: str, workers: Workers
+) -> Timing:
+    """Each baseline's grid search on the first task (a multi-class one's on all), times the
+    tasks it fits in a job; predictions are left out (a small share of a job)."""
+    seconds = 0.0
+    y_train = fold.labels[fold.train]
+    for spec in experiment.evaluation.baselines:
+        start = time.perf_counter()
+        _, classifier = jobs.baseline_classifier(
+            fold, experiment, spec, device, experiment.seed, workers
+        )
+        if spec.multiclass:
+            classifier.fit(y_train)
+            seconds += time.perf_counter() - start
+        else:
+            classifier.fit_many([y_train == fold.tasks[0]], [None])
+            seconds += (time.perf_counter() - start) * len(fold.tasks)
+    return Timing(job=seconds)
+
+
+def _contrastive(
+    experiment: Experiment, fold: jobs.FoldData, method: Method, device: str, workers: Workers
+) -> Timing:
+    x = torch.as_tensor(jobs.method_features(fold, method).transform(fold.adata), device=device)
+    seed = experiment.seed
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model = jobs.contrastive_model(experiment, method, x, fold)
+    scorer = jobs.validation_scorer(experiment, fold, x, fold.tasks, seed, workers)
+    start = time.perf_counter()
+    scorer.score(*scorer.embed(model.encoder))
+    step = time.perf_counter() - start
+    labels = jobs.supcon_labels(method, fold, fold.tasks[0], x.device)
+    settings = replace(
+        experiment.contrastive, overlap_validation="off", validate_every=CALIBRATION_EPOCHS
+    )
+    no_tasks = jobs.validation_scorer(experiment, fold, x, [], seed, workers)
+    augment = augmentation(method, generator)
+    result = train.train(
+        model, x[fold.train], augment, settings, CALIBRATION_EPOCHS, no_tasks, generator, labels
+    )
+    return Timing(epoch=result.seconds["training"] / CALIBRATION_EPOCHS, step=step)

@@ -1,0 +1,272 @@
+"""What a run will need before it starts: each job's time and peak memory, the run's time on
+this machine, and the disk its results take (`--check` prints them; the pool places jobs by them).
+
+Time: a contrastive job is its trainings' epochs times the epoch measured here, plus its
+validation steps times the step measured here (`calibrate`); a baseline job is the one measured.
+The run's time replays the scheduler on those durations. Memory and disk come from the shapes:
+the cells × genes matrix, the network's weights (with gradients and Adam's two moments), its
+activations on a batch, the snapshots kept for the tasks, and the SVM's cell-by-cell matrices.
+An encoder file is its weights at the stored precision plus its gene names; a running
+contrastive job also holds its training state (model, Adam's moments, the best snapshot of each
+task, all float32) until it is done.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from gsrcl.config.settings import BASELINE, Compute, Experiment, Method
+from gsrcl.data.dataset import DatasetCache
+from gsrcl.data.splits import Folds
+from gsrcl.model.encoder import ContrastiveModel, build_encoder
+from gsrcl.model.train import overlap_validation, validation_epochs
+from gsrcl.runner.calibrate import Timing, calibrate
+from gsrcl.runner.jobs import Job, method_named
+from gsrcl.runner.schedule import Machine, Needs, Scheduler
+
+BYTES = {"float32": 4, "float16": 2}
+GENE_NAME_BYTES = 16  # a pickled gene name, on average
+
+
+@dataclass(frozen=True)
+class DiskEstimate:
+    """Bytes: what the results keep at the end in the worst case (every task choosing its own
+    snapshot), what keep_encoders="all" would keep, and what each running job adds."""
+
+    kept: int
+    keep_all: int
+    per_running_job: int
+
+
+def parameters(module: torch.nn.Module) -> int:
+    """Numbers in the module's state (weights and BatchNorm statistics)."""
+    return sum(t.numel() for t in module.state_dict().values())
+
+
+def encoder_bytes(n_inputs: int, method: Method, precision: str) -> int:
+    with torch.device("meta"):
+        encoder = build_encoder(n_inputs, method.encoder, batchnorm=True)
+    return parameters(encoder) * BYTES[precision] + n_inputs * GENE_NAME_BYTES
+
+
+def disk(experiment: Experiment, datasets: dict[str, tuple[int, int]]) -> DiskEstimate:
+    """`datasets`: name → (genes, scored cell types)."""
+    storage, contrastive = experiment.storage, experiment.contrastive
+    kept = keep_all = running = 0
+    for genes, tasks in datasets.values():
+        for method in experiment.methods:
+            inputs = method.n_genes if method.augmentation == "masking" else genes
+            size = encoder_bytes(inputs, method, storage.encoder_precision)
+            snapshots = contrastive.epochs[method.loss] // contrastive.validate_every
+            per_fold = tasks if method.loss == "supcon" else min(tasks, max(snapshots, 1))
+            kept += tasks * size
+            keep_all += experiment.split.folds * per_fold * size
+            state = _training_state(inputs, method, per_fold if method.loss == "simclr" else 1)
+            running = max(running, per_fold * size + state)
+    if storage.keep_encoders == "all":
+        kept = keep_all
+    return DiskEstimate(kept, keep_all, running)
+
+
+def _training_state(n_inputs: int, method: Method, snapshots: int) -> int:
+    """progress.pt: the model and Adam's two moments, and a snapshot per task, in float32."""
+    with torch.device("meta"):
+        model = ContrastiveModel(n_inputs, method.encoder, method.head, True, 0.01)
+    return 4 * (3 * parameters(model) + snapshots * parameters(model.encoder))
+
+
+def describe_disk(estimate: DiskEstimate, experiment: Experiment, slots: int) -> str:
+    """The lines --check prints."""
+    storage = experiment.storage
+    peak = estimate.kept + slots * estimate.per_running_job
+    text = (
+        f"disk: results keep up to {_gb(estimate.kept)} of encoders "
+        f"(keep_encoders={storage.keep_encoders!r}, {storage.encoder_precision}; "
+        f"'all' would keep {_gb(estimate.keep_all)}), up to {_gb(peak)} while "
+        f"{slots} job{'s' if slots > 1 else ''} run{'' if slots > 1 else 's'}"
+    )
+    return text
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A dataset as its jobs see it."""
+
+    cells: int
+    genes: int
+    tasks: int  # scored cell types
+    train: int  # training cells of a fold
+
+
+def job_needs(
+    experiment: Experiment, job: Job, shape: Shape, timing: Timing, machine: Machine
+) -> Needs:
+    """What `job` needs, from its dataset's shape and its method's timing on this machine."""
+    data = shape.cells * shape.genes * 4 * 2  # the dataset and its prepared copy, float32
+    svm = shape.train**2 * 8 * 3  # distances, a kernel, a fit's copy (float64)
+    if job.method == BASELINE:
+        return Needs(gpu=False, seconds=timing.job, host_bytes=data + svm)
+    method = method_named(experiment, job.method)
+    contrastive = experiment.contrastive
+    inputs = method.n_genes if method.augmentation == "masking" else shape.genes
+    epochs = contrastive.epochs[method.loss]
+    steps = len(validation_epochs(epochs, contrastive.validate_every))
+    trainings = shape.tasks if method.loss == "supcon" else 1
+    training = trainings * epochs * timing.epoch
+    scoring = steps * timing.step  # SupCon scores one task per training: all tasks once a step
+    gpu = bool(machine.gpus)
+    overlapped = overlap_validation(contrastive.overlap_validation, _device_type(gpu))
+    seconds = max(training, scoring) if overlapped else training + scoring
+    with torch.device("meta"):
+        model = ContrastiveModel(inputs, method.encoder, method.head, batchnorm=True, init_std=0.01)
+    snapshots = min(shape.tasks, steps) if method.loss == "simclr" else 1
+    batch = min(shape.train, contrastive.batch_size)
+    network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
+    kept = 4 * snapshots * parameters(model.encoder)
+    if gpu:
+        on_device = shape.cells * inputs * 4 + network + shape.train**2 * 4 * 2
+        return Needs(True, seconds, data + kept, on_device)
+    return Needs(False, seconds, data + network + kept + svm)
+
+
+def _device_type(gpu: bool) -> torch.device:
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def run_seconds(machine: Machine, needs: dict[Job, Needs], compute: Compute, threads: int) -> float:
+    """The run's wall time: the scheduler replayed on the estimated durations (measured at
+    `threads` threads a job; a job given k times the threads runs k ** SPEEDUP times faster)."""
+    scheduler = Scheduler(machine, needs, compute)
+    left = {job: n.seconds for job, n in needs.items()}
+    now = 0.0
+    scheduler.place()
+    while scheduler.running:
+        shares = scheduler.shares()
+        speed = {job: (shares[job] / threads) ** SPEEDUP for job in scheduler.running}
+        first = min(scheduler.running, key=lambda job: left[job] / speed[job])
+        elapsed = left[first] / speed[first]
+        now += elapsed
+        for job in scheduler.running:
+            left[job] -= elapsed * speed[job]
+        scheduler.finish(first)
+        scheduler.place()
+    return now
+
+
+SPEEDUP = 0.75  # threads ** SPEEDUP: libsvm and torch measured 1.67x on two cores
+
+
+def memory_warnings(
+    experiment: Experiment, needs: dict[Job, Needs], shapes: dict[str, Shape], machine: Machine
+) -> list[str]:
+    """A warning for each dataset and method whose jobs would not fit in memory alone."""
+    warnings = []
+    device_memory = min(machine.gpus.values(), default=0)
+    for job, need in needs.items():
+        if job.fold != 0:
+            continue
+        train = shapes[job.dataset].train
+        if need.host_bytes > machine.host_bytes:
+            warnings.append(
+                f"{job.dataset}/{job.method} needs about {_gb(need.host_bytes)} of memory, "
+                f"more than this machine's {_gb(machine.host_bytes)} (the SVM's cell-by-cell "
+                f"matrices at {train} training cells: {_gb(train**2 * 24)}); run it on fewer "
+                "cells (a subsample, or dataset cell_types) or on a larger machine"
+            )
+        if need.gpu and need.device_bytes > device_memory:
+            warnings.append(
+                f"{job.dataset}/{job.method} needs about {_gb(need.device_bytes)} of GPU "
+                f"memory, more than the GPU's {_gb(device_memory)}; lower "
+                "contrastive.batch_size or the method's encoder widths"
+            )
+    return warnings
+
+
+def describe_time(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def this_machine(devices: list[str]) -> Machine:
+    """The cores this process may use, the host's memory, and the GPUs' memory."""
+    gpus = {
+        d: torch.cuda.get_device_properties(d).total_memory for d in devices if d.startswith("cuda")
+    }
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Machine(cores=len(os.sched_getaffinity(0)), host_bytes=host, gpus=gpus)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The estimate of a run: each job's needs, and the run's seconds on this machine."""
+
+    needs: dict[Job, Needs]
+    seconds: float
+    warnings: list[str]
+
+
+def plan(
+    experiment: Experiment,
+    todo: list[Job],
+    folds: dict[str, Folds],
+    cache: DatasetCache,
+    machine: Machine,
+    log: Callable[[str], None],
+) -> Plan:
+    """Calibrate each dataset and method of `todo` here, then estimate every job and the run."""
+    threads = experiment.compute.threads or max(1, machine.cores // min(machine.cores, len(todo)))
+    device = next(iter(machine.gpus), "cpu")
+    shapes, timings = {}, {}
+    for name in dict.fromkeys(job.dataset for job in todo):
+        adata = cache.get(next(d for d in experiment.datasets if d.name == name))
+        shapes[name] = Shape(
+            adata.n_obs, adata.n_vars, len(folds[name].scored_tasks), len(folds[name].train(0))
+        )
+    for dataset, method in dict.fromkeys((job.dataset, job.method) for job in todo):
+        log(f"estimate: timing {dataset}/{method} on {device}, threads per job: {threads}")
+        try:
+            timing = calibrate(experiment, dataset, folds[dataset], method, device, threads, cache)
+        except Exception as error:  # the jobs will report it, one clear line each
+            log(f"warning: could not time {dataset}/{method} ({type(error).__name__}: {error})")
+            timing = Timing()
+        timings[dataset, method] = timing
+    needs = {}
+    for job in todo:
+        timing = timings[job.dataset, job.method]
+        needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
+    seconds = run_seconds(machine, needs, experiment.compute, threads)
+    return Plan(needs, seconds, memory_warnings(experiment, needs, shapes, machine))
+
+
+def describe_plan(estimate: Plan, machine: Machine) -> list[str]:
+    """Per dataset and method: its jobs' time and peak memory; then the run's total."""
+    lines = []
+    groups: dict[tuple[str, str], list[Needs]] = {}
+    for job, need in estimate.needs.items():
+        groups.setdefault((job.dataset, job.method), []).append(need)
+    for (dataset, method), needs in groups.items():
+        need = needs[0]
+        where = "GPU" if need.gpu else "CPU"
+        memory = f"{_gb(need.host_bytes)} host" + (
+            f", {_gb(need.device_bytes)} GPU" if need.gpu else ""
+        )
+        lines.append(
+            f"  {dataset}/{method}: {len(needs)} {where} jobs of ~{describe_time(need.seconds)}, "
+            f"peak ~{memory} each"
+        )
+    gpus = f" and {len(machine.gpus)} GPUs" if machine.gpus else ""
+    lines.append(
+        f"estimate: the run takes ~{describe_time(estimate.seconds)} on {machine.cores} cores{gpus}"
+    )
+    return lines + [f"warning: {w}" for w in estimate.warnings]
