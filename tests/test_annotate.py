@@ -126,14 +126,27 @@ def test_outputs_hold_probabilities_labels_embedding_and_figure(annotated):
     saved = pd.read_csv(out / "predictions.csv")
     types = ["B cell", "T cell", "NK cell", "Monocyte"]
     first = ["cell", "predicted", "probability", "outside_reference", "distance_ratio"]
-    assert list(saved.columns[:5]) == first
-    assert sorted(c.removeprefix("p_") for c in saved.columns[5:]) == sorted(types)
+    first += ["most_probable", "unassigned_because"]
+    assert list(saved.columns[:7]) == first
+    assert sorted(c.removeprefix("p_") for c in saved.columns[7:]) == sorted(types)
+    saved["unassigned_because"] = saved["unassigned_because"].fillna("")
+    assigned = saved["predicted"] != UNASSIGNED
+    assert (saved["most_probable"][assigned] == saved["predicted"][assigned]).all()
+    assert (saved["unassigned_because"][assigned] == "").all()
+    assert set(saved["unassigned_because"][~assigned]) <= {
+        "low probability",
+        "outside the reference",
+        "low probability; outside the reference",
+    }
+    assert (saved["outside_reference"] == saved["unassigned_because"].str.contains("outside")).all()
     probabilities = saved[[f"p_{t}" for t in types]].to_numpy()
     assert ((0 <= probabilities) & (probabilities <= 1)).all()
     assert np.allclose(saved["probability"], probabilities.max(axis=1), atol=1e-6)
     labelled = ad.read_h5ad(out / "query.h5ad")
     assert list(labelled.obs_names) == list(saved["cell"].astype(str))
     assert (labelled.obs["gsrcl_prediction"].astype(str).to_numpy() == saved["predicted"]).all()
+    most_probable = labelled.obs["gsrcl_most_probable"].astype(str).to_numpy()
+    assert (most_probable == saved["most_probable"]).all()
     assert labelled.obsm["X_gsrcl"].shape == (labelled.n_obs, 64)
     assert (out / "umap.png").stat().st_size > 10_000
 

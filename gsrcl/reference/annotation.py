@@ -53,7 +53,8 @@ class Query:
 @dataclass
 class Annotation:
     """Query cells labelled by a reference model: `table` has one row per cell (prediction, its
-    probability, `outside_reference`, `p_<type>` for every type), `embedding` the encoder's
+    probability, `outside_reference`, `distance_ratio`, the most probable type and why a cell is
+    Unassigned, `p_<type>` for every type), `embedding` the encoder's
     representation (of the encoder most types share)."""
 
     query: ad.AnnData
@@ -72,14 +73,18 @@ class Annotation:
 
     def to_adata(self, key_added: str = "gsrcl", umap: bool = False) -> ad.AnnData:
         """A copy of the query with obs `<key>_prediction`, `<key>_probability`,
-        `<key>_outside_reference`, `<key>_p_<type>`, the embedding in obsm `X_<key>` and (with
-        `umap`, or when already computed) its UMAP in obsm `X_<key>_umap`."""
+        `<key>_outside_reference`, `<key>_distance_ratio`, `<key>_most_probable` (the answer
+        without the Unassigned rule), `<key>_unassigned_because`, `<key>_p_<type>`, the
+        embedding in obsm `X_<key>` and (with `umap`, or when already computed) its UMAP in obsm
+        `X_<key>_umap`."""
         labelled = self.query.copy()
         table = self.table
         labelled.obs[f"{key_added}_prediction"] = pd.Categorical(table["predicted"].to_numpy())
         labelled.obs[f"{key_added}_probability"] = table["probability"].to_numpy()
         labelled.obs[f"{key_added}_outside_reference"] = table["outside_reference"].to_numpy()
         labelled.obs[f"{key_added}_distance_ratio"] = table["distance_ratio"].to_numpy()
+        labelled.obs[f"{key_added}_most_probable"] = pd.Categorical(table["most_probable"])
+        labelled.obs[f"{key_added}_unassigned_because"] = table["unassigned_because"].to_numpy()
         for column in [c for c in table if c.startswith("p_")]:
             labelled.obs[f"{key_added}_{column}"] = table[column].to_numpy()
         labelled.obsm[f"X_{key_added}"] = self.embedding
@@ -321,9 +326,21 @@ def _predictions(cells, model, probabilities, ratios, rule: UnassignedRule) -> p
     table["probability"] = top
     table["outside_reference"] = ratios > rule.multiplier
     table["distance_ratio"] = ratios
+    table["most_probable"] = names[best]  # the answer without the Unassigned rule
+    table["unassigned_because"] = unassigned_reasons(top < rule.threshold, ratios > rule.multiplier)
     for i, name in enumerate(names):
         table[f"p_{name}"] = probabilities[:, i]
     return table
+
+
+def unassigned_reasons(low: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """Why each cell is Unassigned ("" when it is not): its best probability is below the
+    threshold, it lies outside its type's reference neighbourhood, or both."""
+    reasons = np.full(len(low), "", dtype=object)
+    reasons[low] = "low probability"
+    reasons[outside] = "outside the reference"
+    reasons[low & outside] = "low probability; outside the reference"
+    return reasons
 
 
 def _write_umap(path: Path, annotation: Annotation) -> None:
