@@ -34,7 +34,7 @@ EXPERIMENT = Experiment(
         PAPER.contrastive, epochs={"simclr": 100, "supcon": 50}, validate_every=25, lr=1e-3
     ),
     evaluation=STRONG_EVALUATION,
-    # on a machine without GPU: two workers sharing the cores (libsvm fits use one core each)
-    compute=Compute(devices="auto", cpu_workers=2),
+    # every visible GPU, else the CPU; jobs are placed by what they need, one per core at most
+    compute=Compute(devices="auto"),
     seed=0,
 )

@@ -9,7 +9,7 @@ trains for fewer epochs than the paper's (configs/paper.py) so a laptop finishes
 from dataclasses import replace
 
 from gsrcl.config.presets import PAPER, STRONG_EVALUATION, masking
-from gsrcl.config.settings import Compute, Dataset, Experiment, Method
+from gsrcl.config.settings import Dataset, Experiment, Method
 
 EXPERIMENT = Experiment(
     name="baron_mouse",
@@ -25,7 +25,5 @@ EXPERIMENT = Experiment(
         PAPER.contrastive, epochs={"simclr": 100, "supcon": 30}, validate_every=25, lr=1e-3
     ),
     evaluation=STRONG_EVALUATION,
-    # two single-threaded workers keep both cores busy (libsvm fits use one core each)
-    compute=Compute(cpu_workers=2),
     seed=0,
 )

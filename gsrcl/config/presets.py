@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 
 from gsrcl.config.settings import (
     Classifier,
-    Compute,
     Contrastive,
     Dataset,
     Evaluation,
@@ -87,7 +86,6 @@ def cpu_reference(
         ),
         split=replace(PAPER.split, folds=folds),
         evaluation=STRONG_EVALUATION,
-        compute=Compute(cpu_workers=2),
         seed=seed,
         results_dir=results_dir,
     ).validate()
