@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gsrcl.config.settings import Compute
-from gsrcl.runner.estimate import run_seconds
+from gsrcl.runner.estimate import Shape, memory_warnings, run_seconds
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.schedule import Machine, Needs, Scheduler
 
@@ -91,3 +91,18 @@ def test_the_run_estimate_replays_the_schedule():
     odd = {**needs, Job("d", "m", 4): Needs(False, 60.0, GB)}
     # the fifth job runs alone on both cores: 60 s of one-thread work at 2 ** 0.75 the speed
     assert abs(run_seconds(laptop, odd, Compute(), threads=1) - (120 + 60 / 2**0.75)) < 1e-6
+
+
+def test_a_job_that_cannot_fit_in_memory_is_named_with_what_to_change():
+    small = Machine(cores=2, host_bytes=8 * GB, gpus={"cuda:0": 16 * GB})
+    shapes = {"big": Shape(cells=60_000, genes=20_000, tasks=10, train=38_000)}
+    needs = {
+        Job("big", "baseline", 0): Needs(False, 1.0, 40 * GB),
+        Job("big", "simclr-noise", 0): Needs(True, 1.0, GB, 20 * GB),
+        Job("big", "simclr-noise", 1): Needs(True, 1.0, GB, 20 * GB),  # one line per method
+    }
+    warnings = memory_warnings(needs, shapes, small)
+    assert len(warnings) == 2
+    assert "big/baseline needs about 40.00 GB of memory" in warnings[0]
+    assert "38000 training cells" in warnings[0] and "fewer cells" in warnings[0]
+    assert "GPU memory" in warnings[1] and "contrastive.batch_size" in warnings[1]

@@ -165,7 +165,7 @@ SPEEDUP = 0.75  # threads ** SPEEDUP: libsvm and torch measured 1.67x on two cor
 
 
 def memory_warnings(
-    experiment: Experiment, needs: dict[Job, Needs], shapes: dict[str, Shape], machine: Machine
+    needs: dict[Job, Needs], shapes: dict[str, Shape], machine: Machine
 ) -> list[str]:
     """A warning for each dataset and method whose jobs would not fit in memory alone."""
     warnings = []
@@ -246,7 +246,7 @@ def plan(
         timing = timings[job.dataset, job.method]
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
     seconds = run_seconds(machine, needs, experiment.compute, threads)
-    return Plan(needs, seconds, memory_warnings(experiment, needs, shapes, machine))
+    return Plan(needs, seconds, memory_warnings(needs, shapes, machine))
 
 
 def describe_plan(estimate: Plan, machine: Machine) -> list[str]:
