@@ -203,19 +203,11 @@ def execute_experiment(
         if mode == "force":  # from scratch: no job resumes a saved training
             for job in todo:
                 run.job(job).drop_progress()
-        machine = estimate.this_machine(devices(experiment))
-        plan = estimate.plan(experiment, todo, ready, datasets, machine, log) if todo else None
-        if plan:
-            log(f"estimate: ~{estimate.describe_time(plan.seconds)} on this machine")
-            for warning in plan.warnings:
-                log(f"warning: {warning}")
-        start = time.perf_counter()
-        outcomes = run_jobs(experiment, run, todo, plan.needs if plan else {}, machine, log)
-        wall = time.perf_counter() - start
+        plan, outcomes, wall = _estimate_and_run(experiment, run, todo, ready, datasets, log)
         states = _keep_encoders(experiment, run, planned, todo, states)
-        again = [job for job in planned if "was removed" in states[job].reason]
+        again = retention.to_remake(states)
         if again:
-            outcomes += _remake_encoders(experiment, run, again, states, machine, log)
+            outcomes += _remake_encoders(experiment, run, again, states, log)
             states = retention.job_states(experiment, run, again, known=states)
         write_manifest(run, planned, states, outcomes, plan.needs if plan else {})
         summary = write_summary(experiment, run, states)
@@ -226,9 +218,7 @@ def execute_experiment(
                 f"{estimate.describe_time(plan.seconds)} ({wall / plan.seconds - 1:+.0%})"
             )
         page = write_report(experiment, run, states, datasets, log)
-        exported = (
-            export_models(experiment, list(ready), log) if experiment.export.after_run else True
-        )
+        exported = not experiment.export.after_run or export_models(experiment, list(ready), log)
     log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -240,6 +230,28 @@ def execute_experiment(
     status = 1 if failed or unread or not exported else 0
     estimated = plan.seconds if plan else None
     return RunResult(status, run.path, summary, outcomes, page, wall, estimated)
+
+
+def _estimate_and_run(
+    experiment: Experiment,
+    run: RunFolder,
+    todo: list[jobs.Job],
+    folds: dict[str, splits.Folds],
+    datasets: DatasetCache,
+    log: Callable[[str], None],
+) -> tuple[estimate.Plan | None, list[dispatch.Outcome], float]:
+    """The estimate of `todo` on this machine (said before they start), their outcomes and
+    their wall time."""
+    if not todo:
+        return None, [], 0.0
+    machine = estimate.this_machine(devices(experiment))
+    plan = estimate.plan(experiment, todo, folds, datasets, machine, log)
+    log(f"estimate: ~{estimate.describe_time(plan.seconds)} on this machine")
+    for warning in plan.warnings:
+        log(f"warning: {warning}")
+    start = time.perf_counter()
+    outcomes = run_jobs(experiment, run, todo, plan.needs, machine, log)
+    return plan, outcomes, time.perf_counter() - start
 
 
 def _keep_encoders(
@@ -261,13 +273,13 @@ def _remake_encoders(
     run: RunFolder,
     again: list[jobs.Job],
     states: dict[jobs.Job, JobState],
-    machine: Machine,
     log: Callable[[str], None],
 ) -> list[dispatch.Outcome]:
     """Jobs whose removed encoder became the one export needs (the fold that superseded it was
     redone and scored lower) run again now, so the run ends with every encoder export takes."""
     for job in again:
         log(f"{job.id}: {states[job].reason}")
+    machine = estimate.this_machine(devices(experiment))
     needs = {job: Needs(gpu=bool(machine.gpus), seconds=0.0, host_bytes=0) for job in again}
     outcomes = run_jobs(experiment, run, again, needs, machine, log)
     for dataset, method in {(job.dataset, job.method) for job in again}:

@@ -83,8 +83,16 @@ def _missing(experiment: Experiment, pruned: list[str], best: dict[str, int], fo
         return "its encoders were removed (keep_encoders='chosen'); runs again to keep all"
     needed = [task for task in pruned if best.get(task) == fold]
     if needed:
-        return f"the encoder export needs for {needed[0]!r} was removed; runs again to remake it"
+        return f"the encoder export needs for {needed[0]!r} {REMOVED}"
     return ""
+
+
+REMOVED = "was removed; runs again to remake it"
+
+
+def to_remake(states: dict[Job, JobState]) -> list[Job]:
+    """The jobs `check` found holding no longer an encoder export needs."""
+    return [job for job, state in states.items() if state.reason.endswith(REMOVED)]
 
 
 def _done_folds(
