@@ -27,7 +27,6 @@ import logging
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.sampler import Sampler  # noqa: E402
 from bench.training import BARON, epoch_flops, matmul_peak, seconds_per_epoch  # noqa: E402
 from gsrcl.api import load_config  # noqa: E402
 from gsrcl.config.settings import Compute  # noqa: E402
@@ -86,36 +86,21 @@ def part_throughput(figures: dict, precisions: list[str]) -> None:
         figures["throughput"][precision] = {"ms_per_epoch": seconds * 1e3, "gflops": rate}
 
 
-class GpuSampler:
-    """GPU utilisation and memory in use (NVML, through torch), every `every` seconds."""
+def gpu_sample() -> tuple[float, float] | None:
+    """GPU utilisation (%) and memory in use (GiB), through torch's NVML calls."""
+    if not DEVICE.startswith("cuda"):
+        return None
+    return torch.cuda.utilization(DEVICE), torch.cuda.device_memory_used(DEVICE) / 2**30
 
-    def __init__(self, every: float = 0.2) -> None:
-        self.every, self.samples = every, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while DEVICE.startswith("cuda") and not self._stop.wait(self.every):
-            self.samples.append(
-                (torch.cuda.utilization(DEVICE), torch.cuda.device_memory_used(DEVICE) / 2**30)
-            )
-
-    def __enter__(self) -> GpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict:
-        util = np.array([s[0] for s in self.samples] or [0.0])
-        return {
-            "utilisation_mean_pct": float(util.mean()),
-            "busy_share": float((util > 0).mean()),
-            "device_memory_used_gib_max": max((s[1] for s in self.samples), default=0.0),
-            "samples": len(self.samples),
-        }
+def gpu_summary(samples: list[tuple[float, float]]) -> dict:
+    util = np.array([s[0] for s in samples] or [0.0])
+    return {
+        "utilisation_mean_pct": float(util.mean()),
+        "busy_share": float((util > 0).mean()),
+        "device_memory_used_gib_max": max((s[1] for s in samples), default=0.0),
+        "samples": len(samples),
+    }
 
 
 class ScoringSeconds(logging.Handler):
@@ -154,7 +139,7 @@ def part_fold(figures: dict, precision: str, epochs: int | None, solver: str = "
     logging.getLogger("gsrcl").setLevel(logging.INFO)
     if DEVICE.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(DEVICE)
-    with GpuSampler() as sampler:
+    with Sampler(gpu_sample, every=0.2) as sampler:
         outcome = dispatch.execute(job, experiment, run, DEVICE, datasets)
     logging.getLogger("gsrcl").removeHandler(scoring)
     name = f"fold_{precision}" + ("" if solver == "auto" else f"_{solver}")
@@ -177,7 +162,7 @@ def part_fold(figures: dict, precision: str, epochs: int | None, solver: str = "
         "max_memory_allocated_gib": torch.cuda.max_memory_allocated(DEVICE) / 2**30
         if DEVICE.startswith("cuda")
         else 0.0,
-        **sampler.summary(),
+        **gpu_summary(sampler.samples),
         "mean_mcc": mcc,
         "tasks": len(metrics["rows"]),
         "dataset_cells": cells,
