@@ -10,6 +10,7 @@ The same code the jobs run, on the device they run on, with the threads a job wi
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -49,6 +50,7 @@ def calibrate(
     fold = jobs.fold_data(datasets.get(spec), spec, folds, 0)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    logging.disable(logging.INFO)  # the short training's epochs and steps are not the run's
     try:
         with Workers(threads) as workers:
             if method == BASELINE:
@@ -57,6 +59,7 @@ def calibrate(
                 experiment, fold, jobs.method_named(experiment, method), device, workers
             )
     finally:
+        logging.disable(logging.NOTSET)
         torch.set_num_threads(previous)
 
 
