@@ -29,6 +29,7 @@ from gsrcl.runner.jobs import Job, method_named
 from gsrcl.runner.schedule import Machine, Needs, Scheduler
 
 BYTES = {"float32": 4, "float16": 2}
+WORKER_BYTES = 450 * 2**20  # a worker's resident memory before its first job (measured, CPU)
 GENE_NAME_BYTES = 16  # a pickled gene name, on average
 
 
@@ -110,7 +111,8 @@ def job_needs(
     experiment: Experiment, job: Job, shape: Shape, timing: Timing, machine: Machine
 ) -> Needs:
     """What `job` needs, from its dataset's shape and its method's timing on this machine."""
-    data = shape.cells * shape.genes * 4 * 2  # the dataset and its prepared copy, float32
+    # the worker process itself (Python, torch, scikit-learn), the dataset and its prepared copy
+    data = WORKER_BYTES + shape.cells * shape.genes * 4 * 2
     svm = shape.train**2 * 8 * 3  # distances, a kernel, a fit's copy (float64)
     if job.method == BASELINE:
         return Needs(gpu=False, seconds=timing.job, host_bytes=data + svm)
