@@ -257,6 +257,7 @@ def test_the_command_line_labels_a_query_and_answers_bad_input_with_a_message(an
     assert done.returncode == 0, done.stderr
     cells = len(annotated["table"])
     assert f"labelled {cells} cells" in done.stdout
+    assert "the rule was calibrated on held-out cells of the reference's own batches" in done.stdout
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == cells
     missing = subprocess.run(
         [*command, "--query", str(tmp_path / "none.h5ad"), "--out", str(tmp_path)],

@@ -224,6 +224,9 @@ def _label(adata, model, threshold: float | None, chunk_size: int, say) -> Annot
         + (" (--threshold)" if threshold is not None else "")
         + f", or farther than {rule.multiplier:.2f} × its type's radius from the reference cells"
     )
+    calibrated = model.manifest["unassigned"].get("calibrated_on")
+    if calibrated and threshold is None:
+        say(f"  the rule was calibrated on {calibrated}")
     _check_genes(adata, model, say)
     probabilities, ratios, embedding = _probabilities(model, adata, chunk_size)
     table = _predictions(adata.obs_names, model, probabilities, ratios, rule)

@@ -39,6 +39,11 @@ from gsrcl.runner.environment import package_versions
 from gsrcl.runner.run_folder import JobFolder, RunFolder
 
 SELECTION_RULE = "the highest mean over the dataset's cell types of the CV mean MCC"
+# what the Unassigned rule was chosen on: the reference's own batches, never a batch held out
+WITHIN_BATCHES = (
+    "held-out cells of the reference's own batches: a new donor's or batch's ordinary shift "
+    "may be taken for novelty (most_probable and unassigned_because show what the rule did)"
+)
 MULTICLASS_FILE = "classifiers/all-types.skops"
 
 
@@ -350,7 +355,7 @@ def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, lo
         f"{chosen.multiplier:.2f} × the type's radius; on {rates['cells']} held-out reference "
         f"cells: {rates['unassigned']:.1%} Unassigned, accuracy {rates['accuracy']:.3f}"
     )
-    return {**chosen.to_record(), "held_out": rates}
+    return {**chosen.to_record(), "held_out": rates, "calibrated_on": WITHIN_BATCHES}
 
 
 def _encoder_name(digest: str) -> str:
