@@ -187,21 +187,22 @@ def _done_folders(
 
 def _chosen_encoders(folders: list[JobFolder]) -> dict[str, dict]:
     """For each task: the fold whose chosen checkpoint scored best on the validation cells."""
-    scores = {fold: folder.validation_scores() for fold, folder in enumerate(folders)}
-    rows = {
-        (fold, row["task"]): row for fold, folder in enumerate(folders) for row in folder.metrics()
+    rows = [{row["task"]: row for row in folder.metrics()} for folder in folders]
+    scores = {
+        fold: {task: row["validation_score"] for task, row in by_task.items()}
+        for fold, by_task in enumerate(rows)
     }
+    checksums = [folder.checksums() for folder in folders]  # checked by `state`: not reread
     picks = {}
     for task, fold in retention.best_folds(scores).items():
-        row, folder = rows[fold, task], folders[fold]
-        path = folder.encoder_path(task)
+        row, path = rows[fold][task], folders[fold].encoder_path(task)
         picks[task] = {
             "fold": fold,
             "epoch": row["epoch"],
             "score": row["validation_score"],
             "test_mcc": row["mcc"],
             "path": path,
-            "digest": folder.checksums()[path.name],  # checked by `state`: no second read
+            "digest": checksums[fold][path.name],
         }
     return picks
 

@@ -34,9 +34,10 @@ def prune(experiment: Experiment, run: RunFolder, dataset: str, method: str) -> 
     if experiment.storage.keep_encoders == "all" or method == BASELINE:
         return
     folders = _done_folds(experiment, run, dataset, method)
-    best = best_folds({fold: folder.validation_scores() for fold, folder in folders.items()})
+    scores = {fold: folder.validation_scores() for fold, folder in folders.items()}
+    best = best_folds(scores)
     for fold, folder in folders.items():
-        superseded = [t for t in folder.validation_scores() if best[t] != fold]
+        superseded = [t for t in scores[fold] if best[t] != fold]
         if superseded:
             kept_in = {t: folders[best[t]].path.name for t in superseded}
             folder.remove_encoders(superseded, kept_in)
