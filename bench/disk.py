@@ -93,7 +93,8 @@ def disk_part() -> None:
     minutes = (time.perf_counter() - start) / 60
     adata = ad.read_h5ad(data)
     tasks = adata.obs["cell_type"].nunique()
-    worst = estimate.disk(experiment, {"baron_mouse": (adata.n_vars, tasks)})
+    shape = estimate.Shape(adata.n_obs, adata.n_vars, tasks, train=0)  # files: genes, tasks
+    worst = estimate.disk(experiment, {"baron_mouse": shape})
     slots = min(estimate.this_machine(devices(experiment)).cores, 35)
     encoders = list(run.path.glob("jobs/*/*/*/encoder-*.pt"))
     inodes = {p.stat().st_ino: p.stat().st_blocks * 512 for p in encoders}

@@ -201,10 +201,11 @@ def test_the_disk_estimate_has_the_paper_encoders_size_and_bound():
     noise = PAPER.methods[0]  # Baron Mouse's 14 878 genes at the paper's width: 412 MB
     assert round(estimate.encoder_bytes(14878, noise, "float32") / 1e6) == 412
     paper = Experiment(name="p", datasets=(PBMC,), methods=PAPER.methods)
-    chosen = estimate.disk(paper, {"baron": (14878, 13)})
+    baron = {"baron": estimate.Shape(cells=1886, genes=14878, tasks=13, train=1206)}
+    chosen = estimate.disk(paper, baron)
     assert chosen.kept <= 6e9 < chosen.keep_all  # one encoder per method and type, float16
     everything = replace(paper, storage=Storage(keep_encoders="all", encoder_precision="float32"))
-    assert estimate.disk(everything, {"baron": (14878, 13)}).kept > 9 * chosen.kept
+    assert estimate.disk(everything, baron).kept > 9 * chosen.kept
 
 
 def test_the_api_runs_an_experiment_and_returns_its_summary(tmp_path):

@@ -22,7 +22,7 @@ import torch
 from gsrcl.config.settings import BASELINE, Compute, Experiment, Method
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
-from gsrcl.model.encoder import ContrastiveModel, build_encoder
+from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.train import overlap_validation, validation_epochs
 from gsrcl.runner.calibrate import Timing, calibrate
 from gsrcl.runner.jobs import Job, method_named
@@ -43,40 +43,67 @@ class DiskEstimate:
     per_running_job: int
 
 
+@dataclass(frozen=True)
+class Shape:
+    """A dataset as its jobs see it."""
+
+    cells: int
+    genes: int
+    tasks: int  # scored cell types
+    train: int  # training cells of a fold
+
+
 def parameters(module: torch.nn.Module) -> int:
     """Numbers in the module's state (weights and BatchNorm statistics)."""
     return sum(t.numel() for t in module.state_dict().values())
 
 
-def encoder_bytes(n_inputs: int, method: Method, precision: str) -> int:
+def _network(n_inputs: int, method: Method) -> ContrastiveModel:
+    """The method's network on the meta device: its shapes, without memory."""
     with torch.device("meta"):
-        encoder = build_encoder(n_inputs, method.encoder, batchnorm=True)
+        return ContrastiveModel(
+            n_inputs, method.encoder, method.head, batchnorm=True, init_std=0.01
+        )
+
+
+def _inputs(method: Method, genes: int) -> int:
+    """The genes the method's encoder reads."""
+    return method.n_genes if method.augmentation == "masking" else genes
+
+
+def _snapshots(experiment: Experiment, method: Method, tasks: int) -> int:
+    """The distinct snapshots a training keeps at most: one per scored step for SimCLR's
+    tasks, one for SupCon's single task."""
+    contrastive = experiment.contrastive
+    steps = len(validation_epochs(contrastive.epochs[method.loss], contrastive.validate_every))
+    return min(tasks, steps) if method.loss == "simclr" else 1
+
+
+def encoder_bytes(n_inputs: int, method: Method, precision: str) -> int:
+    encoder = _network(n_inputs, method).encoder
     return parameters(encoder) * BYTES[precision] + n_inputs * GENE_NAME_BYTES
 
 
-def disk(experiment: Experiment, datasets: dict[str, tuple[int, int]]) -> DiskEstimate:
-    """`datasets`: name → (genes, scored cell types)."""
-    storage, contrastive = experiment.storage, experiment.contrastive
+def disk(experiment: Experiment, shapes: dict[str, Shape]) -> DiskEstimate:
+    storage = experiment.storage
     kept = keep_all = running = 0
-    for genes, tasks in datasets.values():
+    for shape in shapes.values():
         for method in experiment.methods:
-            inputs = method.n_genes if method.augmentation == "masking" else genes
+            inputs = _inputs(method, shape.genes)
             size = encoder_bytes(inputs, method, storage.encoder_precision)
-            snapshots = contrastive.epochs[method.loss] // contrastive.validate_every
-            per_fold = tasks if method.loss == "supcon" else min(tasks, max(snapshots, 1))
-            kept += tasks * size
+            snapshots = _snapshots(experiment, method, shape.tasks)
+            per_fold = shape.tasks if method.loss == "supcon" else snapshots
+            kept += shape.tasks * size
             keep_all += experiment.split.folds * per_fold * size
-            state = _training_state(inputs, method, per_fold if method.loss == "simclr" else 1)
-            running = max(running, per_fold * size + state)
+            running = max(running, per_fold * size + _training_state(inputs, method, snapshots))
     if storage.keep_encoders == "all":
         kept = keep_all
     return DiskEstimate(kept, keep_all, running)
 
 
 def _training_state(n_inputs: int, method: Method, snapshots: int) -> int:
-    """progress.pt: the model and Adam's two moments, and a snapshot per task, in float32."""
-    with torch.device("meta"):
-        model = ContrastiveModel(n_inputs, method.encoder, method.head, True, 0.01)
+    """progress.pt: the model and Adam's two moments, and the snapshots, in float32."""
+    model = _network(n_inputs, method)
     return 4 * (3 * parameters(model) + snapshots * parameters(model.encoder))
 
 
@@ -97,16 +124,6 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-@dataclass(frozen=True)
-class Shape:
-    """A dataset as its jobs see it."""
-
-    cells: int
-    genes: int
-    tasks: int  # scored cell types
-    train: int  # training cells of a fold
-
-
 def job_needs(
     experiment: Experiment, job: Job, shape: Shape, timing: Timing, machine: Machine
 ) -> Needs:
@@ -118,7 +135,7 @@ def job_needs(
         return Needs(gpu=False, seconds=timing.job, host_bytes=data + svm)
     method = method_named(experiment, job.method)
     contrastive = experiment.contrastive
-    inputs = method.n_genes if method.augmentation == "masking" else shape.genes
+    inputs = _inputs(method, shape.genes)
     epochs = contrastive.epochs[method.loss]
     steps = len(validation_epochs(epochs, contrastive.validate_every))
     trainings = shape.tasks if method.loss == "supcon" else 1
@@ -127,12 +144,10 @@ def job_needs(
     gpu = bool(machine.gpus)
     overlapped = overlap_validation(contrastive.overlap_validation, _device_type(gpu))
     seconds = max(training, scoring) if overlapped else training + scoring
-    with torch.device("meta"):
-        model = ContrastiveModel(inputs, method.encoder, method.head, batchnorm=True, init_std=0.01)
-    snapshots = min(shape.tasks, steps) if method.loss == "simclr" else 1
+    model = _network(inputs, method)
     batch = min(shape.train, contrastive.batch_size)
     network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
-    kept = 4 * snapshots * parameters(model.encoder)
+    kept = 4 * _snapshots(experiment, method, shape.tasks) * parameters(model.encoder)
     if gpu:
         on_device = shape.cells * inputs * 4 + network + shape.train**2 * 4 * 2
         return Needs(True, seconds, data + kept, on_device)
@@ -211,11 +226,13 @@ def this_machine(devices: list[str]) -> Machine:
 
 @dataclass(frozen=True)
 class Plan:
-    """The estimate of a run: each job's needs, and the run's seconds on this machine."""
+    """The estimate of a run: each job's needs, the run's seconds on this machine, and the
+    datasets' shapes they come from."""
 
     needs: dict[Job, Needs]
     seconds: float
     warnings: list[str]
+    shapes: dict[str, Shape]
 
 
 def plan(
@@ -248,7 +265,7 @@ def plan(
         timing = timings[job.dataset, job.method]
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
     seconds = run_seconds(machine, needs, experiment.compute, threads)
-    return Plan(needs, seconds, memory_warnings(needs, shapes, machine))
+    return Plan(needs, seconds, memory_warnings(needs, shapes, machine), shapes)
 
 
 def describe_plan(estimate: Plan, machine: Machine) -> list[str]:

@@ -120,13 +120,8 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
         plan = estimate.plan(experiment, readable, folds, datasets, machine, log)
         for line in estimate.describe_plan(plan, machine):
             log(line)
-        shapes = {
-            name: (datasets.get(spec).n_vars, len(folds[name].scored_tasks))
-            for spec in experiment.datasets
-            if (name := spec.name) in folds
-        }
         at_once = min(machine.cores // (experiment.compute.threads or 1) or 1, len(planned))
-        log(estimate.describe_disk(estimate.disk(experiment, shapes), experiment, at_once))
+        log(estimate.describe_disk(estimate.disk(experiment, plan.shapes), experiment, at_once))
     return 1 if failed else 0
 
 
