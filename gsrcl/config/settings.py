@@ -39,6 +39,9 @@ class Dataset:
     layer: str | None = None  # .h5ad: read this layer instead of `X`
     transpose: bool = False  # CSV/TSV with genes as rows and cells as columns
     cell_types: tuple[str, ...] | None = None  # the tasks; None = every cell type
+    # the obs column naming each cell's batch (donor, sample, animal): an exported model's
+    # Unassigned rule and "best" are then judged on each batch predicted without it
+    batch: str | None = None
 
     def check(self) -> list[str]:
         problems = []
@@ -158,8 +161,9 @@ class Classifier:
     # Baselines only: fit once on the multi-class labels, then score each type one-vs-rest.
     multiclass: bool = False
     # Baselines only: "log1p" = log(x + 1) of all genes (the paper); "lognorm" = per-cell
-    # normalised to the median total count, then log1p.
-    features: Literal["log1p", "lognorm"] = "log1p"
+    # normalised to the median total count, then log1p; "scaled" = lognorm, the 2000 most
+    # variable genes, each scaled by the training cells' mean and std (CellTypist's input).
+    features: Literal["log1p", "lognorm", "scaled"] = "log1p"
 
     @property
     def baseline_name(self) -> str:

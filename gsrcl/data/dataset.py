@@ -1,4 +1,5 @@
-"""A dataset spec → a checked AnnData: float32 `X`, unique cell ids, `obs['label']`.
+"""A dataset spec → a checked AnnData: float32 `X`, unique cell ids, `obs['label']` (and
+`obs['batch']` when the spec names a batch column).
 
 Labels come from an `obs` column or a file: a one-column file (one label per cell, in order), a
 two-column file (cell id, label; matched by id), or the GsRCL paper's one-row binary files
@@ -25,6 +26,7 @@ from gsrcl.errors import UserError
 log = logging.getLogger(__name__)
 
 LABEL = "label"
+BATCH = "batch"
 VR_SUFFIX = "_VR_Labels.csv"
 LOG_MAX = 20.0  # log1p of any realistic count stays below this
 
@@ -32,7 +34,10 @@ LOG_MAX = 20.0  # log1p of any realistic count stays below this
 def load_dataset(spec: Dataset) -> ad.AnnData:
     """Read the matrix and labels of `spec`, check them, and return the labelled cells."""
     adata = read_matrix(spec)
-    adata.obs[LABEL] = _labels(spec, adata)
+    labels = _labels(spec, adata)
+    if spec.batch is not None:
+        adata.obs[BATCH] = _batches(spec, adata)
+    adata.obs[LABEL] = labels
     unlabelled = adata.obs[LABEL].isna().to_numpy()
     if unlabelled.all():
         raise UserError(f"dataset {spec.name}: no cell has a label; check `labels`/`labels_file`")
@@ -128,6 +133,22 @@ def _labels(spec: Dataset, adata: ad.AnnData) -> pd.Series:
         values = _labels_from_table(spec, adata)
     labels = pd.Series(values, index=adata.obs_names, dtype=object)
     return labels.map(lambda v: None if pd.isna(v) or str(v) == "" else str(v))
+
+
+def _batches(spec: Dataset, adata: ad.AnnData) -> pd.Series:
+    """Each cell's batch, as text; every cell needs one."""
+    if spec.batch not in adata.obs:
+        raise UserError(
+            f"dataset {spec.name}: {spec.path} has no obs column {spec.batch!r} for `batch`; "
+            f"columns are {list(adata.obs.columns)}"
+        )
+    values = adata.obs[spec.batch]
+    if values.isna().any():
+        raise UserError(
+            f"dataset {spec.name}: {values.isna().sum()} cells have no {spec.batch!r} (batch); "
+            "give every cell a batch, or set batch=None"
+        )
+    return values.astype(str)
 
 
 def _labels_from_table(spec: Dataset, adata: ad.AnnData) -> np.ndarray:

@@ -4,7 +4,7 @@
   stateless.
 - `lognorm`: per-cell normalisation to the training cells' median total count, then log1p.
 - masking (contrastive-sc): lognorm, the top-N highly variable genes of the training cells, scaled
-  with the training cells' mean and std.
+  with the training cells' mean and std; `scaled` is the same with SCALED_GENES genes.
 Data that is already log-normalised (`values="log"`) skips the normalisation and the log.
 """
 
@@ -17,6 +17,8 @@ import numpy as np
 import scanpy as sc
 
 from gsrcl.data.dataset import log_expression
+
+SCALED_GENES = 2000  # a baseline's "scaled" features: genes kept
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,12 @@ def fit_masking(train: ad.AnnData, values: str, n_genes: int) -> Fitted:
         mean=selected.var["mean"].to_numpy(dtype=np.float32),
         std=np.where(std > 0, std, 1).astype(np.float32),
     )
+
+
+def fit_features(kind: str, train: ad.AnnData, values: str) -> Fitted:
+    """A baseline's features (`Classifier.features`), fitted on `train`."""
+    if kind == "scaled":
+        return fit_masking(train, values, SCALED_GENES)
+    if kind == "lognorm":
+        return fit_lognorm(train, values)
+    return fit_log1p(values)

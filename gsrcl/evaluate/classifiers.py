@@ -23,7 +23,14 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_pre
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, DeviceSVM, unsupported_params
-from gsrcl.evaluate.kernel_svm import KernelSVM, PrecomputedRBF, RBFSolver, Search, Splits
+from gsrcl.evaluate.kernel_svm import (
+    ONE_CLASS_DECISION,
+    KernelSVM,
+    PrecomputedRBF,
+    RBFSolver,
+    Search,
+    Splits,
+)
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
 from gsrcl.evaluate.workers import SERIAL, Workers
 
@@ -178,23 +185,38 @@ def calibrated_classifier(
     metric: str,
     seed: int,
     solver: str = "auto",
+    held_out_splits: Splits | None = None,
 ) -> tuple[CalibratedClassifierCV, np.ndarray]:
     """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
     probabilities learnt from its inner-CV decision values (a model to export and reuse); and
-    each cell's probability from the inner fold that held it out."""
+    each cell's probability from the split that held it out: the inner folds, or
+    `held_out_splits` (one per batch, say) with the chosen settings refit without them."""
     fold, splits, chosen, estimator = _grid_choice(spec, x, y, inner_folds, metric, seed, solver)
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
+    held_out_splits = held_out_splits or splits
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         calibrated.fit(x, y)
         # the decision values the calibration was fitted on, again (scikit-learn keeps none):
         # from the kernel when there is one, which costs no pass over the features
         if isinstance(chosen, KernelSVM):
-            decisions = fold.kernel.held_out_decisions(y, chosen, splits)
+            decisions = fold.kernel.held_out_decisions(y, chosen, held_out_splits)
         else:
-            decisions = cross_val_predict(estimator, x, y, cv=splits, method="decision_function")
+            decisions = _held_out_decisions(estimator, x, y, held_out_splits)
     held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
     return calibrated, held_out
+
+
+def _held_out_decisions(estimator: Any, x: np.ndarray, y: np.ndarray, splits: Splits):
+    """cross_val_predict's decision values, where a split whose training cells hold one class
+    (a type only one batch has) gives its cells that class's side."""
+    decisions = np.empty(len(y))
+    for train, test in splits:
+        if len(np.unique(y[train])) < 2:
+            decisions[test] = ONE_CLASS_DECISION if y[train][0] else -ONE_CLASS_DECISION
+        else:
+            decisions[test] = clone(estimator).fit(x[train], y[train]).decision_function(x[test])
+    return decisions
 
 
 def multiclass_classifier(
@@ -205,17 +227,37 @@ def multiclass_classifier(
     metric: str,
     seed: int,
     solver: str = "auto",
+    held_out_splits: Splits | None = None,
 ) -> tuple[Any, np.ndarray]:
     """One model of all the labels (a multi-class baseline), refit on all cells, with
     probabilities (Platt-calibrated when the estimator has none); and each cell's probabilities
-    (columns in the model's `classes_` order) from the inner fold that held it out."""
+    (columns in the model's `classes_` order) from the split that held it out: the inner folds,
+    or `held_out_splits` with the chosen settings refit without them."""
     _, splits, _, estimator = _grid_choice(spec, x, labels, inner_folds, metric, seed, solver)
     if not hasattr(estimator, "predict_proba"):
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        held_out = cross_val_predict(estimator, x, labels, cv=splits, method="predict_proba")
-        return clone(estimator).fit(x, labels), held_out
+        model = clone(estimator).fit(x, labels)
+        if held_out_splits is None:
+            held_out = cross_val_predict(estimator, x, labels, cv=splits, method="predict_proba")
+        else:
+            held_out = _held_out_probabilities(estimator, x, labels, held_out_splits, model)
+        return model, held_out
+
+
+def _held_out_probabilities(estimator, x, labels, splits: Splits, model) -> np.ndarray:
+    """Each cell's probabilities from the estimator refit without its split (columns in
+    `model.classes_` order; a class its training cells lack gets 0)."""
+    if isinstance(estimator, CalibratedClassifierCV):  # its own cv indexes all cells
+        estimator = clone(estimator).set_params(cv=3)
+    classes = list(model.classes_)
+    probabilities = np.zeros((len(labels), len(classes)))
+    for train, test in splits:
+        fitted = clone(estimator).fit(x[train], labels[train])
+        columns = [classes.index(c) for c in fitted.classes_]
+        probabilities[np.ix_(test, columns)] = fitted.predict_proba(x[test])
+    return probabilities
 
 
 def _grid_choice(spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds, metric, seed, solver):

@@ -29,6 +29,8 @@ from gsrcl.evaluate.workers import SERIAL, Workers
 
 Splits = list[tuple[np.ndarray, np.ndarray]]
 
+# the decision value of a held-out split whose training cells hold one class: that class, surely
+ONE_CLASS_DECISION = 10.0
 SHARED_KERNEL_BYTES = 1 << 30  # kernels of all training cells kept per search, at most
 
 
@@ -221,7 +223,10 @@ class PrecomputedRBF(RBFSolver):
         decisions = np.empty(len(y))
         for train, test in splits:
             fitted = self._fit(kernel[np.ix_(train, train)], y[train], model.gamma, params)
-            decisions[test] = fitted.svc.decision_function(kernel[np.ix_(test, train)])
+            if fitted is None:  # one class among the training cells (a type one batch has)
+                decisions[test] = ONE_CLASS_DECISION if y[train][0] else -ONE_CLASS_DECISION
+            else:
+                decisions[test] = fitted.svc.decision_function(kernel[np.ix_(test, train)])
         return decisions
 
     def fit(self, y: np.ndarray, params: dict[str, Any]) -> KernelSVM:

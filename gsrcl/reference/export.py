@@ -44,6 +44,16 @@ WITHIN_BATCHES = (
     "held-out cells of the reference's own batches: a new donor's or batch's ordinary shift "
     "may be taken for novelty (most_probable and unassigned_because show what the rule did)"
 )
+ACROSS_BATCHES = (
+    "each of the reference's {n} batches ({column}: {names}) predicted by models fitted without "
+    "it and judged against the other batches' cells: what a new batch will look like"
+)
+# an encoder model's classifiers are refit per held-out batch; its encoder is not retrained
+ENCODER_SAW_EVERY_BATCH = " (the encoder itself was trained on cells of every batch)"
+SELECTION_BY_BATCH = (
+    "the highest mean of accuracy and macro-F1 on each batch of the reference predicted by "
+    "models fitted without it, the Unassigned rule applied"
+)
 MULTICLASS_FILE = "classifiers/all-types.skops"
 
 
@@ -60,41 +70,113 @@ def export_model(
     spec = _dataset(experiment, dataset)
     asked = method or experiment.export.method
     table = cv_table(experiment, run, spec.name)
-    method = _method(experiment, table, asked, log)
-    baseline = _baseline(experiment, method)
-    picks = _picks(experiment, run, spec.name, method, baseline, log)
-    folder = Path(out) if out else run.model_path(spec.name, method)
-    reference.check_replaceable(folder)
-    log(f"export: {spec.name}, {method}, {len(picks)} cell types → {folder}")
-    log(describe_types(picks))
+    if out is not None:
+        reference.check_replaceable(Path(out))
     adata = data.load_dataset(spec)
-    selection = {"rule": SELECTION_RULE, "asked": asked, "chosen": method, "table": table}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
-        staging = Path(tmp) / "model"
-        if baseline is None:
-            entries, held_out, kind = _encoder_files(staging, experiment, adata, picks, log)
-        else:
-            entries, held_out, kind = _expression_files(
-                staging, experiment, adata, spec.values, baseline, picks, log
-            )
-        unassigned = _write_neighbourhoods(staging, adata, spec.values, entries, held_out, log)
-        manifest = _manifest(experiment, spec, method, adata, entries)
-        manifest.update(kind=kind.pop("kind"), **kind, selection=selection, unassigned=unassigned)
+    batches = _batches(spec, adata, log)
+    if asked == "best" and batches is not None:
+        candidates = list(table)  # judged on new batches below
+    else:
+        candidates = [_method(experiment, table, asked, log)]
+    parent = Path(out).parent if out else run.model_path(spec.name, candidates[0]).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".export.") as tmp:
+        built = {
+            name: _build(Path(tmp) / str(i), experiment, run, spec, adata, name, batches, log)
+            for i, name in enumerate(candidates)
+        }
+        chosen = candidates[0] if len(candidates) == 1 else _best_on_new_batches(built, log)
+        selection = {"rule": SELECTION_RULE, "asked": asked, "chosen": chosen, "table": table}
+        if len(candidates) > 1:
+            selection["rule"] = SELECTION_BY_BATCH
+            for name, (_, manifest) in built.items():
+                table[name].update(_new_batch_scores(manifest))
+        staging, manifest = built[chosen]
+        manifest["selection"] = selection
         reference.write_manifest(staging, manifest)
+        folder = Path(out) if out else run.model_path(spec.name, chosen)
+        reference.check_replaceable(folder)
         reference.swap_in(staging, folder, Path(tmp))
+    log(f"export: {spec.name}, {chosen} → {folder}")
     return folder
 
 
-def _write_neighbourhoods(staging: Path, adata, values: str, entries, held_out, log) -> dict:
+def _build(staging, experiment, run, spec, adata, method, batches, log) -> tuple[Path, dict]:
+    """Every file of `method`'s model in `staging`, and its manifest (to be written there)."""
+    baseline = _baseline(experiment, method)
+    picks = _picks(experiment, run, spec.name, method, baseline, log)
+    log(f"export: {spec.name}, {method}, {len(picks)} cell types")
+    log(describe_types(picks))
+    if baseline is None:
+        entries, held_out, kind = _encoder_files(staging, experiment, adata, picks, batches, log)
+    else:
+        entries, held_out, kind = _expression_files(
+            staging, experiment, adata, spec.values, baseline, picks, batches, log
+        )
+    unassigned = _write_neighbourhoods(staging, adata, spec, entries, held_out, batches, log)
+    if batches is not None and kind["kind"] == "encoder":
+        unassigned["calibrated_on"] += ENCODER_SAW_EVERY_BATCH
+    manifest = _manifest(experiment, spec, method, adata, entries)
+    manifest.update(kind=kind.pop("kind"), **kind, unassigned=unassigned)
+    return staging, manifest
+
+
+def _batches(spec: Dataset, adata, log) -> np.ndarray | None:
+    """Each cell's batch, when the dataset names a batch column holding two or more."""
+    if spec.batch is None:
+        return None
+    batches = adata.obs[data.BATCH].to_numpy(dtype=str)
+    if len(np.unique(batches)) < 2:
+        log(f"  batch column {spec.batch!r} holds one batch: the rule is calibrated within it")
+        return None
+    return batches
+
+
+def _batch_splits(batches: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """One held-out split per batch (trained on the others), or None without batches."""
+    if batches is None:
+        return None
+    return [
+        (np.flatnonzero(batches != b), np.flatnonzero(batches == b)) for b in np.unique(batches)
+    ]
+
+
+def _new_batch_scores(manifest: dict) -> dict:
+    rates = manifest["unassigned"]["held_out"]
+    return {"new_batch_accuracy": rates["accuracy"], "new_batch_macro_f1": rates["macro_f1"]}
+
+
+def _best_on_new_batches(built: dict[str, tuple[Path, dict]], log) -> str:
+    """The method whose model labels the reference's batches best, each predicted without it:
+    the highest mean of accuracy and macro-F1, the rule applied (first on ties)."""
+    scores = {name: _new_batch_scores(manifest) for name, (_, manifest) in built.items()}
+    mean = {
+        name: (s["new_batch_accuracy"] + s["new_batch_macro_f1"]) / 2 for name, s in scores.items()
+    }
+    best = max(mean, key=mean.__getitem__)
+    ranking = ", ".join(
+        f"{name} {s['new_batch_accuracy']:.3f} / {s['new_batch_macro_f1']:.3f}"
+        for name, s in scores.items()
+    )
+    log(f"export: best = {best} (accuracy / macro-F1 on each batch held out: {ranking})")
+    return best
+
+
+def _write_neighbourhoods(staging: Path, adata, spec: Dataset, entries, held_out, batches, log):
     """genes.txt and neighbourhoods.npz; the Unassigned rule chosen with them."""
     (staging / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
     labels = adata.obs[data.LABEL].to_numpy(dtype=str)
     types = [e["name"] for e in entries]
-    arrays = neighbourhood.fit(adata, labels, values, types)
+    arrays = neighbourhood.fit(adata, labels, spec.values, types)
     neighbourhood.save(staging / reference.NEIGHBOURHOODS, arrays)
-    regions = neighbourhood.Neighbourhoods(arrays, list(adata.var_names), values)
-    return _unassigned_rule(regions, labels, types, held_out, log)
+    regions = neighbourhood.Neighbourhoods(arrays, list(adata.var_names), spec.values)
+    rule_chosen = _unassigned_rule(regions, labels, types, held_out, batches, log)
+    if batches is not None:
+        names = ", ".join(np.unique(batches))
+        rule_chosen["calibrated_on"] = ACROSS_BATCHES.format(
+            n=len(np.unique(batches)), column=spec.batch, names=names
+        )
+    return rule_chosen
 
 
 def _dataset(experiment: Experiment, name: str | None) -> Dataset:
@@ -216,7 +298,7 @@ def describe_types(picks: dict[str, dict]) -> str:
     return text
 
 
-def _encoder_files(staging: Path, experiment: Experiment, adata, picks: dict, log):
+def _encoder_files(staging: Path, experiment: Experiment, adata, picks: dict, batches, log):
     """Copy each distinct encoder once; fit (the types side by side) and save each type's
     calibrated classifier on its encoder's embeddings. Returns the manifest's entries, the
     held-out probabilities (cells × types) and the kind."""
@@ -232,7 +314,7 @@ def _encoder_files(staging: Path, experiment: Experiment, adata, picks: dict, lo
     features = {task: embeddings[pick["digest"]] for task, pick in picks.items()}
     classifier = experiment.evaluation.classifier
     entries, held_out = _one_vs_rest_files(
-        staging, experiment, adata, classifier, picks, features, log
+        staging, experiment, adata, classifier, picks, features, batches, log
     )
     for entry, pick in zip(entries, picks.values(), strict=True):
         entry["encoder"] = _encoder_name(pick["digest"])
@@ -240,21 +322,24 @@ def _encoder_files(staging: Path, experiment: Experiment, adata, picks: dict, lo
 
 
 def _expression_files(
-    staging: Path, experiment: Experiment, adata, values: str, baseline: Classifier, picks, log
+    staging: Path,
+    experiment: Experiment,
+    adata,
+    values: str,
+    baseline: Classifier,
+    picks,
+    batches,
+    log,
 ):
     """A baseline's classifier refit on the expression of every labelled cell, its features
     prepared as its CV prepared them: one multi-class model, or one per type."""
-    fitted = (
-        preprocess.fit_lognorm(adata, values)
-        if baseline.features == "lognorm"
-        else preprocess.fit_log1p(values)
-    )
+    fitted = preprocess.fit_features(baseline.features, adata, values)
     x = fitted.transform(adata)
-    kind = {"kind": "expression", "input": {"target_sum": fitted.target_sum}}
+    kind = {"kind": "expression", "input": _input_record(fitted, adata)}
     if not baseline.multiclass:
         features = dict.fromkeys(picks, x)
         entries, held_out = _one_vs_rest_files(
-            staging, experiment, adata, baseline, picks, features, log
+            staging, experiment, adata, baseline, picks, features, batches, log
         )
         return entries, held_out, kind
     labels = adata.obs[data.LABEL].to_numpy(dtype=str)
@@ -269,6 +354,7 @@ def _expression_files(
         evaluation.metric,
         experiment.seed,
         evaluation.solver,
+        _batch_splits(None if batches is None else batches[rows]),
     )
     log(
         f"  one {type(model).__name__} of {len(picks)} types refit on {rows.sum()} cells "
@@ -287,13 +373,21 @@ def _expression_files(
 
 
 def _one_vs_rest_files(
-    staging: Path, experiment: Experiment, adata, classifier: Classifier, picks, features, log
+    staging: Path,
+    experiment: Experiment,
+    adata,
+    classifier: Classifier,
+    picks,
+    features,
+    batches,
+    log,
 ):
     """Fit (the types side by side) and save a calibrated classifier per type on its features;
     the entries and the held-out probabilities (cells × types)."""
     (staging / "classifiers").mkdir(parents=True, exist_ok=True)
     labels = adata.obs[data.LABEL].to_numpy(dtype=str)
     evaluation = experiment.evaluation
+    held_out_splits = _batch_splits(batches)
 
     def refit(task: str) -> tuple[object, np.ndarray, float]:
         start = time.perf_counter()
@@ -305,6 +399,7 @@ def _one_vs_rest_files(
             evaluation.metric,
             experiment.seed,
             evaluation.solver,
+            held_out_splits,
         )
         return model, held_out, time.perf_counter() - start
 
@@ -340,23 +435,34 @@ def _entry(task: str, pick: dict, classifier: str, cells: int, params: dict) -> 
     }
 
 
-def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, log) -> dict:
+def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, batches, log):
     """The Unassigned rule chosen from the held-out predictions of the reference's cells of the
-    model's types, and what it does to them."""
+    model's types, and what it does to them (a dict for the manifest)."""
     order = np.concatenate([np.flatnonzero(labels == t) for t in types])  # the regions' order
     truth = np.repeat(np.arange(len(types)), [int((labels == t).sum()) for t in types])
     probabilities = rule.shares(held_out[order])  # as annotate reports them
     predicted = probabilities.argmax(axis=1)
     best = probabilities[np.arange(len(order)), predicted]
-    ratios = regions.held_out_ratios(predicted, truth)
+    ratios = regions.held_out_ratios(predicted, truth, None if batches is None else batches[order])
     chosen = rule.choose(best, ratios)
-    rates = rule.held_out_rates(chosen, best, ratios, predicted == truth)
+    rates = rule.held_out_rates(chosen, best, ratios, predicted, truth)
     log(
         f"  Unassigned: best probability below {chosen.threshold:.3f} or farther than "
         f"{chosen.multiplier:.2f} × the type's radius; on {rates['cells']} held-out reference "
         f"cells: {rates['unassigned']:.1%} Unassigned, accuracy {rates['accuracy']:.3f}"
     )
     return {**chosen.to_record(), "held_out": rates, "calibrated_on": WITHIN_BATCHES}
+
+
+def _input_record(fitted: preprocess.Fitted, adata) -> dict:
+    """How an expression model's features are made from the reference's genes: the per-cell
+    normalisation, and for scaled features the genes kept with their mean and std."""
+    record = {"target_sum": fitted.target_sum}
+    if fitted.genes is not None:
+        record["genes"] = list(adata.var_names[fitted.genes])
+        record["mean"] = [float(v) for v in fitted.mean]
+        record["std"] = [float(v) for v in fitted.std]
+    return record
 
 
 def _encoder_name(digest: str) -> str:

@@ -15,7 +15,8 @@
                             a multi-class baseline has one, classifiers/all-types.skops
 ```
 Kind "expression" (a baseline exported) has no encoders: its classifiers read the expression,
-prepared as the manifest's "input" says. Loading checks every checksum first, so a file changed
+prepared as the manifest's "input" says (the per-cell normalisation; for scaled features also
+the genes kept and their mean and std). Loading checks every checksum first, so a file changed
 or swapped after export is refused.
 """
 
@@ -179,7 +180,14 @@ class _Inputs:
         self.encoders: dict[str, tuple[torch.nn.Module, EncoderInput]] = {}
         self.expression = None
         if manifest["kind"] == "expression":  # every type reads the same features
-            reads = EncoderInput(genes, manifest["values"], manifest["input"]["target_sum"])
+            record = manifest["input"]
+            scaling = [k for k in ("mean", "std") if "genes" in record]
+            reads = EncoderInput(
+                record.get("genes", genes),
+                manifest["values"],
+                record["target_sum"],
+                **{k: np.asarray(record[k], dtype=np.float32) for k in scaling},
+            )
             self.expression = torch.nn.Identity(), reads
 
     def of(self, entry: dict) -> tuple[torch.nn.Module, EncoderInput]:
@@ -242,6 +250,8 @@ def _schema_problem(manifest: dict) -> str:
         target_sum = record.get("target_sum", "missing") if isinstance(record, dict) else "missing"
         if target_sum is not None and not _is_number(target_sum):
             return "an expression model's 'input' needs 'target_sum' (a number or null)"
+        if "genes" in record and not _is_scaling(record):
+            return "an expression model's scaled 'input' needs 'genes', 'mean', 'std' alike"
     files = manifest.get("files")
     if not isinstance(files, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v) for k, v in files.items()
@@ -252,6 +262,19 @@ def _schema_problem(manifest: dict) -> str:
         if not isinstance(entry, dict) or not all(isinstance(entry.get(p), str) for p in parts):
             return f"each of 'cell_types' needs the text fields {list(parts)}"
     return ""
+
+
+def _is_scaling(record: dict) -> bool:
+    """Genes (text) with a mean and a positive std each."""
+    genes, mean, std = (record.get(k) for k in ("genes", "mean", "std"))
+    lists = all(isinstance(v, list) for v in (genes, mean, std))
+    return (
+        lists
+        and len(genes) == len(mean) == len(std) > 0
+        and all(isinstance(g, str) for g in genes)
+        and all(_is_number(v) for v in mean)
+        and all(_is_number(v) and v > 0 for v in std)
+    )
 
 
 def _is_number(value: Any) -> bool:

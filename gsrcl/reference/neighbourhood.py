@@ -4,11 +4,16 @@ A classifier of one type against the rest only knows the reference's types: a ce
 reference never saw is still scored against them, and can score high for the nearest one
 (granulocytes for monocytes). So each predicted cell is also placed in the reference's own
 expression space — normalised and logged, the 2000 most variable genes scaled by the reference's
-mean and spread (a new batch's depth moves the rarely expressed genes most), 20 principal
+mean and spread (a new batch's depth moves the rarely expressed genes most), 50 principal
 components — and compared with the reference cells of its predicted type: its distance (cosine)
 to its k-th nearest such cell, over the type's radius (the median of that distance among the
 type's own cells: steadier than a high percentile for a small type), is its `distance ratio`;
 above the model's multiplier it lies outside.
+50 components, not 20: a donor's shift lies in the leading components, so with 20 it is a large
+share of the distance (Baron human, two donors as reference: 2.6-15 % of the third donor's
+cells beyond 3 radii with 20, 0.4-1.9 % with 50; Baron mouse 1 → 2: 4.0 % and 0.5 %), while a
+type the reference never saw stays far (Tabula Muris granulocytes: 100 % / 99 % beyond 3 radii).
+With 100 everything crowds together (granulocytes 93 % beyond 3, none beyond 4).
 The multiplier is chosen at export (`gsrcl.reference.rule`). Plain arrays (`.npz`, loaded with
 allow_pickle=False).
 """
@@ -25,7 +30,7 @@ from sklearn.neighbors import NearestNeighbors
 from gsrcl.data.preprocess import fit_lognorm
 from gsrcl.model.checkpoints import EncoderInput
 
-COMPONENTS = 20
+COMPONENTS = 50
 VARIABLE_GENES = 2000
 NEIGHBOURS = 5
 RADIUS_QUANTILE = 0.5  # the median
@@ -97,7 +102,7 @@ class Neighbourhoods:
             return cls(dict(stored), genes, values)
 
     def coordinates(self, cells: ad.AnnData) -> np.ndarray:
-        """The cells' place in the reference's space (20 principal components)."""
+        """The cells' place in the reference's space (its principal components)."""
         x, _ = self.input.prepare(cells)
         scaled = _scale(x[:, self.genes], self.gene_mean, self.gene_std)
         return (scaled - self.mean) @ self.components.T
@@ -107,11 +112,29 @@ class Neighbourhoods:
         over that type's radius."""
         return self._ratios(coordinates, predicted, np.zeros(len(coordinates), dtype=bool))
 
-    def held_out_ratios(self, predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    def held_out_ratios(
+        self, predicted: np.ndarray, truth: np.ndarray, batches: np.ndarray | None = None
+    ) -> np.ndarray:
         """`ratios` of the reference's own cells (stored in type order: cells_0, cells_1, ...),
         each judged without itself, as a query cell would be: `predicted` and `truth` are type
-        indexes in that order."""
-        return self._ratios(np.concatenate(self.cells), predicted, predicted == truth)
+        indexes in that order. With `batches` (each stored cell's), a cell is judged against
+        the cells of other batches only, as a new batch's cell would be (a type no other batch
+        has is judged within)."""
+        coordinates = np.concatenate(self.cells)
+        ratios = self._ratios(coordinates, predicted, predicted == truth)
+        if batches is None:
+            return ratios
+        for batch in np.unique(batches):
+            inside = batches == batch
+            for t in np.unique(predicted[inside]):
+                others = coordinates[(truth == t) & ~inside]
+                if len(others) == 0:
+                    continue
+                rows = inside & (predicted == t)
+                k = min(NEIGHBOURS, len(others))
+                index = NearestNeighbors(n_neighbors=k, metric="cosine").fit(others)
+                ratios[rows] = index.kneighbors(coordinates[rows])[0][:, -1] / self.radius[t]
+        return ratios
 
     def _ratios(self, coordinates: np.ndarray, predicted: np.ndarray, own: np.ndarray):
         """`ratios`, where an `own` cell is one of its predicted type's stored cells: its

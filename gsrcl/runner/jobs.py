@@ -76,7 +76,7 @@ def job_seed(experiment: Experiment, job: Job) -> int:
 def fingerprint(experiment: Experiment, job: Job) -> str:
     """Everything a job's numbers depend on; a finished job is redone when it changes."""
     inputs = {
-        "dataset": asdict(_dataset(experiment, job.dataset)),
+        "dataset": _dataset_inputs(_dataset(experiment, job.dataset)),
         "method": asdict(method_named(experiment, job.method))
         if job.method != BASELINE
         else BASELINE,
@@ -89,6 +89,13 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
         "encoder_precision": experiment.storage.encoder_precision,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _dataset_inputs(spec: Dataset) -> dict:
+    """The dataset's settings the jobs' numbers depend on: the batch column serves export only."""
+    inputs = asdict(spec)
+    del inputs["batch"]
+    return inputs
 
 
 def experiment_fingerprint(experiment: Experiment) -> str:
@@ -243,7 +250,9 @@ def baseline_classifier(
 ) -> tuple[np.ndarray, FoldClassifier]:
     """A baseline's features of every cell, and its classifier on the fold's training cells."""
     evaluation = experiment.evaluation
-    x = _baseline_features(fold, spec)
+    x = preprocess.fit_features(spec.features, fold.adata[fold.train], fold.values).transform(
+        fold.adata
+    )
     classifier = FoldClassifier(
         spec,
         x[fold.train],
@@ -255,12 +264,6 @@ def baseline_classifier(
         evaluation.solver,
     )
     return x, classifier
-
-
-def _baseline_features(fold: FoldData, spec: Classifier) -> np.ndarray:
-    if spec.features == "lognorm":
-        return preprocess.fit_lognorm(fold.adata[fold.train], fold.values).transform(fold.adata)
-    return preprocess.fit_log1p(fold.values).transform(fold.adata)
 
 
 def run_contrastive(

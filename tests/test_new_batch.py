@@ -1,0 +1,112 @@
+"""A reference of several donors (a batch column): the Unassigned rule and "best" are judged on
+each donor held out, as a new donor will be; the CellTypist-like model is among the candidates."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import gsrcl
+from gsrcl.config.presets import LOGISTIC, SCALED_LOGISTIC
+from gsrcl.config.settings import Contrastive, Dataset, Evaluation, Experiment, Method, Split
+from gsrcl.data.preprocess import SCALED_GENES
+from gsrcl.errors import UserError
+from gsrcl.reference import export
+from gsrcl.runner import jobs
+from gsrcl.runner.pipeline import run_experiment
+from tests.conftest import shared_file
+
+TYPES = ["alpha", "beta", "ductal", "acinar", "delta"]
+
+
+def _experiment(folder, batch: str | None) -> Experiment:
+    """A tiny SimCLR beside the two logistic regressions, on three donors of human pancreas."""
+    return Experiment(
+        name="donors",
+        datasets=(Dataset(name="pancreas", path=str(folder / "donors.h5ad"), batch=batch),),
+        methods=(Method(loss="simclr", augmentation="noise", encoder=(32, 16), head=(16, 8)),),
+        contrastive=Contrastive(epochs=4, validate_every=2, lr=1e-3),
+        split=Split(folds=2),
+        evaluation=Evaluation(baselines=(LOGISTIC, SCALED_LOGISTIC), inner_folds=3),
+        results_dir=str(folder / "results"),
+    ).validate()
+
+
+@pytest.fixture(scope="module")
+def donors(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("donors")
+    full = ad.read_h5ad(shared_file("baron_human_3donors.h5ad"))
+    full.obs_names_make_unique()
+    kinds = full.obs["cell_type"].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.permutation(np.flatnonzero(kinds == t))[:70] for t in TYPES])
+    cells = full[np.sort(rows)].copy()
+    expressed = np.asarray(cells.X.sum(axis=0)).ravel()
+    cells = cells[:, np.argsort(-expressed)[:4000]].copy()  # a smaller matrix: a faster test
+    cells.write_h5ad(folder / "donors.h5ad")
+    experiment = _experiment(folder, "batch")
+    assert run_experiment(experiment, log=lambda _: None) == 0
+    lines: list[str] = []
+    best = export.export_model(experiment, out=folder / "best", log=lines.append)
+    return {"folder": folder, "cells": cells, "experiment": experiment, "best": best, "log": lines}
+
+
+def test_best_is_the_method_that_labels_a_held_out_donor_best(donors):
+    model = gsrcl.ReferenceModel.load(donors["best"])
+    selection = model.manifest["selection"]
+    assert selection["rule"] == export.SELECTION_BY_BATCH
+    table = selection["table"]
+    assert set(table) == {"simclr-noise", "baseline-logreg", "baseline-logreg-scaled"}
+    mean = {m: (v["new_batch_accuracy"] + v["new_batch_macro_f1"]) / 2 for m, v in table.items()}
+    assert model.manifest["method"] == max(mean, key=mean.__getitem__)
+    assert any("accuracy / macro-F1 on each batch held out" in line for line in donors["log"])
+
+
+def test_the_rule_is_calibrated_on_each_donor_held_out(donors):
+    """The same run exported with and without the batch column: held out by donor, the cells lie
+    farther from the other donors' cells than from their own donor's, so the multiplier grows,
+    and the held-out accuracy is lower (what a new donor will see)."""
+    folder = donors["folder"]
+    within = _experiment(folder, None)
+    job = jobs.plan(within)[0]
+    assert jobs.fingerprint(within, job) == jobs.fingerprint(donors["experiment"], job)  # no rerun
+    method = "baseline-logreg-scaled"
+    by_donor = export.export_model(donors["experiment"], method=method, out=folder / "by-donor")
+    plain = export.export_model(within, method=method, out=folder / "within", log=lambda _: None)
+    by_donor, plain = (
+        gsrcl.ReferenceModel.load(f).manifest["unassigned"] for f in (by_donor, plain)
+    )
+    assert "3 batches (batch: human1, human2, human3)" in by_donor["calibrated_on"]
+    assert plain["calibrated_on"] == export.WITHIN_BATCHES
+    assert by_donor["multiplier"] > plain["multiplier"] >= 3
+    assert by_donor["held_out"]["accuracy"] < plain["held_out"]["accuracy"]
+    assert by_donor["held_out"]["cells"] == plain["held_out"]["cells"] == donors["cells"].n_obs
+    assert by_donor["held_out"]["unassigned"] <= 0.03
+
+
+def test_the_scaled_model_reads_its_genes_by_name_in_any_order(donors):
+    folder = donors["folder"]
+    path = export.export_model(
+        donors["experiment"], method="baseline-logreg-scaled", out=folder / "scaled", log=print
+    )
+    model = gsrcl.ReferenceModel.load(path)
+    assert model.kind == "expression" and len(model.genes) == SCALED_GENES
+    cells = donors["cells"].copy()
+    cells.obs = cells.obs[[]]
+    table = gsrcl.annotate(cells, model, say=lambda _: None).table
+    shuffled = cells[:, np.random.default_rng(1).permutation(cells.n_vars)].copy()
+    again = gsrcl.annotate(shuffled, model, say=lambda _: None).table
+    assert (table["predicted"] == again["predicted"]).all()
+    truth = donors["cells"].obs["cell_type"].to_numpy(dtype=str)
+    assert (table["most_probable"].to_numpy() == truth).mean() > 0.9
+
+
+def test_a_batch_column_the_data_lacks_is_named(donors):
+    experiment = donors["experiment"]
+    spec = replace(experiment.datasets[0], batch="donor")
+    wrong = replace(experiment, datasets=(spec,))
+    with pytest.raises(UserError, match="no obs column 'donor' for `batch`"):
+        export.export_model(wrong, out=donors["folder"] / "wrong", log=lambda _: None)
