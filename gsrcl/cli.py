@@ -209,7 +209,7 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="a cell whose best probability is below this is 'Unassigned' (default: the "
-        "model's, chosen at export so that at most 5%% of held-out reference cells are)",
+        "model's, chosen at export so that at most 2%% of held-out reference cells are)",
     )
     annotate_parser.add_argument("--use-raw", action="store_true", help=".h5ad: read .raw")
     annotate_parser.add_argument("--layer", help=".h5ad: read this layer instead of X")
