@@ -133,5 +133,13 @@ def test_the_unassigned_rule_keeps_its_budget_and_gives_the_neighbourhood_priori
     far = rule.choose(best, ratios * 3)  # a spread-out reference: the multiplier follows it
     assert (far.unassigned(best, ratios * 3)).mean() <= rule.BUDGET
     assert far.multiplier > chosen.multiplier
+    # cells given the wrong type lie far off: they neither set the multiplier nor use the budget
+    wrong = rng.random(2000) < 0.15
+    mixed = np.where(wrong, ratios * 20, ratios)
+    judged = rule.choose(best, mixed, ~wrong)
+    assert judged == rule.choose(best[~wrong], ratios[~wrong])
+    assert judged.unassigned(best, mixed)[~wrong].mean() <= rule.BUDGET
+    assert judged.unassigned(best, mixed)[wrong].mean() > 0.5
+    assert rule.choose(best, mixed).multiplier > 2 * judged.multiplier
     shares = rule.shares(np.array([[0.2, 0.1, 0.1], [0.0, 0.0, 0.0]]))
     np.testing.assert_allclose(shares, [[0.5, 0.25, 0.25], [0, 0, 0]])

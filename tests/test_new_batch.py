@@ -84,7 +84,9 @@ def test_the_rule_is_calibrated_on_each_donor_held_out(donors):
     assert by_donor["multiplier"] > plain["multiplier"] >= 3
     assert by_donor["held_out"]["accuracy"] < plain["held_out"]["accuracy"]
     assert by_donor["held_out"]["cells"] == plain["held_out"]["cells"] == donors["cells"].n_obs
-    assert by_donor["held_out"]["unassigned"] <= 0.03
+    # the budget is spent on the cells labelled right; the wrongly labelled are flagged more
+    assert by_donor["held_out"]["unassigned_when_right"] <= 0.02
+    assert by_donor["held_out"]["unassigned"] > by_donor["held_out"]["unassigned_when_right"]
 
 
 def test_the_scaled_model_reads_its_genes_by_name_in_any_order(donors):

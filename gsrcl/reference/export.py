@@ -444,7 +444,7 @@ def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, ba
     predicted = probabilities.argmax(axis=1)
     best = probabilities[np.arange(len(order)), predicted]
     ratios = regions.held_out_ratios(predicted, truth, None if batches is None else batches[order])
-    chosen = rule.choose(best, ratios)
+    chosen = rule.choose(best, ratios, predicted == truth)
     rates = rule.held_out_rates(chosen, best, ratios, predicted, truth)
     log(
         f"  Unassigned: best probability below {chosen.threshold:.3f} or farther than "
