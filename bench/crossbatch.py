@@ -2,7 +2,8 @@
 
     python3 bench/crossbatch.py            # every case (about an hour on 2 CPU cores)
     python3 bench/crossbatch.py mouse      # cases whose name starts so; docs/annotation.md is
-                                           # written only when every case ran
+                                           # written only when every case ran (the page so far
+                                           # is in results/crossbatch/annotation.md)
 
 Cases (`../shared/data`):
 - mouse: Baron Mouse, reference mouse 1, query mouse 2 (a reference of one batch: the Unassigned
@@ -349,8 +350,11 @@ def main() -> None:
     chosen = [c for c in cases() if not wanted or c.name.startswith(tuple(wanted))]
     FOLDER.mkdir(parents=True, exist_ok=True)
     python = celltypist_venv()
-    results = [run_case(case, python) for case in chosen]
-    text = page(results)
+    results = []
+    for case in chosen:  # the page so far after each case: a stopped run keeps its figures
+        results.append(run_case(case, python))
+        text = page(results)
+        (FOLDER / "annotation.md").write_text(text)
     print(text)
     if not wanted:
         (ROOT / "docs" / "annotation.md").write_text(text)
