@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import skops.io
 import torch
+from sklearn.model_selection import LeaveOneGroupOut
 
 from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment
 from gsrcl.data import dataset as data
@@ -136,9 +137,7 @@ def _batch_splits(batches: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarr
     """One held-out split per batch (trained on the others), or None without batches."""
     if batches is None:
         return None
-    return [
-        (np.flatnonzero(batches != b), np.flatnonzero(batches == b)) for b in np.unique(batches)
-    ]
+    return list(LeaveOneGroupOut().split(batches, groups=batches))
 
 
 def _new_batch_scores(manifest: dict) -> dict:
