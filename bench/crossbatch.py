@@ -15,6 +15,7 @@ Cases (`../shared/data`):
 
 Each reference is made with `gsrcl.build_reference` (the runner's jobs, CPU-sized settings;
 results under results/crossbatch/<case>/, a rerun resumes); every method of its run is exported
+(the models built to choose "best", kept: `keep_candidates=True`)
 and labels the query with the defaults of `gsrcl.annotate`. CellTypist runs in a venv of its own
 made here (it needs scikit-learn < 1.8), trained on the same reference, with its defaults and
 with `feature_selection=True`; where it cannot be installed its columns are left out, with a note.
@@ -138,21 +139,15 @@ def _macro_f1(truth: np.ndarray, predicted: np.ndarray, types: list[str]) -> flo
 
 def gsrcl_rows(case: Case, folder: Path) -> tuple[dict, dict, str, float]:
     """Every method's model and "best" on the query; their rules; the chosen method; minutes."""
-    reference_file = folder / "reference.h5ad"
-
-    def model(method: str) -> gsrcl.ReferenceModel:
-        return gsrcl.build_reference(
-            reference_file,
-            "cell_type",
-            folder / f"model-{method}",
-            method=method,
-            results_dir=folder,
-            batch=case.batch,
-            log=print if method == "best" else (lambda _: None),
-        )
-
     start = time.perf_counter()
-    best = model("best")
+    best = gsrcl.build_reference(
+        folder / "reference.h5ad",
+        "cell_type",
+        folder / "model",
+        results_dir=folder,
+        batch=case.batch,
+        keep_candidates=True,  # each method's model, built to choose "best", is labelled with too
+    )
     minutes = (time.perf_counter() - start) / 60
     chosen = best.manifest["method"]
     truth = case.query.obs["cell_type"].to_numpy(dtype=str)
@@ -160,7 +155,8 @@ def gsrcl_rows(case: Case, folder: Path) -> tuple[dict, dict, str, float]:
     unlabelled.obs = unlabelled.obs[[]]
     rows, rules = {}, {}
     for method in best.manifest["selection"]["table"]:
-        exported = best if method == chosen else model(method)
+        kept = folder / f"model-{method}"
+        exported = best if method == chosen else gsrcl.ReferenceModel.load(kept)
         table = gsrcl.annotate(unlabelled, exported, say=lambda _: None).table
         known = set(exported.cell_types["name"])
         label = f"{method} = best" if method == chosen else method

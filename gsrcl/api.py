@@ -57,12 +57,14 @@ def build_reference(
     seed: int = 0,
     batch: str | None = None,
     log: Callable[[str], None] = print,
+    keep_candidates: bool = False,
 ) -> ReferenceModel:
     """From a labelled file to a reference model, without a config: the runner's own plan, jobs
     and checkpoint selection (`presets.cpu_reference`), then export of `method` to `out`. The
     run's results stay in `results_dir` (a rerun resumes). `batch`: the obs column of each
     cell's batch (donor, sample); the Unassigned rule and "best" are then judged on each batch
-    predicted without it, as a new batch will be."""
+    predicted without it, as a new batch will be. `keep_candidates`: with "best", every other
+    method's model is written too, as `<out>-<method>`."""
     dataset = Dataset(
         name=Path(data).name.split(".")[0],
         path=str(data),
@@ -74,8 +76,9 @@ def build_reference(
     result = execute_experiment(experiment, "resume", log)
     if result.status != 0:
         raise UserError(f"the reference run did not finish; see {result.folder} and rerun")
+    kept = {"keep_candidates": keep_candidates}
     with RunFolder.of(experiment).lock():
-        folder = export_model(experiment, method=method, out=Path(out), log=log)
+        folder = export_model(experiment, method=method, out=Path(out), log=log, **kept)
     return ReferenceModel.load(folder)
 
 

@@ -171,8 +171,8 @@ def parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--dataset", help="the dataset (needed when the config has several)")
     export_parser.add_argument(
         "--method",
-        help="a method of the run (baselines too), or 'best': the highest mean CV MCC over the "
-        "dataset's cell types (config: export.method)",
+        help="a method of the run (baselines too), or 'best': the one whose model labels the "
+        "reference's held-out cells best (config: export.method)",
     )
     export_parser.add_argument(
         "--out", type=Path, help="default results/<exp>/models/<dataset>-<method>"

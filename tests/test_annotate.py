@@ -8,6 +8,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
@@ -17,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 import gsrcl
-from gsrcl.config.presets import svm
+from gsrcl.config.presets import LOGISTIC, svm
 from gsrcl.config.settings import (
     Contrastive,
     Dataset,
@@ -29,7 +30,7 @@ from gsrcl.config.settings import (
 )
 from gsrcl.errors import UserError
 from gsrcl.reference.annotation import UNASSIGNED, Query, annotate_file
-from gsrcl.reference.export import export_model
+from gsrcl.reference.export import ENCODER_OPTIMISM, SELECTION_WITHIN, export_model
 from gsrcl.reference.model import sha256
 from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import shared_file
@@ -412,9 +413,11 @@ def test_a_type_too_small_for_the_split_is_still_in_the_model_marked_not_validat
     rows = np.concatenate([np.flatnonzero(kinds == t)[:n] for t, n in keep.items()])
     full[rows].write_h5ad(tmp_path / "reference.h5ad")
     experiment = _reference_experiment("small", "tm", tmp_path, (64, 32), 10, svm(), Export())
+    with_logreg = replace(experiment.evaluation, baselines=(LOGISTIC,))
+    experiment = replace(experiment, evaluation=with_logreg).validate()
     assert run_experiment(experiment, log=lambda _: None) == 0
     lines = []
-    folder = export_model(experiment, log=lines.append)
+    folder = export_model(experiment, method="simclr-noise", log=lines.append)
     text = "\n".join(lines)
     assert "Granulocyte: 1 cell, too few for a classifier" in text
     assert "not validated (too few cells for the CV): Monocyte" in text
@@ -431,6 +434,15 @@ def test_a_type_too_small_for_the_split_is_still_in_the_model_marked_not_validat
     assert any("not validated (too few reference cells for the CV): Monocyte" in s for s in said)
     print(annotation.table["predicted"].value_counts())
     assert "p_Monocyte" in annotation.table
+    # one multi-class model knows the type of one cell too (no one-against-the-rest fit needed)
+    multiclass = gsrcl.ReferenceModel.load(
+        export_model(experiment, method="baseline-logreg", log=lambda _: None)
+    )
+    single = multiclass.cell_types.set_index("name").loc["Granulocyte"]
+    assert single["cells"] == 1 and not single["validated"]
+    granulocytes = full[np.flatnonzero(kinds == "Granulocyte")[1:40]].copy()
+    table = gsrcl.annotate(granulocytes, multiclass, say=lambda _: None).table
+    assert np.isfinite(table["p_Granulocyte"]).all()
 
 
 def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
@@ -447,11 +459,16 @@ def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "knows 10 cell types" in done.stdout and f"model in {tmp_path / 'model'}" in done.stdout
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
-    # "best" is chosen among all the run's methods, baselines included, by mean CV MCC
-    table = manifest["selection"]["table"]
+    # "best" is the method of the run, baselines included, whose model labels the reference's
+    # held-out cells best; every candidate's CV and held-out scores are kept
+    selection = manifest["selection"]
+    assert selection["rule"] == SELECTION_WITHIN + ENCODER_OPTIMISM
+    table = selection["table"]
     baselines = {"baseline-svm", "baseline-svm-or-balanced", "baseline-logreg"}
     assert set(table) == baselines | {"baseline-logreg-scaled", "simclr-noise"}
-    assert manifest["method"] == max(table, key=lambda m: table[m]["mcc"])
+    mean = {m: (v["held_out_accuracy"] + v["held_out_macro_f1"]) / 2 for m, v in table.items()}
+    assert manifest["method"] == max(mean, key=mean.__getitem__)
+    assert all(0 <= v["mcc"] <= 1 for v in table.values())
     assert len(manifest["cell_types"]) == 10
     truth = cells.obs["cell_type"].to_numpy()
     # a named method is exported from the same (finished) run, and each kind labels cells

@@ -249,7 +249,7 @@ class Export:
     """Reference models for `python3 -m gsrcl annotate` (one per dataset)."""
 
     after_run: bool = False  # export each dataset's model when the run finishes
-    # a method of the run (baselines too), or "best": the highest mean CV MCC over the cell types
+    # a method of the run (baselines too), or "best": the one whose model labels held-out cells best
     method: str = "best"
 
 

@@ -20,6 +20,7 @@ allow_pickle=False).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -37,8 +38,18 @@ RADIUS_QUANTILE = 0.5  # the median
 CLIP = 10.0  # scaled values beyond ±10 spread: as scanpy's scale(max_value=10)
 
 
-def fit(adata: ad.AnnData, labels: np.ndarray, values: str, types: list[str]) -> dict:
-    """The arrays that describe each type's neighbourhood among the reference cells."""
+@dataclass(frozen=True)
+class Space:
+    """The reference's expression space (fitted once per export, shared by the candidates):
+    what places a cell in it, and where the reference's own cells lie."""
+
+    arrays: dict  # target_sum, genes, gene_mean, gene_std, pca_mean, pca_components
+    coordinates: np.ndarray  # the reference's cells, in its order
+
+
+def fit_space(adata: ad.AnnData, values: str) -> Space:
+    """Normalise and log, the VARIABLE_GENES most variable genes scaled, COMPONENTS principal
+    components of the reference's cells."""
     lognorm = fit_lognorm(adata, values)
     x = lognorm.transform(adata)
     genes = np.sort(np.argsort(-x.var(axis=0), kind="stable")[:VARIABLE_GENES])
@@ -47,7 +58,6 @@ def fit(adata: ad.AnnData, labels: np.ndarray, values: str, types: list[str]) ->
     std = np.where(std > 0, std, 1).astype(np.float32)
     scaled = _scale(x[:, genes], mean, std)
     pca = PCA(min(COMPONENTS, *scaled.shape), svd_solver="randomized", random_state=0).fit(scaled)
-    coordinates = pca.transform(scaled).astype(np.float32)
     arrays = {
         "target_sum": np.array(np.nan if lognorm.target_sum is None else lognorm.target_sum),
         "genes": genes,
@@ -55,10 +65,20 @@ def fit(adata: ad.AnnData, labels: np.ndarray, values: str, types: list[str]) ->
         "gene_std": std,
         "pca_mean": pca.mean_.astype(np.float32),
         "pca_components": pca.components_.astype(np.float32),
-        "radius": np.array([_radius(coordinates[labels == t]) for t in types]),
     }
+    return Space(arrays, pca.transform(scaled).astype(np.float32))
+
+
+def fit(space: Space, labels: np.ndarray, types: list[str]) -> dict:
+    """The arrays that describe each type's neighbourhood among the reference cells. A type of
+    one cell has no spread of its own: it gets the median radius of the others."""
+    radius = np.array([_radius(space.coordinates[labels == t]) for t in types])
+    finite = radius[np.isfinite(radius)]
+    if len(finite):
+        radius[~np.isfinite(radius)] = np.median(finite)
+    arrays = {**space.arrays, "radius": radius}
     for i, t in enumerate(types):
-        arrays[f"cells_{i}"] = coordinates[labels == t]
+        arrays[f"cells_{i}"] = space.coordinates[labels == t]
     return arrays
 
 
