@@ -88,7 +88,14 @@ def export(args: argparse.Namespace) -> int:
 
     experiment = load_experiment(args.config, args.overrides)
     with RunFolder.of(experiment).lock():  # no runner may change the jobs meanwhile
-        folder = export_model(experiment, args.dataset, args.method, args.out, log=emit)
+        folder = export_model(
+            experiment,
+            args.dataset,
+            args.method,
+            args.out,
+            log=emit,
+            keep_candidates=args.keep_candidates,
+        )
     emit(f"model in {folder}")
     return 0
 
@@ -108,6 +115,7 @@ def reference(args: argparse.Namespace) -> int:
         args.seed,
         batch=args.batch,
         log=emit,
+        keep_candidates=args.keep_candidates,
     )
     emit(f"model in {model.folder}")
     return 0
@@ -133,6 +141,14 @@ def version() -> str:
         return metadata.version("gsrcl-runner")
     except metadata.PackageNotFoundError:  # run from a checkout that was not installed
         return "not installed (run from a checkout)"
+
+
+def keep_candidates_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--keep-candidates",
+        action="store_true",
+        help="with 'best', also write every other method's model built to choose it (OUT-<method>)",
+    )
 
 
 def config_options(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +193,7 @@ def parser() -> argparse.ArgumentParser:
     export_parser.add_argument(
         "--out", type=Path, help="default results/<exp>/models/<dataset>-<method>"
     )
+    keep_candidates_option(export_parser)
 
     reference_parser = commands.add_parser(
         "reference", help="train and export a reference model from a labelled file, no config"
@@ -197,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
     reference_parser.add_argument("--epochs", type=int, default=100, help="SimCLR epochs (100)")
     reference_parser.add_argument("--folds", type=int, default=5, help="CV folds (5)")
     reference_parser.add_argument("--seed", type=int, default=0)
+    keep_candidates_option(reference_parser)
 
     annotate_parser = commands.add_parser("annotate", help="label query cells with a model")
     annotate_parser.add_argument("--model", required=True, help="a folder written by `export`")

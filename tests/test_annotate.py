@@ -30,7 +30,12 @@ from gsrcl.config.settings import (
 )
 from gsrcl.errors import UserError
 from gsrcl.reference.annotation import UNASSIGNED, Query, annotate_file
-from gsrcl.reference.export import ENCODER_OPTIMISM, SELECTION_WITHIN, export_model
+from gsrcl.reference.export import (
+    ENCODER_OPTIMISM,
+    SELECTION_NAMED,
+    SELECTION_WITHIN,
+    export_model,
+)
 from gsrcl.reference.model import sha256
 from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import shared_file
@@ -455,7 +460,10 @@ def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
     command = [sys.executable, "-m", "gsrcl", "reference", "--data", str(tmp_path / "pbmc.h5ad")]
     options = ["--labels", "cell_type", "--values", "log", "--out", str(tmp_path / "model")]
     small = ["--epochs", "4", "--folds", "2", "--results", str(tmp_path / "results")]
-    done = subprocess.run([*command, *options, *small], cwd=ROOT, capture_output=True, text=True)
+    kept = ["--keep-candidates"]
+    done = subprocess.run(
+        [*command, *options, *small, *kept], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "knows 10 cell types" in done.stdout and f"model in {tmp_path / 'model'}" in done.stdout
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
@@ -467,26 +475,25 @@ def test_one_command_makes_a_reference_model_from_a_labelled_file(tmp_path):
     baselines = {"baseline-svm", "baseline-svm-or-balanced", "baseline-logreg"}
     assert set(table) == baselines | {"baseline-logreg-scaled", "simclr-noise"}
     mean = {m: (v["held_out_accuracy"] + v["held_out_macro_f1"]) / 2 for m, v in table.items()}
-    assert manifest["method"] == max(mean, key=mean.__getitem__)
-    assert all(0 <= v["mcc"] <= 1 for v in table.values())
+    chosen = manifest["method"]
+    assert chosen == max(mean, key=mean.__getitem__)
+    assert all({"mcc", "held_out_accuracy", "held_out_macro_f1"} <= set(v) for v in table.values())
     assert len(manifest["cell_types"]) == 10
     truth = cells.obs["cell_type"].to_numpy()
-    # a named method is exported from the same (finished) run, and each kind labels cells
-    # one multi-class model on lognorm or on scaled genes; one per type
-    for method in ("baseline-logreg", "baseline-logreg-scaled", "baseline-svm"):
-        named = ["--method", method, "--out", str(tmp_path / method)]
-        done = subprocess.run(
-            [*command, *options[:4], *named, *small], cwd=ROOT, capture_output=True
+    # a named method is exported from the same (finished) run
+    named = ["--method", "baseline-svm", "--out", str(tmp_path / "named")]
+    done = subprocess.run([*command, *options[:4], *named, *small], cwd=ROOT, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert gsrcl.ReferenceModel.load(tmp_path / "named").manifest["selection"]["rule"] == (
+        SELECTION_NAMED
+    )
+    # the candidates were kept beside the chosen one; each kind labels cells: one multi-class
+    # model on lognorm or on scaled genes, one per type
+    for method in table:
+        model = gsrcl.ReferenceModel.load(
+            tmp_path / ("model" if method == chosen else f"model-{method}")
         )
-        assert done.returncode == 0, done.stderr
-    for folder, kind in (
-        ("model", None),
-        ("baseline-logreg", "expression"),
-        ("baseline-logreg-scaled", "expression"),
-        ("baseline-svm", "expression"),
-    ):
-        model = gsrcl.ReferenceModel.load(tmp_path / folder)
-        assert kind is None or model.kind == kind
+        assert model.kind == ("encoder" if method == "simclr-noise" else "expression")
         annotation = gsrcl.annotate(cells, model, say=lambda _: None)
         predicted = annotation.table["predicted"].to_numpy()
         assert (predicted == truth).mean() > 0.7, model.manifest["method"]
