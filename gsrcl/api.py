@@ -76,9 +76,10 @@ def build_reference(
     result = execute_experiment(experiment, "resume", log)
     if result.status != 0:
         raise UserError(f"the reference run did not finish; see {result.folder} and rerun")
-    kept = {"keep_candidates": keep_candidates}
     with RunFolder.of(experiment).lock():
-        folder = export_model(experiment, method=method, out=Path(out), log=log, **kept)
+        folder = export_model(
+            experiment, method=method, out=Path(out), log=log, keep_candidates=keep_candidates
+        )
     return ReferenceModel.load(folder)
 
 
