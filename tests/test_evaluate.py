@@ -4,6 +4,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scanpy as sc
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.svm import SVC
@@ -11,6 +13,7 @@ from sklearn.svm import SVC
 from gsrcl.config.presets import LOGISTIC, PAPER, svm
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
+from gsrcl.evaluate.balanced import BalancedLogisticRegression
 from gsrcl.evaluate.classifiers import FoldClassifier, estimator_for
 from gsrcl.evaluate.metrics import binary_scores, fast_mcc
 from tests.conftest import shared_file
@@ -87,6 +90,22 @@ def test_multiclass_baseline_scores_each_type_one_vs_rest():
         predicted, score = classifier.task_outputs(model, prepared, task)
         assert binary_scores(labels[1::2] == task, predicted, score)["mcc"] > 0.9
         assert score.min() >= 0 and score.max() <= 1  # class probabilities
+
+
+def test_balance_with_a_floor_weighs_a_rare_type_as_one_of_floor_cells():
+    rng = np.random.default_rng(0)
+    y = np.array(["common"] * 240 + ["7"] * 55 + ["rare"] * 5)  # a type named by a number too
+    x = rng.normal(size=(len(y), 4)) + (y == "rare")[:, None] * 1.5 + (y == "7")[:, None]
+    floored = clone(BalancedLogisticRegression(balance_floor=20, C=0.5)).fit(x, y)
+    assert floored.get_params()["C"] == 0.5 and floored.balance_floor == 20
+    per_type = {"common": 300 / (3 * 240), "7": 300 / (3 * 55), "rare": 300 / (3 * 20)}
+    by_hand = LogisticRegression(C=0.5).fit(x, y, sample_weight=[per_type[t] for t in y])
+    np.testing.assert_allclose(floored.coef_, by_hand.coef_, rtol=1e-6)
+    plain = LogisticRegression(class_weight="balanced").fit(x, y)
+    floor_one = BalancedLogisticRegression(balance_floor=1).fit(x, y)
+    np.testing.assert_allclose(floor_one.coef_, plain.coef_, rtol=1e-6)
+    # the floor calls fewer cells the rare type than plain balancing does
+    assert (floored.predict(x) == "rare").sum() < (plain.predict(x) == "rare").sum()
 
 
 def test_bad_estimator_settings_are_user_errors():

@@ -40,6 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 from gsrcl.errors import UserError
+from gsrcl.evaluate.balanced import BalancedLogisticRegression
 from gsrcl.files import sha256
 from gsrcl.model.checkpoints import EncoderInput, load_encoder
 from gsrcl.reference.neighbourhood import Neighbourhoods
@@ -50,8 +51,10 @@ VERSION = 2
 KINDS = ("encoder", "expression")
 MANIFEST = "manifest.json"
 NEIGHBOURHOODS = "neighbourhoods.npz"
-# beyond skops' defaults, the only types a classifier file may hold (a Platt-calibrated model)
+# beyond skops' defaults, the only types a classifier file may hold (a Platt-calibrated model,
+# the logistic regressions' balance with a floor)
 TRUSTED_TYPES = [
+    "gsrcl.evaluate.balanced.BalancedLogisticRegression",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
 ]
@@ -339,8 +342,8 @@ def _classifier(path: Path) -> Any:
 
 def _is_gsrcl_classifier(model: Any) -> bool:
     """A Platt-calibrated SVC (one type against the rest, or multi-class), or a multi-class
-    LogisticRegression: nothing else."""
-    if type(model) is LogisticRegression:
+    LogisticRegression (balanced with a floor, or plain): nothing else."""
+    if type(model) in (BalancedLogisticRegression, LogisticRegression):
         return _is_multiclass(model)
     if type(model) is not CalibratedClassifierCV:
         return False
