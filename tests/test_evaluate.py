@@ -1,4 +1,5 @@
 import warnings
+from dataclasses import replace
 
 import anndata as ad
 import numpy as np
@@ -7,14 +8,14 @@ import scanpy as sc
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
-from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.model_selection import GridSearchCV, LeaveOneGroupOut, train_test_split
 from sklearn.svm import SVC
 
-from gsrcl.config.presets import LOGISTIC, PAPER, svm
+from gsrcl.config.presets import LOGISTIC, PAPER, SCALED_LOGISTIC, svm
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
 from gsrcl.evaluate.balanced import BalancedLogisticRegression
-from gsrcl.evaluate.classifiers import FoldClassifier, estimator_for
+from gsrcl.evaluate.classifiers import FoldClassifier, estimator_for, multiclass_classifier
 from gsrcl.evaluate.metrics import binary_scores, fast_mcc
 from tests.conftest import shared_file
 
@@ -106,6 +107,28 @@ def test_balance_with_a_floor_weighs_a_rare_type_as_one_of_floor_cells():
     np.testing.assert_allclose(floor_one.coef_, plain.coef_, rtol=1e-6)
     # the floor calls fewer cells the rare type than plain balancing does
     assert (floored.predict(x) == "rare").sum() < (plain.predict(x) == "rare").sum()
+
+
+def test_with_batches_a_multiclass_grid_is_searched_leaving_each_batch_out():
+    """Settings chosen for a new batch: the search runs on the held-out batches, not on inner
+    folds that mix them (here, pbmc68k_reduced's cell-cycle phases as batches, the two choose
+    differently)."""
+    adata = sc.datasets.pbmc68k_reduced()
+    x, labels = adata.X.astype(np.float32), adata.obs["bulk_labels"].to_numpy(dtype=str)
+    batches = adata.obs["phase"].to_numpy(dtype=str)
+    splits = list(LeaveOneGroupOut().split(x, groups=batches))
+    spec = replace(SCALED_LOGISTIC, grid={"C": [0.001, 0.01, 0.1, 1], "balance_floor": [1, 50]})
+    within, _ = multiclass_classifier(spec, x, labels, 3, "mcc", 0)
+    by_batch, held_out = multiclass_classifier(spec, x, labels, 3, "mcc", 0, "auto", splits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        search = GridSearchCV(
+            estimator_for(spec), spec.grid, scoring="matthews_corrcoef", cv=splits
+        )
+        expected = search.fit(x, labels).best_params_
+    chosen = {k: by_batch.get_params()[k] for k in spec.grid}
+    assert chosen == expected != {k: within.get_params()[k] for k in spec.grid}
+    assert held_out.shape == (len(labels), len(by_batch.classes_))
 
 
 def test_bad_estimator_settings_are_user_errors():

@@ -232,8 +232,14 @@ def multiclass_classifier(
     """One model of all the labels (a multi-class baseline), refit on all cells, with
     probabilities (Platt-calibrated when the estimator has none); and each cell's probabilities
     (columns in the model's `classes_` order) from the split that held it out: the inner folds,
-    or `held_out_splits` with the chosen settings refit without them."""
-    _, splits, _, estimator = _grid_choice(spec, x, labels, inner_folds, metric, seed, solver)
+    or `held_out_splits` with the chosen settings refit without them. Given `held_out_splits`
+    (one per batch), the grid is searched on them too: settings chosen for what a new batch
+    looks like (Baron human, two donors as reference: the weighting of rare types that held-out
+    donors favour differs from the one inner folds favour; docs/class-weights.md). A model of
+    all the labels fits whatever types a split's training cells hold, so any split will do."""
+    _, splits, _, estimator = _grid_choice(
+        spec, x, labels, inner_folds, metric, seed, solver, held_out_splits
+    )
     if not hasattr(estimator, "predict_proba"):
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
@@ -260,11 +266,20 @@ def _held_out_probabilities(estimator, x, labels, splits: Splits, model) -> np.n
     return probabilities
 
 
-def _grid_choice(spec: Classifier, x: np.ndarray, y: np.ndarray, inner_folds, metric, seed, solver):
-    """The search (a FoldClassifier), its inner splits, its fitted choice, and that choice as
-    an unfitted estimator on features."""
+def _grid_choice(
+    spec: Classifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    inner_folds,
+    metric,
+    seed,
+    solver,
+    splits: Splits | None = None,
+):
+    """The search (a FoldClassifier), its splits (the inner folds unless given), its fitted
+    choice, and that choice as an unfitted estimator on features."""
     fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed, solver=solver)
-    splits = fold.inner_splits(y)
+    splits = splits if splits is not None else fold.inner_splits(y)
     chosen = fold.fit(y, splits)
     return (
         fold,
