@@ -6,10 +6,11 @@ cells of common types that rare type (Baron human, donors 1 + 2 → donor 3: 4 a
 and ductal cells labelled t_cell beside the one real t_cell, whose F1 falls to 0.33). Here a type
 of fewer than `balance_floor` cells is weighted as a type of that many.
 Judged on the references' own held-out cells (docs/class-weights.md, `bench/class_weights.py`):
-holding each Baron human donor out in turn, a floor of 20 labels better than plain balancing on
-all three references (mean of accuracy and macro-F1 0.799 / 0.901 / 0.806 against 0.795 / 0.886
-/ 0.799); a floor of 50 or no weights gain ~0.01 more on two and lose on the third. Within one
-batch (Baron mouse 1, inner folds) plain balancing finds rare types best (0.941 against 0.913),
+holding each Baron human donor out in turn, the best of floors 20 and 50 differs by reference
+(mean of accuracy and macro-F1 0.799 / 0.901 / 0.806 against 0.812 / 0.897 / 0.817), so
+`logreg-scaled` searches both with C, leaving each batch out where there are batches: 0.812 /
+0.901 / 0.817, above plain balancing (0.795 / 0.886 / 0.812) on all three. Within one
+batch (Baron mouse 1, inner folds) plain balancing finds rare types best (0.941 against 0.910),
 which is why the plain-balanced `logreg` stays beside it for export's "best" to judge.
 """
 
