@@ -118,17 +118,27 @@ def test_with_batches_a_multiclass_grid_is_searched_leaving_each_batch_out():
     batches = adata.obs["phase"].to_numpy(dtype=str)
     splits = list(LeaveOneGroupOut().split(x, groups=batches))
     spec = replace(SCALED_LOGISTIC, grid={"C": [0.001, 0.01, 0.1, 1], "balance_floor": [1, 50]})
-    within, _ = multiclass_classifier(spec, x, labels, 3, "mcc", 0)
-    by_batch, held_out = multiclass_classifier(spec, x, labels, 3, "mcc", 0, "auto", splits)
+    settings = {"inner_folds": 3, "metric": "mcc", "seed": 0}
+    within = multiclass_classifier(spec, x, labels, **settings)
+    by_batch = multiclass_classifier(spec, x, labels, **settings, held_out_splits=splits)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         search = GridSearchCV(
             estimator_for(spec), spec.grid, scoring="matthews_corrcoef", cv=splits
         )
         expected = search.fit(x, labels).best_params_
-    chosen = {k: by_batch.get_params()[k] for k in spec.grid}
-    assert chosen == expected != {k: within.get_params()[k] for k in spec.grid}
-    assert held_out.shape == (len(labels), len(by_batch.classes_))
+    chosen = {k: by_batch.params[k] for k in spec.grid}
+    assert chosen == expected != {k: within.params[k] for k in spec.grid}
+    model = by_batch.model()
+    assert {k: model.get_params()[k] for k in spec.grid} == chosen
+    assert by_batch.held_out.shape == (len(labels), len(model.classes_))
+    # held out: each batch's probabilities come from the chosen settings refit without it
+    train, test = splits[0]
+    alone = clone(model).fit(x[train], labels[train])
+    columns = [list(model.classes_).index(c) for c in alone.classes_]
+    np.testing.assert_allclose(
+        by_batch.held_out[np.ix_(test, columns)], alone.predict_proba(x[test]), atol=1e-8
+    )
 
 
 def test_bad_estimator_settings_are_user_errors():
@@ -139,9 +149,10 @@ def test_bad_estimator_settings_are_user_errors():
 
 
 def test_held_out_probabilities_of_an_exported_classifier_are_its_own_cross_validation():
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import cross_val_predict
 
-    from gsrcl.evaluate.classifiers import FoldClassifier, calibrated_classifier
+    from gsrcl.evaluate.classifiers import calibrated_classifiers
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 50))
@@ -154,8 +165,17 @@ def test_held_out_probabilities_of_an_exported_classifier_are_its_own_cross_vali
         chosen.on_features(), x, y, cv=splits, method="decision_function"
     )
     np.testing.assert_allclose(from_kernel, on_features, atol=1e-9)
-    model, held_out = calibrated_classifier(svm(True), x, y, 5, "mcc", 0)
+    (calibrated,) = calibrated_classifiers(svm(True), x, [y], inner_folds=5, metric="mcc", seed=0)
+    held_out = calibrated.held_out
     assert held_out.shape == (300,) and 0 <= held_out.min() and held_out.max() <= 1
+    # the exported model, built from the kernel, is scikit-learn's calibration on the features
+    model = calibrated.model()
+    by_sklearn = CalibratedClassifierCV(chosen.on_features(), cv=splits, ensemble=False).fit(x, y)
+    query = rng.normal(size=(100, 50))
+    np.testing.assert_allclose(
+        model.predict_proba(query), by_sklearn.predict_proba(query), atol=1e-9
+    )
+    assert model.calibrated_classifiers_[0].estimator.kernel == "rbf"
     # held out: less sure of the training cells than the model refit on all of them
     fitted = model.predict_proba(x)[:, 1]
     assert np.abs(held_out - y).mean() > np.abs(fitted - y).mean()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,9 @@ import joblib
 import numpy as np
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
+from sklearn.svm import SVC
 
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
@@ -30,6 +33,7 @@ from gsrcl.evaluate.kernel_svm import (
     RBFSolver,
     Search,
     Splits,
+    best_candidates,
 )
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
 from gsrcl.evaluate.workers import SERIAL, Workers
@@ -177,34 +181,99 @@ class FoldClassifier:
         return binary_scores(positive, predicted, score)[self.metric]
 
 
-def calibrated_classifier(
+@dataclass
+class Calibrated:
+    """A classifier with probabilities, as export needs it: each cell's probability from the
+    split that held it out (`held_out`: cells, or cells × `classes` for a multi-class model),
+    the settings its search chose, and `model()`, the model on features fitted on every cell.
+    `model` is built only when asked: a candidate export does not keep is never fitted."""
+
+    held_out: np.ndarray
+    params: dict[str, Any]
+    model: Callable[[], Any]
+    classes: list | None = None  # a multi-class model's, the columns of `held_out`
+
+
+def calibrated_classifiers(
     spec: Classifier,
     x: np.ndarray,
-    y: np.ndarray,
+    labels: list[np.ndarray],
+    *,
     inner_folds: int,
     metric: str,
     seed: int,
-    solver: str = "auto",
     held_out_splits: Splits | None = None,
-) -> tuple[CalibratedClassifierCV, np.ndarray]:
-    """The grid search's choice on features `x`, refit on all of them, with Platt-calibrated
-    probabilities learnt from its inner-CV decision values (a model to export and reuse); and
-    each cell's probability from the split that held it out: the inner folds, or
-    `held_out_splits` (one per batch, say) with the chosen settings refit without them."""
-    fold, splits, chosen, estimator = _grid_choice(spec, x, y, inner_folds, metric, seed, solver)
-    calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
-    held_out_splits = held_out_splits or splits
+    workers: Workers = SERIAL,
+) -> list[Calibrated]:
+    """For each label vector (one cell type against the rest) on features `x`: the grid
+    search's choice by inner CV, with Platt-calibrated probabilities learnt from its inner-CV
+    decision values, and each cell's probability from the split that held it out: the inner
+    folds, or `held_out_splits` (one per batch, say) with the chosen settings refit without
+    them. An RBF SVC is searched, calibrated and held out on one precomputed kernel shared by
+    every type (the types' fits side by side on `workers`), as libsvm on the features would
+    do it; any other estimator through scikit-learn on the features."""
+    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed, workers=workers, solver="libsvm")
+    splits = [fold.inner_splits(y) for y in labels]
+    if fold.kernel is None:
+        return [
+            _calibrated_on_features(fold, y, s, held_out_splits)
+            for y, s in zip(labels, splits, strict=True)
+        ]
+    chosen = fold.search(labels, splits).models
+
+    def calibrate(i: int) -> Calibrated:
+        return _calibrated_on_kernel(fold.kernel, labels[i], splits[i], chosen[i], held_out_splits)
+
+    return workers.map(calibrate, range(len(labels)))
+
+
+def _calibrated_on_kernel(
+    solver: PrecomputedRBF, y: np.ndarray, splits: Splits, chosen: KernelSVM, held_out_splits
+) -> Calibrated:
+    """scikit-learn's calibration of the chosen SVC on its precomputed kernel (cross-validation
+    splits a precomputed kernel by rows and columns), carried over to features at export."""
+    kernel = np.exp(-chosen.gamma * solver.train_distances)
+    calibrated = CalibratedClassifierCV(
+        clone(chosen.svc), method="sigmoid", cv=splits, ensemble=False
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        calibrated.fit(x, y)
-        # the decision values the calibration was fitted on, again (scikit-learn keeps none):
-        # from the kernel when there is one, which costs no pass over the features
-        if isinstance(chosen, KernelSVM):
-            decisions = fold.kernel.held_out_decisions(y, chosen, held_out_splits)
-        else:
-            decisions = _held_out_decisions(estimator, x, y, held_out_splits)
+        calibrated.fit(kernel, y)
+    decisions = solver.held_out_decisions(y, chosen, held_out_splits or splits, kernel)
     held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
-    return calibrated, held_out
+
+    def on_features() -> CalibratedClassifierCV:
+        inner = calibrated.calibrated_classifiers_[0]
+        if isinstance(inner.estimator, SVC) and inner.estimator.kernel == "precomputed":
+            inner.estimator = KernelSVM(inner.estimator, chosen.gamma).fitted_on_features(
+                solver.x_np
+            )
+            calibrated.estimator = chosen.on_features()
+            calibrated.n_features_in_ = solver.x_np.shape[1]
+        return calibrated
+
+    return Calibrated(held_out, plain_params(chosen.on_features()), on_features)
+
+
+def _calibrated_on_features(
+    fold: FoldClassifier, y: np.ndarray, splits: Splits, held_out_splits
+) -> Calibrated:
+    """Any estimator but an RBF SVC: its grid search, calibration and held-out decision
+    values on the features."""
+    estimator = _as_estimator(fold.fit(y, splits))
+    calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        calibrated.fit(fold.x_train, y)
+        decisions = _held_out_decisions(estimator, fold.x_train, y, held_out_splits or splits)
+    held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
+    return Calibrated(held_out, plain_params(estimator), lambda: calibrated)
+
+
+def plain_params(estimator: Any) -> dict[str, Any]:
+    """An estimator's parameters that are plain values (for a manifest)."""
+    params = estimator.get_params()
+    return {k: v for k, v in params.items() if isinstance(v, str | int | float | bool | None)}
 
 
 def _held_out_decisions(estimator: Any, x: np.ndarray, y: np.ndarray, splits: Splits):
@@ -223,67 +292,79 @@ def multiclass_classifier(
     spec: Classifier,
     x: np.ndarray,
     labels: np.ndarray,
+    *,
     inner_folds: int,
     metric: str,
     seed: int,
-    solver: str = "auto",
     held_out_splits: Splits | None = None,
-) -> tuple[Any, np.ndarray]:
-    """One model of all the labels (a multi-class baseline), refit on all cells, with
-    probabilities (Platt-calibrated when the estimator has none); and each cell's probabilities
-    (columns in the model's `classes_` order) from the split that held it out: the inner folds,
-    or `held_out_splits` with the chosen settings refit without them. Given `held_out_splits`
-    (one per batch), the grid is searched on them too: settings chosen for what a new batch
-    looks like (Baron human, two donors as reference: the weighting of rare types that held-out
+    workers: Workers = SERIAL,
+) -> Calibrated:
+    """One model of all the labels (a multi-class baseline) with probabilities (Platt-calibrated
+    when the estimator has none), and each cell's probabilities (columns: `classes`) from the
+    split that held it out: the inner folds, or `held_out_splits`. Given `held_out_splits` (one
+    per batch), the grid is searched on them too: settings chosen for what a new batch looks
+    like (Baron human, two donors as reference: the weighting of rare types that held-out
     donors favour differs from the one inner folds favour; docs/class-weights.md). A model of
-    all the labels fits whatever types a split's training cells hold, so any split will do."""
-    _, splits, _, estimator = _grid_choice(
-        spec, x, labels, inner_folds, metric, seed, solver, held_out_splits
-    )
+    all the labels fits whatever types a split's training cells hold, so any split will do.
+    The held-out probabilities come from the search's own fits of the chosen settings; the
+    model on every cell is fitted when `model()` asks for it."""
+    estimator = estimator_for(spec)
+    splits = held_out_splits or inner_splits(labels, inner_folds, seed)
+    classes = list(np.unique(labels))
     if not hasattr(estimator, "predict_proba"):
-        estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = clone(estimator).fit(x, labels)
-        if held_out_splits is None:
-            held_out = cross_val_predict(estimator, x, labels, cv=splits, method="predict_proba")
-        else:
-            held_out = _held_out_probabilities(estimator, x, labels, held_out_splits, model)
-        return model, held_out
+        return _calibrated_multiclass(spec, x, labels, splits, classes, metric, workers)
+    candidates = [clone(estimator).set_params(**c) for c in ParameterGrid(spec.grid)]
+    scorer = get_scorer(SKLEARN_SCORERS[metric][len(classes) > 2])
+    units = [(c, s) for c in range(len(candidates)) for s in range(len(splits))]
+
+    def fit(unit: tuple[int, int]) -> tuple[float, Any]:
+        candidate, (train, test) = candidates[unit[0]], splits[unit[1]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = clone(candidate).fit(x[train], labels[train])
+            return scorer(fitted, x[test], labels[test]), fitted
+
+    results = workers.map(fit, units)
+    table = np.array([score for score, _ in results]).reshape(len(candidates), len(splits))
+    best = best_candidates([table])[0]
+    fitted = [model for (c, _), (_, model) in zip(units, results, strict=True) if c == best]
+    held_out = _probabilities_of(fitted, x, splits, classes)
+    chosen = candidates[best]
+    return Calibrated(held_out, plain_params(chosen), _fit_on_all(chosen, x, labels), classes)
 
 
-def _held_out_probabilities(estimator, x, labels, splits: Splits, model) -> np.ndarray:
-    """Each cell's probabilities from the estimator refit without its split (columns in
-    `model.classes_` order; a class its training cells lack gets 0)."""
-    if isinstance(estimator, CalibratedClassifierCV):  # its own cv indexes all cells
-        estimator = clone(estimator).set_params(cv=3)
-    classes = list(model.classes_)
-    probabilities = np.zeros((len(labels), len(classes)))
-    for train, test in splits:
-        fitted = clone(estimator).fit(x[train], labels[train])
-        columns = [classes.index(c) for c in fitted.classes_]
-        probabilities[np.ix_(test, columns)] = fitted.predict_proba(x[test])
+def _probabilities_of(models: list, x: np.ndarray, splits: Splits, classes: list) -> np.ndarray:
+    """Each cell's probabilities from the model of the split that held it out (columns in
+    `classes` order; a class a split's training cells lack gets 0)."""
+    probabilities = np.zeros((len(x), len(classes)))
+    for model, (_, test) in zip(models, splits, strict=True):
+        columns = [classes.index(c) for c in model.classes_]
+        probabilities[np.ix_(test, columns)] = model.predict_proba(x[test])
     return probabilities
 
 
-def _grid_choice(
-    spec: Classifier,
-    x: np.ndarray,
-    y: np.ndarray,
-    inner_folds,
-    metric,
-    seed,
-    solver,
-    splits: Splits | None = None,
-):
-    """The search (a FoldClassifier), its splits (the inner folds unless given), its fitted
-    choice, and that choice as an unfitted estimator on features."""
-    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed, solver=solver)
-    splits = splits if splits is not None else fold.inner_splits(y)
-    chosen = fold.fit(y, splits)
-    return (
-        fold,
-        splits,
-        chosen,
-        chosen.on_features() if isinstance(chosen, KernelSVM | DeviceSVM) else clone(chosen),
-    )
+def _fit_on_all(estimator: Any, x: np.ndarray, labels: np.ndarray) -> Callable[[], Any]:
+    def fit() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return clone(estimator).fit(x, labels)
+
+    return fit
+
+
+def _calibrated_multiclass(spec, x, labels, splits: Splits, classes, metric, workers) -> Calibrated:
+    """A multi-class estimator without probabilities: its grid search, then Platt-calibrated on
+    scikit-learn's own three folds of whatever cells it is fitted on."""
+    fold = FoldClassifier(spec, x, len(splits), metric, workers=workers)
+    chosen = _as_estimator(fold.fit(labels, splits))
+    estimator = CalibratedClassifierCV(chosen, method="sigmoid", cv=3, ensemble=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = [clone(estimator).fit(x[train], labels[train]) for train, _ in splits]
+    held_out = _probabilities_of(fitted, x, splits, classes)
+    return Calibrated(held_out, plain_params(chosen), _fit_on_all(estimator, x, labels), classes)
+
+
+def _as_estimator(chosen: Any) -> Any:
+    """A search's choice as an unfitted estimator on features."""
+    return chosen.on_features() if isinstance(chosen, KernelSVM | DeviceSVM) else clone(chosen)
