@@ -26,16 +26,22 @@ def fixture():
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch, fixture):
-    """The collection served on 127.0.0.1, the registry's URLs and cache pointed at it."""
+def served(tmp_path, monkeypatch):
+    """A server on 127.0.0.1, the registry's URLs and the cache pointed at it."""
     served, http = fetch_server.serve(tmp_path / "served")
     monkeypatch.setenv(collection.ZENODO.env, f"{served.url}/zenodo/")
     monkeypatch.setenv(collection.GSRCL_TASKS.env, f"{served.url}/tasks/")
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
-    for name, entry in fetch_server.registered(fixture).items():
-        monkeypatch.setitem(collection.DATASETS, name, entry)
     yield served
     http.shutdown()
+
+
+@pytest.fixture
+def server(served, monkeypatch, fixture):
+    """...with the registry holding the fixture's sizes and checksums."""
+    for name, entry in fetch_server.registered(fixture).items():
+        monkeypatch.setitem(collection.DATASETS, name, entry)
+    return served
 
 
 def _cached(tmp_path) -> list[str]:
@@ -149,3 +155,54 @@ def test_the_registry_has_baron_mouses_cells_genes_and_types():
     entry = collection.DATASETS["baron_mouse"]
     types = np.unique(adata.obs[LABEL]).size
     assert (adata.n_obs, adata.n_vars, types) == (entry.cells, entry.genes, entry.types)
+
+
+def test_check_plans_datasets_by_name_from_the_registry_without_downloading(tmp_path, served):
+    from gsrcl.runner.pipeline import check
+    from tests.conftest import tiny_experiment
+
+    datasets = tuple(collection.paper_dataset(n) for n in ("baron_mouse", "pbmc_10xv2"))
+    lines = []
+    assert check(tiny_experiment(tmp_path, datasets=datasets), log=lines.append) == 0
+    text = "\n".join(lines)
+    assert served.requests == [] and not (tmp_path / "cache").exists()
+    assert (
+        "baron_mouse: not downloaded yet, planned from the registry (Baron Mouse (pancreas)): "
+        "1886 cells × 14861 genes, 13 cell types; every cell type a task" in text
+    )
+    assert "pbmc_10xv2: not downloaded yet" in text
+    assert "tasks: CD4+ T cell, Cytotoxic T cell, Natural killer cell" in text
+    assert (
+        "download on first use: scRNAseq_Benchmark_datasets.zip (3.67 GB), 3 task files of the "
+        "paper; 3.67 GB in all, into " in text
+    )
+    assert "estimate: timing a stand-in/simclr-noise" in text
+    assert "24 jobs planned" in text and "estimate: the run takes ~" in text
+    assert "pbmc_10xv2/supcon-noise: 3 CPU jobs of ~" in text
+    assert "disk: results keep up to" in text
+
+
+def test_a_tiny_run_through_the_runner_on_a_dataset_fetched_by_name(tmp_path, server, fixture):
+    import pandas as pd
+
+    from gsrcl.config.settings import Compute, Contrastive, Method, Split
+    from gsrcl.runner.pipeline import run_experiment
+    from tests.conftest import tiny_experiment
+
+    fetch_server.publish(server, fixture)
+    experiment = tiny_experiment(
+        tmp_path,
+        datasets=(collection.paper_dataset("pbmc_10xv2"),),
+        methods=(Method(loss="simclr", augmentation="noise", encoder=(32,), head=(16,)),),
+        contrastive=Contrastive(epochs=2, validate_every=2, lr=1e-3),
+        split=Split(folds=2),
+        compute=Compute(cpu_workers=1),  # one worker process to start
+    )
+    lines = []
+    assert run_experiment(experiment, log=lines.append) == 0, "\n".join(lines)
+    summary = pd.read_csv(tmp_path / "results" / "tiny" / "summary.csv")
+    assert sorted(summary["task"].unique()) == sorted(
+        collection.DATASETS["pbmc_10xv2"].paper_cell_types
+    )
+    assert set(summary["method"]) == {"baseline-svm", "simclr-noise"}
+    assert [name for name, _ in server.requests].count(ARCHIVE) == 1  # the workers read the cache

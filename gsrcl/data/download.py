@@ -91,13 +91,14 @@ def fetch(entry: Entry) -> Files:
 
 def describe(entries: list[Entry]) -> list[str]:
     """What fetching `entries` will download (for --check): each file once, with its size."""
-    remotes = {entry.archive: None for entry in entries}
-    remotes |= {task.file: None for entry in entries for task in entry.tasks}
-    known = sum(remote.size or 0 for remote in remotes)
-    archives = sorted({entry.archive.name for entry in entries})
+    archives = list(dict.fromkeys(entry.archive for entry in entries))
+    tasks = list(dict.fromkeys(task.file for entry in entries for task in entry.tasks))
+    total = sum(remote.size or 0 for remote in archives + tasks)
+    what = ", ".join(f"{a.name} ({_size(a.size or 0)})" for a in archives)
+    if tasks:
+        what += f", {len(tasks)} task files of the paper"
     return [
-        f"download on first use: {len(remotes)} files, {_size(known)} ({', '.join(archives)}; "
-        f"{len(remotes) - len(archives)} task files of the paper) into {cache_dir()} "
+        f"download on first use: {what}; {_size(total)} in all, into {cache_dir()} "
         f"(set {CACHE_ENV} to choose the folder)"
     ]
 
