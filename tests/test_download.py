@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from gsrcl.config.settings import Dataset
 from gsrcl.data import collection, download
@@ -52,7 +53,9 @@ def _cached(tmp_path) -> list[str]:
     )
 
 
-def test_a_dataset_by_name_is_downloaded_checked_unpacked_once_and_read(tmp_path, server, fixture):
+def test_a_dataset_by_name_is_downloaded_checked_unpacked_once_and_read(
+    tmp_path, server, fixture, caplog
+):
     fetch_server.publish(server, fixture)
     spec = collection.paper_dataset("pbmc_10xv2")
     assert spec.path == "zenodo:pbmc_10xv2"
@@ -67,6 +70,7 @@ def test_a_dataset_by_name_is_downloaded_checked_unpacked_once_and_read(tmp_path
     assert asked.count(ARCHIVE) == 1 and len(asked) == 4  # the archive and 3 task files
 
     assert load_dataset(spec).n_obs == 60 and load_dataset(collection.paper_dataset("baron_mouse"))
+    assert "holds 60 cells × 30 genes with a count, 5 cell types; the registry" in caplog.text
     assert [name for name, _ in server.requests].count(ARCHIVE) == 1  # unpacked once, kept
     cached = _cached(tmp_path)
     assert "zenodo-3357167/scRNAseq_Benchmark_datasets.zip" in cached
@@ -206,3 +210,35 @@ def test_a_tiny_run_through_the_runner_on_a_dataset_fetched_by_name(tmp_path, se
     )
     assert set(summary["method"]) == {"baseline-svm", "simclr-noise"}
     assert [name for name, _ in server.requests].count(ARCHIVE) == 1  # the workers read the cache
+
+
+def test_a_planned_shape_has_the_training_cells_the_split_makes():
+    from gsrcl.config.settings import Split
+    from gsrcl.data.splits import make_folds
+    from gsrcl.runner.estimate import planned_shape
+
+    sizes = [894, 275, 218, 191, 139, 47, 41, 36, 14, 10, 8, 7, 6]  # Baron Mouse's types
+    labels = np.repeat([f"t{i}" for i in range(len(sizes))], sizes)
+    folds = make_folds([f"c{i}" for i in range(len(labels))], labels, Split(), 0, None)
+    shape = planned_shape(len(labels), 14861, 13, Split())
+    assert shape.train == len(folds.train(0)) == 1206
+
+
+def test_a_timing_is_carried_to_a_shape_by_cells_weights_and_tasks():
+    from gsrcl.config.settings import Method
+    from gsrcl.runner.calibrate import Timing
+    from gsrcl.runner.estimate import Shape, parameters, scaled
+
+    noise = Method(loss="simclr", augmentation="noise", encoder=(64, 32), head=(16,))
+    measured, timing = Shape(100, 50, 2, 60), Timing(epoch=1.0, step=3.0, embed=1.0)
+    same_net = scaled(timing, measured, Shape(200, 50, 4, 120), noise)
+    assert same_net.epoch == pytest.approx(2.0)  # twice the training cells
+    assert same_net.embed == pytest.approx(2.0)  # twice the cells to embed
+    assert same_net.step == pytest.approx(2.0 + 2.0 * 2 * 4)  # scoring: tasks × cells²
+    wider = scaled(timing, measured, Shape(100, 500, 2, 60), noise)
+    with torch.device("meta"):
+        from gsrcl.model.encoder import ContrastiveModel
+
+        small, large = (ContrastiveModel(g, (64, 32), (16,), True, 0.01) for g in (50, 500))
+    assert wider.epoch == pytest.approx(parameters(large) / parameters(small))
+    assert scaled(Timing(job=5.0), measured, Shape(100, 500, 4, 120), None).job == 40.0

@@ -140,7 +140,9 @@ def _pbmc(name: str, folder: str, prefix: str, tasks: tuple[PaperTask, ...], **s
 # Abdelaal et al.'s Table 1; PbmcBench cells: the length of the paper's task files. Genes: the
 # GsRCL repository's table of its references (genes with a count: for Baron Mouse, 14 861 of the
 # file's 14 878, checked against ../shared/data/baron_mouse.h5ad, which also has its 1886 cells
-# and 13 types).
+# and 13 types). Reading a dataset says where its files differ from these numbers. Not checked
+# here: that every matrix holds whole counts (the default values="counts" refuses other values
+# with a message; Muraro's published counts are UMI-corrected, so may not be whole).
 DATASETS: dict[str, Entry] = {
     entry.name: entry
     for entry in (

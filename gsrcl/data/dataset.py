@@ -56,7 +56,10 @@ def load_dataset(spec: Dataset) -> ad.AnnData:
         adata = adata[~unlabelled].copy()
     adata = checked_values(spec, adata)
     _check_scale(spec, adata.X)
-    return in_id_order(_without_empty(spec, adata))
+    adata = _without_empty(spec, adata)
+    if entry is not None:
+        _compare_with_registry(spec, entry, adata)
+    return in_id_order(adata)
 
 
 class DatasetCache:
@@ -165,6 +168,21 @@ def _check_paper_tasks(spec: Dataset, labels: pd.Series, tasks: dict[str, Path])
                 f"the paper's tasks were made from. To run on them anyway, give the files "
                 f"themselves: path={spec.path!r}, labels_file={spec.labels_file!r}"
             )
+
+
+def _compare_with_registry(spec: Dataset, entry: collection.Entry, adata: ad.AnnData) -> None:
+    """Said when the files differ from the shape the registry records (which --check plans by)."""
+    read = (adata.n_obs, adata.n_vars, adata.obs[LABEL].nunique())
+    recorded = (entry.cells, entry.genes, entry.types)
+    if read != recorded:
+        log.warning(
+            "dataset %s: %s holds %d cells × %d genes with a count, %d cell types; the registry "
+            "(gsrcl/data/collection.py), by which --check plans, records %d × %d, %d",
+            spec.name,
+            spec.path,
+            *read,
+            *recorded,
+        )
 
 
 def _batches(spec: Dataset, adata: ad.AnnData) -> pd.Series:
