@@ -242,3 +242,12 @@ def test_a_timing_is_carried_to_a_shape_by_cells_weights_and_tasks():
         small, large = (ContrastiveModel(g, (64, 32), (16,), True, 0.01) for g in (50, 500))
     assert wider.epoch == pytest.approx(parameters(large) / parameters(small))
     assert scaled(Timing(job=5.0), measured, Shape(100, 500, 4, 120), None).job == 40.0
+
+
+def test_a_file_the_server_does_not_have_is_one_message_naming_the_mirror_setting(tmp_path, server):
+    with pytest.raises(UserError) as missing:
+        load_dataset(Dataset(name="baron", path="zenodo:baron_mouse"))
+    message = str(missing.value)
+    assert "could not download scRNAseq_Benchmark_datasets.zip from http://127.0.0.1:" in message
+    assert "404" in message and "nothing arrived" in message and "GSRCL_ZENODO_URL" in message
+    assert _cached(tmp_path) == []

@@ -131,6 +131,8 @@ def _download(remote: Remote) -> Path:
     """The file in the cache, downloaded and checked if it is not there (or does not match)."""
     target, address = _local(remote), url(remote)
     part = target.with_name(target.name + ".part")
+    if not target.exists():
+        log.info("downloading %s (%s) from %s", remote.name, _size(remote.size or 0), address)
     try:
         with _quiet_pooch():
             path = pooch.retrieve(
@@ -144,16 +146,15 @@ def _download(remote: Remote) -> Path:
         part.unlink(missing_ok=True)
         raise UserError(
             f"{remote.name} (from {address}) was refused: {error}. Nothing of it was kept; run "
-            "again to download it "
-            f"again (if it keeps failing, the file changed upstream: compare {remote.checksum})"
+            f"again to download it again (if it keeps failing, the file changed upstream: "
+            f"compare {remote.checksum})"
         ) from None
     except OSError as error:  # requests' errors are OSErrors: refused, reset, timed out, 404
         arrived = part.stat().st_size if part.exists() else 0
+        kept = f"{arrived} bytes arrived and are kept in {part}" if arrived else "nothing arrived"
         raise UserError(
-            f"could not download {remote.name} from {address} ({type(error).__name__}: {error}); "
-            f"{arrived} bytes "
-            f"arrived and are kept in {part}: run again to resume, or set {remote.source.env} "
-            "to a mirror"
+            f"could not download {remote.name} from {address} ({type(error).__name__}: "
+            f"{error}); {kept}: run again to resume, or set {remote.source.env} to a mirror"
         ) from None
     if remote.checksum is None:
         log.warning(
