@@ -27,8 +27,9 @@ class Dataset:
     """One labelled dataset: where it is, where its labels are, and what its values are."""
 
     name: str
-    # .h5ad, .h5 (10x or scziDesk), a 10x matrix-market folder, CSV/TSV (.gz), or
-    # "scanpy:pbmc68k_reduced" for scanpy's bundled dataset
+    # .h5ad, .h5 (10x or scziDesk), a 10x matrix-market folder, CSV/TSV (.gz),
+    # "scanpy:pbmc68k_reduced" for scanpy's bundled dataset, or "zenodo:<name>" for one of the
+    # paper's datasets, downloaded on first use (gsrcl.data.collection lists them)
     path: str
     labels: str = "cell_type"  # the obs column holding the cell type
     # instead of `labels`: a CSV with one column (a label per cell, in order) or two (cell id,

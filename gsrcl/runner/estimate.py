@@ -3,7 +3,9 @@ this machine, and the disk its results take (`--check` prints them; the pool pla
 
 Time: a contrastive job is its trainings' epochs times the epoch measured here, plus its
 validation steps times the step measured here (`calibrate`); a baseline job is the one measured.
-The run's time replays the scheduler on those durations. Memory and disk come from the shapes:
+The run's time replays the scheduler on those durations. A dataset not downloaded yet is
+planned from its recorded shape: each method is timed once on a stand-in and the timing carried
+to the shape (`scaled`). Memory and disk come from the shapes:
 the cells × genes matrix, the network's weights (with gradients and Adam's two moments), its
 activations on a batch, the snapshots kept for the tasks, and the SVM's cell-by-cell matrices.
 An encoder file is its weights at the stored precision plus its gene names; a running
@@ -13,19 +15,20 @@ task, all float32) until it is done.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from gsrcl.config.settings import BASELINE, Compute, Experiment, Method
+from gsrcl.config.settings import BASELINE, Compute, Experiment, Method, Split
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.train import overlap_validation, validation_epochs
-from gsrcl.runner.calibrate import Timing, calibrate
-from gsrcl.runner.jobs import Job, method_named
+from gsrcl.runner.calibrate import Timing, calibrate, stand_in
+from gsrcl.runner.jobs import FoldData, Job, fold_data, method_named
 from gsrcl.runner.schedule import Machine, Needs, Scheduler
 
 BYTES = {"float32": 4, "float16": 2}
@@ -51,6 +54,28 @@ class Shape:
     genes: int
     tasks: int  # scored cell types
     train: int  # training cells of a fold
+
+
+def planned_shape(cells: int, genes: int, tasks: int, split: Split) -> Shape:
+    """The shape of a dataset not read yet: its first fold's training cells as the split makes
+    them (the validation part rounded up, then the largest test fold), every task scored."""
+    in_cv = cells - math.ceil(cells * split.validation_fraction)
+    return Shape(cells, genes, tasks, in_cv - math.ceil(in_cv / split.folds))
+
+
+def scaled(timing: Timing, measured: Shape, target: Shape, method: Method | None) -> Timing:
+    """A timing measured on one shape carried to another. A training epoch grows with the
+    training cells times the network's weights (its matmuls), a validation step's embedding
+    with the cells times the encoder's weights; the step's scoring and a baseline job grow with
+    the tasks times the training cells squared (a kernel SVM's fits; genes are left out)."""
+    fits = target.tasks / measured.tasks * (target.train / measured.train) ** 2
+    if method is None:  # the baselines
+        return Timing(job=timing.job * fits)
+    model, seen = (_network(_inputs(method, s.genes), method) for s in (target, measured))
+    epoch = timing.epoch * target.train / measured.train * parameters(model) / parameters(seen)
+    cells = target.cells / measured.cells
+    embed = timing.embed * cells * parameters(model.encoder) / parameters(seen.encoder)
+    return Timing(epoch=epoch, step=embed + (timing.step - timing.embed) * fits, embed=embed)
 
 
 def parameters(module: torch.nn.Module) -> int:
@@ -242,30 +267,79 @@ def plan(
     cache: DatasetCache,
     machine: Machine,
     log: Callable[[str], None],
+    planned: dict[str, Shape] | None = None,
 ) -> Plan:
-    """Calibrate each dataset and method of `todo` here, then estimate every job and the run."""
+    """Calibrate each dataset and method of `todo` here, then estimate every job and the run.
+    `planned`: the shapes of datasets not read (timed on the stand-in, scaled to the shape)."""
     threads = experiment.compute.threads or max(1, machine.cores // min(machine.cores, len(todo)))
     device = next(iter(machine.gpus), "cpu")
-    shapes, timings = {}, {}
-    for name in dict.fromkeys(job.dataset for job in todo):
-        adata = cache.get(next(d for d in experiment.datasets if d.name == name))
-        shapes[name] = Shape(
-            adata.n_obs, adata.n_vars, len(folds[name].scored_tasks), len(folds[name].train(0))
-        )
-    for dataset, method in dict.fromkeys((job.dataset, job.method) for job in todo):
-        log(f"estimate: timing {dataset}/{method} on {device}, threads per job: {threads}")
-        try:
-            timing = calibrate(experiment, dataset, folds[dataset], method, device, threads, cache)
-        except Exception as error:  # the jobs will report it, one clear line each
-            log(f"warning: could not time {dataset}/{method} ({type(error).__name__}: {error})")
-            timing = Timing()
-        timings[dataset, method] = timing
+    planned = planned or {}
+    shapes, first_folds = dict(planned), {}
+    for name in dict.fromkeys(job.dataset for job in todo if job.dataset not in planned):
+        spec = next(d for d in experiment.datasets if d.name == name)
+        first_folds[name] = fold_data(cache.get(spec), spec, folds[name], 0)
+        shapes[name] = _shape(first_folds[name])
+    timings = _timings(experiment, todo, first_folds, shapes, device, threads, log)
     needs = {}
     for job in todo:
         timing = timings[job.dataset, job.method]
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
     seconds = run_seconds(machine, needs, experiment.compute, threads)
     return Plan(needs, seconds, memory_warnings(needs, shapes, machine), shapes)
+
+
+def _shape(fold: FoldData) -> Shape:
+    return Shape(fold.adata.n_obs, fold.adata.n_vars, len(fold.tasks), len(fold.train))
+
+
+def _timings(
+    experiment: Experiment,
+    todo: list[Job],
+    first_folds: dict[str, FoldData],
+    shapes: dict[str, Shape],
+    device: str,
+    threads: int,
+    log: Callable[[str], None],
+) -> dict[tuple[str, str], Timing]:
+    """Each dataset and method timed on the dataset's first fold; a dataset not read gets the
+    method's timing on the stand-in (timed once for all of them) carried to its shape."""
+    pairs = list(dict.fromkeys((job.dataset, job.method) for job in todo))
+    timings = {
+        (dataset, method): _timed(
+            experiment, first_folds[dataset], method, dataset, device, threads, log
+        )
+        for dataset, method in pairs
+        if dataset in first_folds
+    }
+    unread = [(dataset, method) for dataset, method in pairs if dataset not in first_folds]
+    if unread:
+        fold = stand_in(experiment)
+        on_stand_in = {
+            method: _timed(experiment, fold, method, "a stand-in", device, threads, log)
+            for method in dict.fromkeys(method for _, method in unread)
+        }
+        for dataset, method in unread:
+            spec = None if method == BASELINE else method_named(experiment, method)
+            timing = on_stand_in[method]
+            timings[dataset, method] = scaled(timing, _shape(fold), shapes[dataset], spec)
+    return timings
+
+
+def _timed(
+    experiment: Experiment,
+    fold: FoldData,
+    method: str,
+    where: str,
+    device: str,
+    threads: int,
+    log: Callable[[str], None],
+) -> Timing:
+    log(f"estimate: timing {where}/{method} on {device}, threads per job: {threads}")
+    try:
+        return calibrate(experiment, fold, method, device, threads)
+    except Exception as error:  # the jobs will report it, one clear line each
+        log(f"warning: could not time {where}/{method} ({type(error).__name__}: {error})")
+        return Timing()
 
 
 def describe_plan(estimate: Plan, machine: Machine) -> list[str]:

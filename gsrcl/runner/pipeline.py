@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from gsrcl.config.settings import Dataset, Experiment
-from gsrcl.data import splits
+from gsrcl.data import collection, download, splits
+from gsrcl.data.collection import Entry
 from gsrcl.data.dataset import LABEL, DatasetCache
 from gsrcl.errors import UserError
 from gsrcl.evaluate.classifiers import estimator_for, resolve_solver
@@ -93,19 +94,29 @@ def describe_tasks(name: str, adata, folds: splits.Folds, log: Callable[[str], N
 
 def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     """`--check`: validate every dataset and print the plan and its estimate (from a short
-    timing of each dataset and method here), without running or writing."""
+    timing of each dataset and method here), without running or writing. A registered dataset
+    not downloaded yet is planned from its recorded shape, and nothing is downloaded."""
     check_executor(experiment)
     check_classifiers(experiment)
     datasets = DatasetCache()
     failed = 0
     folds: dict[str, splits.Folds] = {}
+    unread: dict[str, Entry] = {}
     for spec in experiment.datasets:
         try:
+            entry = collection.entry_of(spec)
+            if entry is not None and not download.is_fetched(entry):
+                unread[spec.name] = entry
+                describe_registered(spec, entry, log)
+                continue
             folds[spec.name] = dataset_folds(spec, experiment, datasets, None)
             describe_tasks(spec.name, datasets.get(spec), folds[spec.name], log)
         except UserError as error:
             log(f"error: {error}")
             failed += 1
+    for line in download.describe(list(unread.values())) if unread else []:
+        log(line)
+    shapes = {name: registered_shape(experiment, name, entry) for name, entry in unread.items()}
     planned = jobs.plan(experiment)
     log(f"methods: {', '.join(experiment.method_names)}")
     log(
@@ -115,14 +126,30 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     machine = estimate.this_machine(devices(experiment))
     log(_where_jobs_run(experiment, machine))
     log(f"{len(planned)} jobs planned; results in {RunFolder.of(experiment).path}")
-    readable = [job for job in planned if job.dataset in folds]
+    readable = [job for job in planned if job.dataset in folds or job.dataset in shapes]
     if readable:
-        plan = estimate.plan(experiment, readable, folds, datasets, machine, log)
+        plan = estimate.plan(experiment, readable, folds, datasets, machine, log, shapes)
         for line in estimate.describe_plan(plan, machine):
             log(line)
         at_once = min(machine.cores // (experiment.compute.threads or 1) or 1, len(planned))
         log(estimate.describe_disk(estimate.disk(experiment, plan.shapes), experiment, at_once))
     return 1 if failed else 0
+
+
+def describe_registered(spec: Dataset, entry: Entry, log: Callable[[str], None]) -> None:
+    tasks = spec.cell_types or ()
+    which = f"tasks: {', '.join(tasks)}" if tasks else "every cell type a task"
+    log(
+        f"{spec.name}: not downloaded yet, planned from the registry ({entry.description}): "
+        f"{entry.cells} cells × {entry.genes} genes, {entry.types} cell types; {which}"
+    )
+
+
+def registered_shape(experiment: Experiment, name: str, entry: Entry) -> estimate.Shape:
+    """A registered dataset's shape as the run will see it, from what the registry records."""
+    spec = next(d for d in experiment.datasets if d.name == name)
+    tasks = len(spec.cell_types) if spec.cell_types else entry.types
+    return estimate.planned_shape(entry.cells, entry.genes, tasks, experiment.split)
 
 
 def environment_record(experiment: Experiment) -> dict:
