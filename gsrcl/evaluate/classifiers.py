@@ -137,19 +137,30 @@ class FoldClassifier:
 
     def fit_many(self, labels: list[np.ndarray], splits: list[Splits | None]) -> list[Any]:
         """`fit` for several label vectors (tasks) at once, their fits spread over the workers."""
+        return self.fit_and_choices(labels, splits)[0]
+
+    def fit_and_choices(
+        self, labels: list[np.ndarray], splits: list[Splits | None]
+    ) -> tuple[list[Any], list[dict[str, Any]]]:
+        """`fit_many`, with each label vector's choice among the grid's values as the grid
+        writes them (gamma "scale", not the number it resolved to): what export reuses."""
         splits = [
             s if s is not None else self.inner_splits(y)
             for y, s in zip(labels, splits, strict=True)
         ]
         if self.kernel is None:
-            return [self._grid_search(y, s) for y, s in zip(labels, splits, strict=True)]
-        return self.search(labels, splits).models
+            searches = [self._grid_search(y, s) for y, s in zip(labels, splits, strict=True)]
+            return [s.best_estimator_ for s in searches], [s.best_params_ for s in searches]
+        search = self.search(labels, splits)
+        grid = self.spec.grid
+        choices = [{k: search.candidates[c][k] for k in grid} for c in search.chosen]
+        return search.models, choices
 
     def search(self, labels: list[np.ndarray], splits: list[Splits]) -> Search:
         """The RBF SVC's grid search with its score tables (see `Search`)."""
         return self.kernel.search(labels, splits, self.spec.grid, self.spec.params, self.metric)
 
-    def _grid_search(self, y: np.ndarray, splits: Splits) -> Any:
+    def _grid_search(self, y: np.ndarray, splits: Splits) -> GridSearchCV:
         scorer = SKLEARN_SCORERS[self.metric][len(np.unique(y)) > 2]
         threads = self.workers.threads if self.workers.threads > 1 else None
         search = GridSearchCV(
@@ -157,7 +168,7 @@ class FoldClassifier:
         )
         with warnings.catch_warnings(), joblib.parallel_backend("threading"):
             warnings.simplefilter("ignore")
-            return search.fit(self.x_train, y).best_estimator_
+            return search.fit(self.x_train, y)
 
     def inner_splits(self, y: np.ndarray) -> Splits:
         return inner_splits(y, self.inner_folds, self.seed)
@@ -204,27 +215,49 @@ def calibrated_classifiers(
     seed: int,
     held_out_splits: Splits | None = None,
     workers: Workers = SERIAL,
+    choices: list[dict[str, Any] | None] | None = None,
 ) -> list[Calibrated]:
-    """For each label vector (one cell type against the rest) on features `x`: the grid
-    search's choice by inner CV, with Platt-calibrated probabilities learnt from its inner-CV
-    decision values, and each cell's probability from the split that held it out: the inner
-    folds, or `held_out_splits` (one per batch, say) with the chosen settings refit without
-    them. An RBF SVC is searched, calibrated and held out on one precomputed kernel shared by
-    every type (the types' fits side by side on `workers`), as libsvm on the features would
-    do it; any other estimator through scikit-learn on the features."""
+    """For each label vector (one cell type against the rest) on features `x`: the settings
+    of `choices` (values of the grid, as `FoldClassifier.fit_and_choices` gives them), or
+    where it has none the grid search's choice by inner CV; with Platt-calibrated
+    probabilities learnt from inner-CV decision values, and each cell's probability from the
+    split that held it out: the inner folds, or `held_out_splits` (one per batch, say) with
+    the chosen settings refit without them. An RBF SVC is searched, calibrated and held out on
+    one precomputed kernel shared by every type (the types' fits side by side on `workers`),
+    as libsvm on the features would do it; any other estimator through scikit-learn."""
     fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed, workers=workers, solver="libsvm")
     splits = [fold.inner_splits(y) for y in labels]
+    choices = choices or [None] * len(labels)
+    chosen = _chosen_models(fold, labels, splits, choices)
     if fold.kernel is None:
         return [
-            _calibrated_on_features(fold, y, s, held_out_splits)
-            for y, s in zip(labels, splits, strict=True)
+            _calibrated_on_features(fold, y, s, model, held_out_splits)
+            for y, s, model in zip(labels, splits, chosen, strict=True)
         ]
-    chosen = fold.search(labels, splits).models
 
     def calibrate(i: int) -> Calibrated:
         return _calibrated_on_kernel(fold.kernel, labels[i], splits[i], chosen[i], held_out_splits)
 
     return workers.map(calibrate, range(len(labels)))
+
+
+def _chosen_models(
+    fold: FoldClassifier, labels: list[np.ndarray], splits: list[Splits], choices: list
+) -> list[Any]:
+    """Each label vector's model with its given settings (fitted on the kernel, or unfitted on
+    features), or the grid search's choice (all the searches at once)."""
+    searched = [i for i, choice in enumerate(choices) if choice is None]
+    found = (
+        fold.fit_many([labels[i] for i in searched], [splits[i] for i in searched])
+        if searched
+        else []
+    )
+    models = dict(zip(searched, found, strict=True))
+    for i, choice in enumerate(choices):
+        if choice is not None:
+            params = {**fold.spec.params, **choice}
+            models[i] = fold.kernel.fit(labels[i], params) if fold.kernel else params
+    return [models[i] for i in range(len(labels))]
 
 
 def _calibrated_on_kernel(
@@ -256,11 +289,14 @@ def _calibrated_on_kernel(
 
 
 def _calibrated_on_features(
-    fold: FoldClassifier, y: np.ndarray, splits: Splits, held_out_splits
+    fold: FoldClassifier, y: np.ndarray, splits: Splits, chosen: Any, held_out_splits
 ) -> Calibrated:
-    """Any estimator but an RBF SVC: its grid search, calibration and held-out decision
-    values on the features."""
-    estimator = _as_estimator(fold.fit(y, splits))
+    """Any estimator but an RBF SVC: its calibration and held-out decision values on the
+    features (`chosen`: the search's model, or the settings to use)."""
+    if isinstance(chosen, dict):
+        estimator = estimator_for(fold.spec).set_params(**chosen)
+    else:
+        estimator = _as_estimator(chosen)
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -42,6 +42,7 @@ class Checkpoint:
     score: float  # on the validation cells
     state: dict[str, torch.Tensor]
     test: tuple[np.ndarray, np.ndarray]  # (predicted positive, score) of the test cells
+    params: dict = field(default_factory=dict)  # the classifier's grid choice (export reuses it)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Scored:
 
     score: float
     test: tuple[np.ndarray, np.ndarray]
+    params: dict  # the classifier's choice among the grid's values
 
 
 class ValidationScorer:
@@ -129,7 +131,9 @@ class ValidationScorer:
             self.solver,
         )
         names = list(self.tasks)
-        models = fold.fit_many([self.tasks[n][0] for n in names], [self.splits[n] for n in names])
+        models, choices = fold.fit_and_choices(
+            [self.tasks[n][0] for n in names], [self.splits[n] for n in names]
+        )
         val_prepared, test_prepared = fold.prepare(val), fold.prepare(test)
 
         def outputs(i: int) -> Scored:
@@ -137,6 +141,7 @@ class ValidationScorer:
             return Scored(
                 fold.score_metric(models[i], val_prepared, y_val),
                 fold.task_outputs(models[i], test_prepared),
+                choices[i],
             )
 
         return dict(zip(names, self.workers.map(outputs, range(len(names))), strict=True))
@@ -201,7 +206,7 @@ class CheckpointSelector:
             self.validation.append({"epoch": epoch, "task": task, "score": result.score})
             best = self.best.get(task)
             if best is None or result.score > best.score:  # one state per epoch, for its tasks
-                self.best[task] = Checkpoint(epoch, result.score, state, result.test)
+                self.best[task] = Checkpoint(epoch, result.score, state, result.test, result.params)
 
 
 def overlap_validation(setting: str, device: torch.device) -> bool:
@@ -294,6 +299,7 @@ def _snapshot(epoch, model, optimizer, generator, selector, losses) -> dict:
                 "score": c.score,
                 "state": c.state,
                 "test": [torch.from_numpy(np.asarray(a)) for a in c.test],
+                "params": c.params,
             }
             for task, c in selector.best.items()
         },
@@ -317,6 +323,7 @@ def _restore(saved: dict, model, optimizer, generator, selector, losses: list) -
             c["score"],
             {k: v.cpu() for k, v in c["state"].items()},
             tuple(t.cpu().numpy() for t in c["test"]),
+            c.get("params", {}),  # none in a file saved before choices were kept
         )
         for task, c in saved["best"].items()
     }

@@ -15,6 +15,7 @@ predictions (`gsrcl.reference.rule`). Layout and checks: `gsrcl.reference.model`
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -352,7 +353,7 @@ def _picks(experiment, run, dataset, method, baseline, log) -> dict[str, dict]:
     else:
         scores = [row for f in folders for row in f.metrics() if row["method"] == method]
         picks = {
-            task: {"test_mcc": float(np.mean([r["mcc"] for r in scores if r["task"] == task]))}
+            task: _baseline_pick([r for r in scores if r["task"] == task])
             for task in dict.fromkeys(r["task"] for r in scores)
         }
         shared = {}
@@ -363,6 +364,7 @@ def _picks(experiment, run, dataset, method, baseline, log) -> dict[str, dict]:
             log(f"  {task['name']}: 1 cell, too few for a classifier; the model does not know it")
             continue
         picks[task["name"]] = {**shared, "score": None, "test_mcc": None, "validated": False}
+        picks[task["name"]]["choice"] = None  # searched: no CV chose settings for it
     return picks
 
 
@@ -400,8 +402,21 @@ def _chosen_encoders(folders: list[JobFolder]) -> dict[str, dict]:
             "test_mcc": row["mcc"],
             "path": path,
             "digest": checksums[fold][path.name],
+            "choice": row.get("params") or None,  # its classifier's settings on that snapshot
         }
     return picks
+
+
+def _baseline_pick(rows: list[dict]) -> dict:
+    """A baseline's type: its mean CV score, and the settings most of its folds chose (the
+    earliest fold's among equals; None where the jobs kept none, as before 2026-12-06)."""
+    choices = [json.dumps(r["params"], sort_keys=True) for r in rows if r.get("params")]
+    counts = Counter(choices)
+    choice = max(counts, key=lambda c: (counts[c], -choices.index(c))) if choices else None
+    return {
+        "test_mcc": float(np.mean([r["mcc"] for r in rows])),
+        "choice": None if choice is None else json.loads(choice),
+    }
 
 
 def describe_types(picks: dict[str, dict]) -> str:
@@ -424,7 +439,7 @@ def _encoder_classifiers(ref: Reference, picks: dict[str, dict]):
         features = embed(encoder, torch.from_numpy(x))
         types = [t for t, pick in picks.items() if pick["digest"] == digest]
         spec = ref.experiment.evaluation.classifier
-        classifiers.update(_one_vs_rest(ref, spec, features, types))
+        classifiers.update(_one_vs_rest(ref, spec, features, {t: picks[t] for t in types}))
     return {"kind": "encoder"}, encoders, {t: classifiers[t] for t in picks}
 
 
@@ -435,7 +450,7 @@ def _expression_classifiers(ref: Reference, baseline: Classifier, picks: dict[st
     x = fitted.transform(ref.adata)
     kind = {"kind": "expression", "input": _input_record(fitted, ref.adata)}
     if not baseline.multiclass:
-        return kind, {}, _one_vs_rest(ref, baseline, x, list(picks))
+        return kind, {}, _one_vs_rest(ref, baseline, x, picks)
     rows = np.isin(ref.labels, list(picks))
     splits = None
     if ref.batches is not None:  # one per batch, of the cells the model is fitted on
@@ -460,10 +475,12 @@ def _expression_classifiers(ref: Reference, baseline: Classifier, picks: dict[st
     return kind, {}, dict.fromkeys(picks, model)
 
 
-def _one_vs_rest(ref: Reference, spec: Classifier, x: np.ndarray, types: list[str]):
-    """Each type's calibrated classifier against the rest on features `x`, searched side by
-    side; a line per type."""
+def _one_vs_rest(ref: Reference, spec: Classifier, x: np.ndarray, picks: dict[str, dict]):
+    """Each type's calibrated classifier against the rest on features `x`, with the settings
+    its CV chose (searched again, side by side, only for a type the CV did not score); a line
+    per type."""
     start = time.perf_counter()
+    types = list(picks)
     evaluation = ref.experiment.evaluation
     classifiers = calibrated_classifiers(
         spec,
@@ -474,11 +491,13 @@ def _one_vs_rest(ref: Reference, spec: Classifier, x: np.ndarray, types: list[st
         seed=ref.experiment.seed,
         held_out_splits=ref.held_out_splits,
         workers=ref.workers,
+        choices=[picks[t].get("choice") for t in types],
     )
     seconds = time.perf_counter() - start
     for task, classifier in zip(types, classifiers, strict=True):
         chosen = {k: classifier.params.get(k) for k in spec.grid}
-        ref.log(f"  {task}: {int((ref.labels == task).sum())} cells, chose {chosen}")
+        how = "the CV's choice" if picks[task].get("choice") else "searched"
+        ref.log(f"  {task}: {int((ref.labels == task).sum())} cells, {how} {chosen}")
     ref.log(f"  {len(types)} classifiers searched on {x.shape[1]} features in {seconds:.1f} s")
     return dict(zip(types, classifiers, strict=True))
 
