@@ -205,3 +205,26 @@ def test_the_unassigned_rule_keeps_its_budget_and_gives_the_neighbourhood_priori
     assert rule.choose(best, mixed).multiplier > 2 * judged.multiplier
     shares = rule.shares(np.array([[0.2, 0.1, 0.1], [0.0, 0.0, 0.0]]))
     np.testing.assert_allclose(shares, [[0.5, 0.25, 0.25], [0, 0, 0]])
+
+
+def test_export_reuses_the_cvs_settings_and_searches_only_where_none_are_given():
+    from gsrcl.evaluate.classifiers import calibrated_classifiers
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(240, 20))
+    labels = [(x[:, 0] + rng.normal(size=240) * 0.5) > 0.7, x[:, 1] > 0.9]
+    settings = {"inner_folds": 3, "metric": "mcc", "seed": 0}
+    searched = calibrated_classifiers(svm(), x, labels, **settings)
+    fold = FoldClassifier(svm(), x, 3, "mcc", seed=0)
+    _, choices = fold.fit_and_choices(labels, [None, None])
+    assert set(choices[0]) == {"gamma", "C"}  # the grid's values, as the grid writes them
+    # given the search's own choices, the same classifiers without searching
+    given = calibrated_classifiers(svm(), x, labels, **settings, choices=choices)
+    for a, b in zip(searched, given, strict=True):
+        assert a.params == b.params
+        np.testing.assert_allclose(a.held_out, b.held_out, atol=1e-12)
+    # another choice is honoured for its type; a type without one is still searched
+    other = {"gamma": 1e-4 if choices[0]["gamma"] != 1e-4 else 1e-2, "C": 100}
+    mixed = calibrated_classifiers(svm(), x, labels, **settings, choices=[other, None])
+    assert mixed[0].params["C"] == 100 and mixed[0].params["gamma"] == other["gamma"]
+    assert mixed[1].params == searched[1].params

@@ -27,13 +27,13 @@ from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, DeviceSVM, unsupported_params
 from gsrcl.evaluate.kernel_svm import (
-    ONE_CLASS_DECISION,
     KernelSVM,
     PrecomputedRBF,
     RBFSolver,
     Search,
     Splits,
     best_candidates,
+    held_out_decisions,
 )
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
 from gsrcl.evaluate.workers import SERIAL, Workers
@@ -313,15 +313,13 @@ def plain_params(estimator: Any) -> dict[str, Any]:
 
 
 def _held_out_decisions(estimator: Any, x: np.ndarray, y: np.ndarray, splits: Splits):
-    """cross_val_predict's decision values, where a split whose training cells hold one class
-    (a type only one batch has) gives its cells that class's side."""
-    decisions = np.empty(len(y))
-    for train, test in splits:
-        if len(np.unique(y[train])) < 2:
-            decisions[test] = ONE_CLASS_DECISION if y[train][0] else -ONE_CLASS_DECISION
-        else:
-            decisions[test] = clone(estimator).fit(x[train], y[train]).decision_function(x[test])
-    return decisions
+    """cross_val_predict's decision values (a split with one class among its training cells
+    gives that class's side)."""
+
+    def decide(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        return clone(estimator).fit(x[train], y[train]).decision_function(x[test])
+
+    return held_out_decisions(y, splits, decide)
 
 
 def multiclass_classifier(

@@ -241,14 +241,12 @@ class PrecomputedRBF(RBFSolver):
         if kernel is None:
             kernel = np.exp(-model.gamma * self.train_distances)
         params = model.svc.get_params()
-        decisions = np.empty(len(y))
-        for train, test in splits:
+
+        def decide(train: np.ndarray, test: np.ndarray) -> np.ndarray:
             fitted = self._fit(kernel[np.ix_(train, train)], y[train], model.gamma, params)
-            if fitted is None:  # one class among the training cells (a type one batch has)
-                decisions[test] = ONE_CLASS_DECISION if y[train][0] else -ONE_CLASS_DECISION
-            else:
-                decisions[test] = fitted.svc.decision_function(kernel[np.ix_(test, train)])
-        return decisions
+            return fitted.svc.decision_function(kernel[np.ix_(test, train)])
+
+        return held_out_decisions(y, splits, decide)
 
     def fit(self, y: np.ndarray, params: dict[str, Any]) -> KernelSVM:
         gamma = self.gamma(params.get("gamma", "scale"))
@@ -269,6 +267,21 @@ class PrecomputedRBF(RBFSolver):
         ):
             warnings.simplefilter("ignore")
             return KernelSVM(SVC(kernel="precomputed", **svc_params).fit(kernel, y), gamma)
+
+
+def held_out_decisions(
+    y: np.ndarray, splits: Splits, decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Each cell's decision value from a model fitted without its split's test cells
+    (`decide(train, test)`); a split whose training cells hold one class (a type only one batch
+    has) gives its cells that class's side, where a fit would fail."""
+    decisions = np.empty(len(y))
+    for train, test in splits:
+        if len(np.unique(y[train])) < 2:
+            decisions[test] = ONE_CLASS_DECISION if y[train][0] else -ONE_CLASS_DECISION
+        else:
+            decisions[test] = decide(train, test)
+    return decisions
 
 
 def _inner_score(metric: str, y: np.ndarray, model: SVC, kernel: np.ndarray) -> float:
