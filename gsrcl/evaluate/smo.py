@@ -325,7 +325,7 @@ class _Replay:
     def __init__(self, shape: Shape, batch: _Batch) -> None:
         self.shape, self.batch = shape, batch  # the first solve's batch is the one held
         device = batch.alpha.device
-        self.distances = torch.zeros((shape.cells, shape.cells), device=device)
+        self.distances = torch.zeros((shape.cells, shape.cells), dtype=torch.float32, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.to_record, self.warmed = self.distances.is_cuda, 0
         self.lock = threading.Lock()
