@@ -375,7 +375,8 @@ def run_capped(argv: list[str], cap: float, log) -> tuple[str, int | None, list[
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        errors="replace",
+        start_new_session=True,  # its own process group: the cap stops its workers too
     )
     lines: list[str] = []
 
@@ -392,6 +393,10 @@ def run_capped(argv: list[str], cap: float, log) -> tuple[str, int | None, list[
         status = "done" if code == 0 else "failed"
     except subprocess.TimeoutExpired:
         code, status = _stop(process), "capped"
+    try:  # whatever of the step outlived it (a worker) must not run into the next step
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     reader.join(timeout=10)
     return status, code, lines
 
@@ -501,7 +506,9 @@ def main() -> None:
         write(args.out, summary)
         print(f"environment: {json.dumps(summary['environment'])}", flush=True)
         versions = summary["environment"]["versions"]
-        if not args.cpu and not (isinstance(versions, dict) and versions["cuda_available"]):
+        if not isinstance(versions, dict):
+            sys.exit("the packages do not import: see summary.json (environment) and log.txt")
+        if not args.cpu and not versions["cuda_available"]:
             sys.exit("no CUDA torch here: see summary.json (environment); --cpu checks the script")
         mode = mode_for(args.cpu)
         samples = GpuSamples(args.out / "nvidia-smi.csv")
@@ -524,6 +531,7 @@ def run_step(step: Step, mode: Mode, deadline: float, samples: GpuSamples, log) 
         return {"status": "skipped", "seconds_left": left}
     cap = min(step.cpu_cap if mode.cpu else step.gpu_cap, left)
     argv = step.command(mode)
+    (WORK / f"{step.name}.json").unlink(missing_ok=True)  # a figures file of an earlier call
     log.write(f"\n==== {step.name} (cap {cap:.0f} s): {' '.join(argv)}\n")
     log.flush()
     began, wall = time.time(), time.monotonic()
