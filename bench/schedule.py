@@ -3,6 +3,7 @@ the cores were.
 
     python3 bench/schedule.py                          # config.py, then configs/baron_mouse.py
     python3 bench/schedule.py config.py                # one config (about 5 min on 2 cores)
+    python3 bench/schedule.py config.py --set split.folds=2   # with the runner's overrides
 
 Each config runs from scratch (`--force`, results under results/schedule-bench/). Printed per
 config: the run's estimate (made by the runner before its jobs, from its short timing of each
@@ -13,6 +14,7 @@ from /proc/stat once a second (all cores; 1.0 = every core busy the whole time).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -60,9 +62,10 @@ class BusyShare:
             self.jobs_running = False
 
 
-def bench(config: str) -> None:
+def bench(config: str, overrides: list[str]) -> None:
     name = Path(config).stem
-    experiment = load_experiment(ROOT / config, [f"results_dir={str(FOLDER / name)!r}"])
+    results = f"results_dir={str(FOLDER / name)!r}"
+    experiment = load_experiment(ROOT / config, [*overrides, results])
     busy_share = BusyShare()
     start = time.perf_counter()
     with Sampler(busy_share.measure) as sampler:
@@ -84,8 +87,12 @@ def bench(config: str) -> None:
 
 
 def main() -> None:
-    for config in sys.argv[1:] or ["config.py", "configs/baron_mouse.py"]:
-        bench(config)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("configs", nargs="*", default=["config.py", "configs/baron_mouse.py"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    for config in args.configs:
+        bench(config, args.overrides)
 
 
 if __name__ == "__main__":

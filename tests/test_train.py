@@ -115,6 +115,45 @@ def test_scoring_on_several_threads_equals_scoring_on_one():
         )
 
 
+def test_every_thread_that_reads_a_steps_device_tensors_works_on_the_scoring_stream(monkeypatch):
+    """The distances are made on the scoring stream; the pool's threads that predict from them
+    must enter that stream too (a thread's current stream is its own). Off a GPU the stream is
+    a no-op, so a stand-in marks the threads inside it."""
+    import contextlib
+    import threading
+
+    from gsrcl.evaluate.workers import Workers
+
+    _, scorer = _problem(6)
+    inside: set[int] = set()
+    outside: list[str] = []
+
+    @contextlib.contextmanager
+    def on_stream():
+        inside.add(threading.get_ident())
+        try:
+            yield
+        finally:
+            inside.discard(threading.get_ident())
+
+    def checked(method):
+        def call(self, *args, **kwargs):
+            if threading.get_ident() not in inside:
+                outside.append(method.__name__)
+            return method(self, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(scorer, "on_stream", on_stream)
+    for name in ("prepare", "fit_and_choices", "score_metric", "task_outputs"):
+        monkeypatch.setattr(FoldClassifier, name, checked(getattr(FoldClassifier, name)))
+    rng = np.random.default_rng(7)
+    with Workers(2) as workers:
+        scorer.workers = workers
+        scorer.score(*[rng.normal(size=(n, 8)) for n in (80, 20, 20)])
+    assert outside == []
+
+
 class _Killed(BaseException):
     """What a SIGKILL does to a job, without killing the test."""
 

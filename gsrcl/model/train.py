@@ -115,8 +115,15 @@ class ValidationScorer:
     def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, ...]:
         return tuple(embed(encoder, x) for x in self.x)
 
+    def on_stream(self):
+        """Work on the scoring's stream from here (a no-op off a GPU). The current stream is per
+        thread: every thread that touches the step's device tensors enters it, so their making
+        and their reading are ordered on one stream (and the allocator never hands a block
+        still being read on one stream to another)."""
+        return torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
+
     def score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
-        with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
+        with self.on_stream():
             return self._score(train, val, test)
 
     def _score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
@@ -136,13 +143,14 @@ class ValidationScorer:
         )
         val_prepared, test_prepared = fold.prepare(val), fold.prepare(test)
 
-        def outputs(i: int) -> Scored:
+        def outputs(i: int) -> Scored:  # on a pool thread: distances made on the scoring stream
             y_val = self.tasks[names[i]][1]
-            return Scored(
-                fold.score_metric(models[i], val_prepared, y_val),
-                fold.task_outputs(models[i], test_prepared),
-                choices[i],
-            )
+            with self.on_stream():
+                return Scored(
+                    fold.score_metric(models[i], val_prepared, y_val),
+                    fold.task_outputs(models[i], test_prepared),
+                    choices[i],
+                )
 
         return dict(zip(names, self.workers.map(outputs, range(len(names))), strict=True))
 

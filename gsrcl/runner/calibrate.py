@@ -29,7 +29,7 @@ from gsrcl.data.dataset import LABEL
 from gsrcl.evaluate.workers import Workers
 from gsrcl.model import train
 from gsrcl.model.augment import augmentation
-from gsrcl.runner import jobs
+from gsrcl.runner import devices, jobs
 
 CALIBRATION_EPOCHS = 2
 STAND_IN_CELLS = 1000
@@ -66,6 +66,7 @@ def calibrate(
     finally:
         logging.disable(logging.NOTSET)
         torch.set_num_threads(previous)
+        devices.release(device)  # the runner's process keeps only its context on the GPU
 
 
 def _baselines(

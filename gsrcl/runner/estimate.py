@@ -2,12 +2,16 @@
 this machine, and the disk its results take (`--check` prints them; the pool places jobs by them).
 
 Time: a contrastive job is its trainings' epochs times the epoch measured here, plus its
-validation steps times the step measured here (`calibrate`); a baseline job is the one measured.
-The run's time replays the scheduler on those durations. A dataset not downloaded yet is
-planned from its recorded shape: each method is timed once on a stand-in and the timing carried
-to the shape (`scaled`). Memory and disk come from the shapes:
-the cells × genes matrix, the network's weights (with gradients and Adam's two moments), its
-activations on a batch, the snapshots kept for the tasks, and the SVM's cell-by-cell matrices.
+validation steps times the step measured here (`calibrate`), each timed where it will run (a
+baseline on the CPU with libsvm, a contrastive job on the first GPU if there is one); a baseline
+job is the one measured. The run's time replays the scheduler on those durations. A dataset not
+downloaded yet is planned from its recorded shape: each method is timed once on a stand-in and
+the timing carried to the shape (`scaled`). Memory and disk come from the shapes: the cells ×
+genes matrix, the network's weights (with gradients and Adam's two moments), its activations on
+a batch, the snapshots kept for the tasks, and the SVM's cell-by-cell matrices (on a GPU the
+device solver's: `_device_scoring`); a GPU job's device memory is what it allocates times the
+caching allocator's slack, and the scheduler adds a CUDA context per worker process
+(`schedule.CUDA_CONTEXT_BYTES`).
 An encoder file is its weights at the stored precision plus its gene names; a running
 contrastive job also holds its training state (model, Adam's moments, the best snapshot of each
 task, all float32) until it is done.
@@ -21,19 +25,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from sklearn.model_selection import ParameterGrid
 
-from gsrcl.config.settings import BASELINE, Compute, Experiment, Method, Split
+from gsrcl.config.settings import BASELINE, Compute, Evaluation, Experiment, Method, Split
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
+from gsrcl.evaluate.classifiers import resolve_solver, uses_precomputed_kernel
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.train import overlap_validation, validation_epochs
 from gsrcl.runner.calibrate import Timing, calibrate, stand_in
 from gsrcl.runner.jobs import FoldData, Job, fold_data, method_named
-from gsrcl.runner.schedule import Machine, Needs, Scheduler
+from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, Machine, Needs, Scheduler
 
 BYTES = {"float32": 4, "float16": 2}
 WORKER_BYTES = 450 * 2**20  # a worker's resident memory before its first job (measured, CPU)
 GENE_NAME_BYTES = 16  # a pickled gene name, on average
+# The device solver's tensors (gsrcl.evaluate.device_svm, smo). DeviceRBF holds the training
+# cells' squared distances in float64 (predictions) and float32 (the solver): 12 B a pair; the
+# solver's replay holds its own float32 copy, padded (smo.bucket: up to 25 % larger a side).
+PADDING = 1.25
+PAIR_BYTES = 8 + 4 + 4 * PADDING**2
+# A problem-cell of the solver's batch: 50 B of state (int64 rows and places, four float64
+# fields, two masks) held by the replay and again by the step's new batch, ~70 B of one
+# iteration's temporaries (bench/scoring.py counts them) and 8 B of answers.
+PROBLEM_CELL_BYTES = 2 * 50 + 70 + 8
+# What torch's caching allocator holds for a job's tensors at their peak (freed blocks kept,
+# sizes rounded up). docs/gpu.md's H200 fold-job held 4.2 GiB on the device with 2.3 GiB
+# allocated at most: 1.5 × that plus schedule.CUDA_CONTEXT_BYTES. bench/gpu_check.py records
+# the peak allocated, reserved and in use against this estimate again.
+ALLOCATOR_SLACK = 1.5
 
 
 @dataclass(frozen=True)
@@ -174,9 +194,39 @@ def job_needs(
     network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
     kept = 4 * _snapshots(experiment, method, shape.tasks) * parameters(model.encoder)
     if gpu:
-        on_device = shape.cells * inputs * 4 + network + shape.train**2 * 4 * 2
-        return Needs(True, seconds, data + kept, on_device)
+        on_host = data + kept + (0 if _device_solver(experiment.evaluation) else svm)
+        tasks = 1 if method.loss == "supcon" else shape.tasks  # a training's scorer's tasks
+        views = 4 * batch * inputs * 4  # a step's two noisy views and their concatenation
+        cells = (2 * shape.cells + shape.train) * inputs * 4  # all, training rows, the scorer's
+        training = cells + network + views
+        scoring = _device_scoring(experiment.evaluation, shape, method, tasks)
+        return Needs(True, seconds, on_host, int(ALLOCATOR_SLACK * (training + scoring)))
     return Needs(False, seconds, data + network + kept + svm)
+
+
+def _device_solver(evaluation: Evaluation) -> bool:
+    """Whether the embeddings' classifier is fitted by the device solver on a GPU."""
+    spec = evaluation.classifier
+    return uses_precomputed_kernel(spec) and resolve_solver(evaluation.solver, spec, "cuda") == (
+        "device"
+    )
+
+
+def _device_scoring(evaluation: Evaluation, shape: Shape, method: Method, tasks: int) -> float:
+    """A validation step's tensors on the GPU: the cells' embeddings (made in chunks, then the
+    training ones in float64) and the distances; with the device solver, those of the validation
+    and test cells too and one batch of every task × inner split × candidate and every
+    candidate's refit on all training cells (device_svm)."""
+    width = method.encoder[-1]
+    chunk = min(shape.cells, 8192) * max(method.encoder) * 4 * 2  # train.embed's layers
+    embeddings = shape.cells * width * 4 + shape.train * width * 8 + chunk
+    if not _device_solver(evaluation):
+        return embeddings + shape.train**2 * 8  # libsvm's distances, made there, copied out
+    others = shape.cells - shape.train  # the validation and test cells
+    pairs = shape.train**2 * PAIR_BYTES + others * shape.train * 8
+    problems = tasks * len(ParameterGrid(evaluation.classifier.grid)) * (evaluation.inner_folds + 1)
+    batch = PADDING**2 * problems * shape.train * PROBLEM_CELL_BYTES
+    return embeddings + pairs + batch
 
 
 def _device_type(gpu: bool) -> torch.device:
@@ -223,7 +273,7 @@ def memory_warnings(
                 f"matrices at {train} training cells: {_gb(train**2 * 24)}); run it on fewer "
                 "cells (a subsample, or dataset cell_types) or on a larger machine"
             )
-        if need.gpu and need.device_bytes > device_memory:
+        if need.gpu and need.device_bytes + CUDA_CONTEXT_BYTES > device_memory:
             warnings.append(
                 f"{job.dataset}/{job.method} needs about {_gb(need.device_bytes)} of GPU "
                 f"memory, more than the GPU's {_gb(device_memory)}; lower "
@@ -241,10 +291,12 @@ def describe_time(seconds: float) -> str:
 
 
 def this_machine(devices: list[str]) -> Machine:
-    """The cores this process may use, the host's memory, and the GPUs' memory."""
+    """The cores this process may use, the host's memory, and the GPUs' memory for the jobs."""
     gpus = {
         d: torch.cuda.get_device_properties(d).total_memory for d in devices if d.startswith("cuda")
     }
+    if gpus:  # the runner times jobs on the first GPU (calibrate) and keeps its context there
+        gpus[next(iter(gpus))] -= CUDA_CONTEXT_BYTES
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return Machine(cores=len(os.sched_getaffinity(0)), host_bytes=host, gpus=gpus)
 
@@ -272,14 +324,13 @@ def plan(
     """Calibrate each dataset and method of `todo` here, then estimate every job and the run.
     `planned`: the shapes of datasets not read (timed on the stand-in, scaled to the shape)."""
     threads = experiment.compute.threads or max(1, machine.cores // min(machine.cores, len(todo)))
-    device = next(iter(machine.gpus), "cpu")
     planned = planned or {}
     shapes, first_folds = dict(planned), {}
     for name in dict.fromkeys(job.dataset for job in todo if job.dataset not in planned):
         spec = next(d for d in experiment.datasets if d.name == name)
         first_folds[name] = fold_data(cache.get(spec), spec, folds[name], 0)
         shapes[name] = _shape(first_folds[name])
-    timings = _timings(experiment, todo, first_folds, shapes, device, threads, log)
+    timings = _timings(experiment, todo, first_folds, shapes, machine, threads, log)
     needs = {}
     for job in todo:
         timing = timings[job.dataset, job.method]
@@ -297,7 +348,7 @@ def _timings(
     todo: list[Job],
     first_folds: dict[str, FoldData],
     shapes: dict[str, Shape],
-    device: str,
+    machine: Machine,
     threads: int,
     log: Callable[[str], None],
 ) -> dict[tuple[str, str], Timing]:
@@ -306,7 +357,7 @@ def _timings(
     pairs = list(dict.fromkeys((job.dataset, job.method) for job in todo))
     timings = {
         (dataset, method): _timed(
-            experiment, first_folds[dataset], method, dataset, device, threads, log
+            experiment, first_folds[dataset], method, dataset, machine, threads, log
         )
         for dataset, method in pairs
         if dataset in first_folds
@@ -315,7 +366,7 @@ def _timings(
     if unread:
         fold = stand_in(experiment)
         on_stand_in = {
-            method: _timed(experiment, fold, method, "a stand-in", device, threads, log)
+            method: _timed(experiment, fold, method, "a stand-in", machine, threads, log)
             for method in dict.fromkeys(method for _, method in unread)
         }
         for dataset, method in unread:
@@ -330,16 +381,23 @@ def _timed(
     fold: FoldData,
     method: str,
     where: str,
-    device: str,
+    machine: Machine,
     threads: int,
     log: Callable[[str], None],
 ) -> Timing:
+    device = timing_device(method, machine)
     log(f"estimate: timing {where}/{method} on {device}, threads per job: {threads}")
     try:
         return calibrate(experiment, fold, method, device, threads)
     except Exception as error:  # the jobs will report it, one clear line each
         log(f"warning: could not time {where}/{method} ({type(error).__name__}: {error})")
         return Timing()
+
+
+def timing_device(method: str, machine: Machine) -> str:
+    """Where a job of `method` runs, so where it is timed: baselines on the CPU (with libsvm,
+    as they run: the scheduler never gives them a GPU), contrastive jobs on the first GPU."""
+    return "cpu" if method == BASELINE else next(iter(machine.gpus), "cpu")
 
 
 def describe_plan(estimate: Plan, machine: Machine) -> list[str]:
