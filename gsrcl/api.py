@@ -49,6 +49,7 @@ def build_reference(
     data: str | Path,
     labels: str,
     out: str | Path,
+    *,
     values: str = "counts",
     method: str = "best",
     results_dir: str | Path = "results",

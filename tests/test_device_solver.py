@@ -140,7 +140,9 @@ def test_device_search_scores_ap_and_f1_and_takes_failed_fits():
     splits = [[(np.arange(3, 60), np.arange(0, 10)), (np.arange(0, 50), np.arange(50, 60))]]
     for metric in ("ap", "f1", "mcc"):
         results = {
-            solver: FoldClassifier(svm(), x, 2, metric, solver=solver).search([y], splits)
+            solver: FoldClassifier(svm(), x, inner_folds=2, metric=metric, solver=solver).search(
+                [y], splits
+            )
             for solver in ("libsvm", "device")
         }
         libsvm, device = results["libsvm"], results["device"]
@@ -158,19 +160,23 @@ def test_fits_left_unconverged_at_the_cap_are_answered_by_libsvm(caplog):
     x[y] += 1.0
     even, odd = np.arange(0, 60, 2), np.arange(1, 60, 2)
     splits = [[(even, odd), (odd, even)]]
-    libsvm = FoldClassifier(svm(), x, 2, "mcc", solver="libsvm").search([y], splits)
-    capped = FoldClassifier(svm(), x, 2, "mcc", solver="device")
-    capped.kernel.max_iterations = 2
+    libsvm = FoldClassifier(svm(), x, inner_folds=2, metric="mcc", solver="libsvm").search(
+        [y], splits
+    )
+    capped = FoldClassifier(svm(), x, inner_folds=2, metric="mcc", solver="device")
+    capped.rbf_solver.max_iterations = 2
     with caplog.at_level("WARNING", logger="gsrcl.evaluate.device_svm"):
         device = capped.search([y], splits)
     assert "did not converge on the device" in caplog.text
-    assert all(bool(batch[2].converged.all()) for batch in capped.kernel.batches)
+    assert all(bool(batch[2].converged.all()) for batch in capped.rbf_solver.batches)
     assert device.chosen == libsvm.chosen
     assert np.allclose(device.scores[0], libsvm.scores[0], atol=1e-9) and 0 < device.chosen[0]
     held_out = capped.prepare(x[:20])
     decisions = device.models[0].decision_function(held_out.features)
     expected = libsvm.models[0].decision_function(
-        FoldClassifier(svm(), x, 2, "mcc", solver="libsvm").prepare(x[:20]).features
+        FoldClassifier(svm(), x, inner_folds=2, metric="mcc", solver="libsvm")
+        .prepare(x[:20])
+        .features
     )
     assert np.allclose(decisions, expected, atol=1e-3)  # libsvm's tolerance
 

@@ -157,10 +157,10 @@ def test_held_out_probabilities_of_an_exported_classifier_are_its_own_cross_vali
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 50))
     y = (x[:, 0] + rng.normal(size=300) * 0.5) > 0.8
-    fold = FoldClassifier(svm(True), x, 5, "mcc", seed=0)
+    fold = FoldClassifier(svm(True), x, inner_folds=5, metric="mcc", seed=0)
     splits = fold.inner_splits(y)
     chosen = fold.fit(y, splits)
-    from_kernel = fold.kernel.held_out_decisions(y, chosen, splits)
+    from_kernel = fold.rbf_solver.held_out_decisions(y, chosen, splits)
     on_features = cross_val_predict(
         chosen.on_features(), x, y, cv=splits, method="decision_function"
     )
@@ -215,7 +215,7 @@ def test_export_reuses_the_cvs_settings_and_searches_only_where_none_are_given()
     labels = [(x[:, 0] + rng.normal(size=240) * 0.5) > 0.7, x[:, 1] > 0.9]
     settings = {"inner_folds": 3, "metric": "mcc", "seed": 0}
     searched = calibrated_classifiers(svm(), x, labels, **settings)
-    fold = FoldClassifier(svm(), x, 3, "mcc", seed=0)
+    fold = FoldClassifier(svm(), x, inner_folds=3, metric="mcc", seed=0)
     _, choices = fold.fit_and_choices(labels, [None, None])
     assert set(choices[0]) == {"gamma", "C"}  # the grid's values, as the grid writes them
     # given the search's own choices, the same classifiers without searching

@@ -59,7 +59,7 @@ def test_kept_test_outputs_equal_a_fresh_fit_on_the_chosen_snapshot():
         encoder = copy.deepcopy(model.encoder)
         encoder.load_state_dict(best.state)
         x_train, _, x_test = scorer.x
-        classifier = FoldClassifier(svm(), embed(encoder, x_train), 3, "mcc")
+        classifier = FoldClassifier(svm(), embed(encoder, x_train), inner_folds=3, metric="mcc")
         predicted, score = classifier.task_outputs(
             classifier.fit(y_train), classifier.prepare(embed(encoder, x_test))
         )

@@ -111,6 +111,7 @@ class FoldClassifier:
         self,
         spec: Classifier,
         x_train: np.ndarray,
+        *,
         inner_folds: int,
         metric: str,
         device: str = "cpu",
@@ -120,16 +121,16 @@ class FoldClassifier:
     ) -> None:
         self.spec, self.inner_folds, self.metric, self.seed = spec, inner_folds, metric, seed
         self.workers = workers
-        self.kernel: RBFSolver | None = None
+        self.rbf_solver: RBFSolver | None = None  # who fits an RBF SVC on this fold's kernel
         if not uses_precomputed_kernel(spec):
             self.x_train = x_train
         elif resolve_solver(solver, spec, device) == "device":
-            self.kernel = DeviceRBF(x_train, device)
+            self.rbf_solver = DeviceRBF(x_train, device)
         else:
-            self.kernel = PrecomputedRBF(x_train, device, workers)
+            self.rbf_solver = PrecomputedRBF(x_train, device, workers)
 
     def prepare(self, x: np.ndarray) -> Prepared:
-        return Prepared(self.kernel.distances(x) if self.kernel else x)
+        return Prepared(self.rbf_solver.distances(x) if self.rbf_solver else x)
 
     def fit(self, y: np.ndarray, splits: Splits | None = None) -> Any:
         """Grid search by inner CV scored with the metric, then refit on all training cells."""
@@ -148,7 +149,7 @@ class FoldClassifier:
             s if s is not None else self.inner_splits(y)
             for y, s in zip(labels, splits, strict=True)
         ]
-        if self.kernel is None:
+        if self.rbf_solver is None:
             searches = [self._grid_search(y, s) for y, s in zip(labels, splits, strict=True)]
             return [s.best_estimator_ for s in searches], [s.best_params_ for s in searches]
         search = self.search(labels, splits)
@@ -158,7 +159,7 @@ class FoldClassifier:
 
     def search(self, labels: list[np.ndarray], splits: list[Splits]) -> Search:
         """The RBF SVC's grid search with its score tables (see `Search`)."""
-        return self.kernel.search(labels, splits, self.spec.grid, self.spec.params, self.metric)
+        return self.rbf_solver.search(labels, splits, self.spec.grid, self.spec.params, self.metric)
 
     def _grid_search(self, y: np.ndarray, splits: Splits) -> GridSearchCV:
         scorer = SKLEARN_SCORERS[self.metric][len(np.unique(y)) > 2]
@@ -225,18 +226,22 @@ def calibrated_classifiers(
     the chosen settings refit without them. An RBF SVC is searched, calibrated and held out on
     one precomputed kernel shared by every type (the types' fits side by side on `workers`),
     as libsvm on the features would do it; any other estimator through scikit-learn."""
-    fold = FoldClassifier(spec, x, inner_folds, metric, seed=seed, workers=workers, solver="libsvm")
+    fold = FoldClassifier(
+        spec, x, inner_folds=inner_folds, metric=metric, seed=seed, workers=workers, solver="libsvm"
+    )
     splits = [fold.inner_splits(y) for y in labels]
     choices = choices or [None] * len(labels)
     chosen = _chosen_models(fold, labels, splits, choices)
-    if fold.kernel is None:
+    if fold.rbf_solver is None:
         return [
             _calibrated_on_features(fold, y, s, model, held_out_splits)
             for y, s, model in zip(labels, splits, chosen, strict=True)
         ]
 
     def calibrate(i: int) -> Calibrated:
-        return _calibrated_on_kernel(fold.kernel, labels[i], splits[i], chosen[i], held_out_splits)
+        return _calibrated_on_kernel(
+            fold.rbf_solver, labels[i], splits[i], chosen[i], held_out_splits
+        )
 
     return workers.map(calibrate, range(len(labels)))
 
@@ -256,7 +261,7 @@ def _chosen_models(
     for i, choice in enumerate(choices):
         if choice is not None:
             params = {**fold.spec.params, **choice}
-            models[i] = fold.kernel.fit(labels[i], params) if fold.kernel else params
+            models[i] = fold.rbf_solver.fit(labels[i], params) if fold.rbf_solver else params
     return [models[i] for i in range(len(labels))]
 
 
@@ -389,7 +394,7 @@ def _fit_on_all(estimator: Any, x: np.ndarray, labels: np.ndarray) -> Callable[[
 def _calibrated_multiclass(spec, x, labels, splits: Splits, classes, metric, workers) -> Calibrated:
     """A multi-class estimator without probabilities: its grid search, then Platt-calibrated on
     scikit-learn's own three folds of whatever cells it is fitted on."""
-    fold = FoldClassifier(spec, x, len(splits), metric, workers=workers)
+    fold = FoldClassifier(spec, x, inner_folds=len(splits), metric=metric, workers=workers)
     chosen = _as_estimator(fold.fit(labels, splits))
     estimator = CalibratedClassifierCV(chosen, method="sigmoid", cv=3, ensemble=False)
     with warnings.catch_warnings():

@@ -130,12 +130,12 @@ class ValidationScorer:
         fold = FoldClassifier(
             self.classifier,
             train,
-            self.inner_folds,
-            self.metric,
-            str(self.x[0].device),
-            self.seed,
-            self.workers,
-            self.solver,
+            inner_folds=self.inner_folds,
+            metric=self.metric,
+            device=str(self.x[0].device),
+            seed=self.seed,
+            workers=self.workers,
+            solver=self.solver,
         )
         names = list(self.tasks)
         models, choices = fold.fit_and_choices(

@@ -260,12 +260,12 @@ def baseline_classifier(
     classifier = FoldClassifier(
         spec,
         x[fold.train],
-        evaluation.inner_folds,
-        evaluation.metric,
-        device,
-        seed,
-        workers,
-        evaluation.solver,
+        inner_folds=evaluation.inner_folds,
+        metric=evaluation.metric,
+        device=device,
+        seed=seed,
+        workers=workers,
+        solver=evaluation.solver,
     )
     return x, classifier
 
