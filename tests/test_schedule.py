@@ -179,3 +179,30 @@ def test_each_method_is_timed_where_its_jobs_run(tmp_path, monkeypatch):
     where = dict(timed)
     assert where.pop("baseline") == "cpu"
     assert set(where.values()) == {"cuda:0"} and len(where) == len(experiment.methods)
+
+
+def test_the_estimate_counts_the_export_a_run_ends_with(tmp_path):
+    import pytest
+
+    from gsrcl.config.settings import BASELINE, Export
+    from gsrcl.runner import estimate
+    from tests.conftest import tiny_experiment
+
+    timings = {
+        ("pbmc", BASELINE): Timing(job=10.0),
+        ("pbmc", "simclr-noise"): Timing(epoch=1.0, step=3.0),
+        ("pbmc", "supcon-noise"): Timing(epoch=1.0, step=5.0),
+    }
+    per_job = estimate.EXPORT_PER_BASELINE_JOB
+
+    def exported(**settings) -> float:
+        experiment = tiny_experiment(tmp_path, export=Export(**settings))
+        return estimate.export_seconds(experiment, timings)
+
+    assert exported() == 0.0  # no export after the run
+    assert exported(after_run=True) == pytest.approx(10.0 * per_job + 3.0 + 5.0)  # "best"
+    assert exported(after_run=True, method="baseline-svm") == pytest.approx(10.0 * per_job)
+    assert exported(after_run=True, method="supcon-noise") == pytest.approx(5.0)
+    plan = estimate.Plan({}, 600.0, [], {}, export_seconds=60.0)
+    assert plan.describe_seconds() == "~11.0 min (the jobs ~10.0 min, the export ~60 s)"
+    assert estimate.Plan({}, 600.0, [], {}).describe_seconds() == "~10.0 min"

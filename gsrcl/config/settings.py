@@ -252,6 +252,9 @@ class Export:
     after_run: bool = False  # export each dataset's model when the run finishes
     # a method of the run (baselines too), or "best": the one whose model labels held-out cells best
     method: str = "best"
+    # the model folder (one dataset only); None: results/<experiment>/models/<dataset>-<method>
+    out: str | None = None
+    keep_candidates: bool = False  # with "best": every other method's model too, beside it
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,8 @@ class Experiment:
                 problems.append(f"{kind} need distinct names, got {names}")
         if self.export.method not in ("best", *self.method_names):
             problems.append(f"export.method must be 'best' or one of {self.method_names}")
+        if self.export.out is not None and len(self.datasets) != 1:
+            problems.append("export.out names one model folder: it needs exactly one dataset")
         return problems
 
     def validate(self) -> Experiment:

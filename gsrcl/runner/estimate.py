@@ -307,9 +307,17 @@ class Plan:
     datasets' shapes they come from."""
 
     needs: dict[Job, Needs]
-    seconds: float
+    seconds: float  # the jobs
     warnings: list[str]
     shapes: dict[str, Shape]
+    export_seconds: float = 0.0  # the models export.after_run writes after them
+
+    def describe_seconds(self) -> str:
+        jobs = describe_time(self.seconds)
+        if not self.export_seconds:
+            return f"~{jobs}"
+        total = describe_time(self.seconds + self.export_seconds)
+        return f"~{total} (the jobs ~{jobs}, the export ~{describe_time(self.export_seconds)})"
 
 
 def plan(
@@ -336,7 +344,32 @@ def plan(
         timing = timings[job.dataset, job.method]
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
     seconds = run_seconds(machine, needs, experiment.compute, threads)
-    return Plan(needs, seconds, memory_warnings(needs, shapes, machine), shapes)
+    warnings = memory_warnings(needs, shapes, machine)
+    return Plan(needs, seconds, warnings, shapes, export_seconds(experiment, timings))
+
+
+# A model's export ≈ this many baseline jobs: its fits are theirs (the SVMs' calibrations and
+# held-out refits on kernels, the multi-class models' searches on held-out batches) on every
+# cell, without their grid searches (bench/reference.py, docs/reference.md)
+EXPORT_PER_BASELINE_JOB = 1.0
+
+
+def export_seconds(experiment: Experiment, timings: dict[tuple[str, str], Timing]) -> float:
+    """The export after the run (export.after_run), per dataset: its baselines' share from a
+    baseline job's timing, and one validation step of each contrastive method it judges (its
+    classifiers' calibration on the chosen encoders' embeddings)."""
+    if not experiment.export.after_run:
+        return 0.0
+    asked = experiment.export.method
+    exported = experiment.method_names if asked == "best" else [asked]
+    baselines = {b.baseline_name for b in experiment.evaluation.baselines}
+    seconds = 0.0
+    for (_, method), timing in timings.items():
+        if method == BASELINE and baselines & set(exported):
+            seconds += timing.job * EXPORT_PER_BASELINE_JOB
+        elif method in exported:
+            seconds += timing.step
+    return seconds
 
 
 def _shape(fold: FoldData) -> Shape:
@@ -418,6 +451,6 @@ def describe_plan(estimate: Plan, machine: Machine) -> list[str]:
         )
     gpus = f" and {len(machine.gpus)} GPUs" if machine.gpus else ""
     lines.append(
-        f"estimate: the run takes ~{describe_time(estimate.seconds)} on {machine.cores} cores{gpus}"
+        f"estimate: the run takes {estimate.describe_seconds()} on {machine.cores} cores{gpus}"
     )
     return lines + [f"warning: {w}" for w in estimate.warnings]

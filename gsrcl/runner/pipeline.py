@@ -240,7 +240,7 @@ def execute_experiment(
                 f"{estimate.describe_time(plan.seconds)} ({wall / plan.seconds - 1:+.0%})"
             )
         page = write_report(experiment, run, states, datasets, log)
-        exported = not experiment.export.after_run or export_models(experiment, list(ready), log)
+        exported = not experiment.export.after_run or _export(experiment, list(ready), plan, log)
     log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -268,7 +268,7 @@ def _estimate_and_run(
         return None, [], 0.0
     machine = estimate.this_machine(devices(experiment))
     plan = estimate.plan(experiment, todo, folds, datasets, machine, log)
-    log(f"estimate: ~{estimate.describe_time(plan.seconds)} on this machine")
+    log(f"estimate: {plan.describe_seconds()} on this machine")
     for warning in plan.warnings:
         log(f"warning: {warning}")
     start = time.perf_counter()
@@ -319,12 +319,28 @@ def _refuse_stale(run: RunFolder, states: dict[jobs.Job, JobState], what: str) -
         )
 
 
+def _export(experiment: Experiment, datasets: list[str], plan: estimate.Plan | None, log) -> bool:
+    """`export_models`, and how long it took against its estimate."""
+    start = time.perf_counter()
+    made = export_models(experiment, datasets, log)
+    took = time.perf_counter() - start
+    if plan and plan.export_seconds > 0:
+        log(
+            f"the export took {estimate.describe_time(took)}; estimated "
+            f"{estimate.describe_time(plan.export_seconds)} ({took / plan.export_seconds - 1:+.0%})"
+        )
+    return made
+
+
 def export_models(experiment: Experiment, datasets: list[str], log: Callable[[str], None]) -> bool:
     """`export.after_run`: a reference model per dataset; False when one could not be made."""
-    made = True
+    made, settings = True, experiment.export
+    out = Path(settings.out) if settings.out else None
     for name in datasets:
         try:
-            export_model(experiment, name, log=log)
+            export_model(
+                experiment, name, out=out, log=log, keep_candidates=settings.keep_candidates
+            )
         except UserError as error:
             log(f"error: export of {name}: {error}")
             made = False
