@@ -497,7 +497,10 @@ def _one_vs_rest(ref: Reference, spec: Classifier, x: np.ndarray, picks: dict[st
     for task, classifier in zip(types, classifiers, strict=True):
         chosen = {k: classifier.params.get(k) for k in spec.grid}
         how = "the CV's choice" if picks[task].get("choice") else "searched"
-        ref.log(f"  {task}: {int((ref.labels == task).sum())} cells, {how} {chosen}")
+        ref.log(
+            f"  {task}: {int((ref.labels == task).sum())} cells, {how} {chosen}, calibrated and "
+            f"held out in {classifier.seconds:.1f} s"
+        )
     ref.log(f"  {len(types)} classifiers searched on {x.shape[1]} features in {seconds:.1f} s")
     return dict(zip(types, classifiers, strict=True))
 
