@@ -26,7 +26,7 @@ from sklearn.svm import SVC
 
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
-from gsrcl.evaluate.device_svm import DeviceRBF, DeviceSVM, unsupported_params
+from gsrcl.evaluate.device_svm import DeviceRBF, unsupported_params
 from gsrcl.evaluate.kernel_svm import (
     KernelSVM,
     PrecomputedRBF,
@@ -254,8 +254,8 @@ def calibrated_classifiers(
 def _chosen_models(
     fold: FoldClassifier, labels: list[np.ndarray], splits: list[Splits], choices: list
 ) -> list[Any]:
-    """Each label vector's model with its given settings (fitted on the kernel, or unfitted on
-    features), or the grid search's choice (all the searches at once)."""
+    """Each label vector's settings where given (the fixed params with the choice), or the
+    grid search's fitted choice (all the searches at once)."""
     searched = [i for i, choice in enumerate(choices) if choice is None]
     found = (
         fold.fit_many([labels[i] for i in searched], [splits[i] for i in searched])
@@ -263,39 +263,44 @@ def _chosen_models(
         else []
     )
     models = dict(zip(searched, found, strict=True))
-    for i, choice in enumerate(choices):
-        if choice is not None:
-            params = {**fold.spec.params, **choice}
-            models[i] = fold.rbf_solver.fit(labels[i], params) if fold.rbf_solver else params
-    return [models[i] for i in range(len(labels))]
+    given = {i: {**fold.spec.params, **c} for i, c in enumerate(choices) if c is not None}
+    return [models[i] if i in models else given[i] for i in range(len(labels))]
 
 
 def _calibrated_on_kernel(
-    solver: PrecomputedRBF, y: np.ndarray, splits: Splits, chosen: KernelSVM, held_out_splits
+    solver: PrecomputedRBF,
+    y: np.ndarray,
+    splits: Splits,
+    chosen: KernelSVM | dict[str, Any],
+    held_out_splits: Splits | None,
 ) -> Calibrated:
-    """scikit-learn's calibration of the chosen SVC on its precomputed kernel (cross-validation
-    splits a precomputed kernel by rows and columns), carried over to features at export."""
-    kernel = np.exp(-chosen.gamma * solver.train_distances)
-    calibrated = CalibratedClassifierCV(
-        clone(chosen.svc), method="sigmoid", cv=splits, ensemble=False
-    )
+    """scikit-learn's calibration of the chosen SVC (a search's model, or settings) on its
+    precomputed kernel (cross-validation splits a precomputed kernel by rows and columns),
+    carried over to features when the model is asked for."""
+    if isinstance(chosen, dict):
+        gamma = solver.gamma(chosen.get("gamma", "scale"))
+        svc = SVC(kernel="precomputed", **{k: v for k, v in chosen.items() if k != "gamma"})
+    else:
+        gamma, svc = chosen.gamma, clone(chosen.svc)
+    kernel = np.exp(-gamma * solver.train_distances)
+    calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         calibrated.fit(kernel, y)
-    decisions = solver.held_out_decisions(y, chosen, held_out_splits or splits, kernel)
+    fitted = KernelSVM(calibrated.calibrated_classifiers_[0].estimator, gamma)
+    decisions = solver.held_out_decisions(y, fitted, held_out_splits or splits, kernel)
     held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
+    x = solver.x_np  # what the model on features needs of the solver (not its kernels)
 
     def on_features() -> CalibratedClassifierCV:
         inner = calibrated.calibrated_classifiers_[0]
-        if isinstance(inner.estimator, SVC) and inner.estimator.kernel == "precomputed":
-            inner.estimator = KernelSVM(inner.estimator, chosen.gamma).fitted_on_features(
-                solver.x_np
-            )
-            calibrated.estimator = chosen.on_features()
-            calibrated.n_features_in_ = solver.x_np.shape[1]
+        if inner.estimator.kernel == "precomputed":  # carried over once
+            inner.estimator = fitted.fitted_on_features(x)
+            calibrated.estimator = fitted.on_features()
+            calibrated.n_features_in_ = x.shape[1]
         return calibrated
 
-    return Calibrated(held_out, plain_params(chosen.on_features()), on_features)
+    return Calibrated(held_out, plain_params(fitted.on_features()), on_features)
 
 
 def _calibrated_on_features(
@@ -365,11 +370,16 @@ def multiclass_classifier(
         candidate, (train, test) = candidates[unit[0]], splits[unit[1]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fitted = clone(candidate).fit(x[train], labels[train])
+            try:
+                fitted = clone(candidate).fit(x[train], labels[train])
+            except ValueError:  # recorded as failed (NaN), as GridSearchCV does
+                return np.nan, None
             return scorer(fitted, x[test], labels[test]), fitted
 
     results = workers.map(fit, units)
     table = np.array([score for score, _ in results]).reshape(len(candidates), len(splits))
+    if np.isnan(table.mean(axis=1)).all():
+        raise UserError(f"classifier {spec.name}: no setting of its grid could be fitted here")
     best = best_candidates([table])[0]
     fitted = [model for (c, _), (_, model) in zip(units, results, strict=True) if c == best]
     held_out = _probabilities_of(fitted, x, splits, classes)
@@ -398,17 +408,18 @@ def _fit_on_all(estimator: Any, x: np.ndarray, labels: np.ndarray) -> Callable[[
 
 def _calibrated_multiclass(spec, x, labels, splits: Splits, classes, metric, workers) -> Calibrated:
     """A multi-class estimator without probabilities: its grid search, then Platt-calibrated on
-    scikit-learn's own three folds of whatever cells it is fitted on."""
+    the search's splits (each held-out split's refit on scikit-learn's own three folds)."""
     fold = FoldClassifier(spec, x, inner_folds=len(splits), metric=metric, workers=workers)
     chosen = _as_estimator(fold.fit(labels, splits))
-    estimator = CalibratedClassifierCV(chosen, method="sigmoid", cv=3, ensemble=False)
+    estimator = CalibratedClassifierCV(chosen, method="sigmoid", cv=splits, ensemble=False)
+    refit = clone(estimator).set_params(cv=3)  # `splits` index all cells, not a split's
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fitted = [clone(estimator).fit(x[train], labels[train]) for train, _ in splits]
+        fitted = [clone(refit).fit(x[train], labels[train]) for train, _ in splits]
     held_out = _probabilities_of(fitted, x, splits, classes)
     return Calibrated(held_out, plain_params(chosen), _fit_on_all(estimator, x, labels), classes)
 
 
 def _as_estimator(chosen: Any) -> Any:
     """A search's choice as an unfitted estimator on features."""
-    return chosen.on_features() if isinstance(chosen, KernelSVM | DeviceSVM) else clone(chosen)
+    return chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)

@@ -66,10 +66,6 @@ class DeviceSVM:
         # libsvm votes for the second class when the decision value is not above 0
         return self.classes_[(self.decision_function(distances) >= 0).astype(int)]
 
-    def on_features(self) -> SVC:
-        """The same model, unfitted, as an `SVC` that takes features (to refit and export)."""
-        return SVC(**{**self.params, "kernel": "rbf", "gamma": self.gamma})
-
 
 class DeviceRBF(RBFSolver):
     """The training cells of one fold on a device: their squared distances (float64 for

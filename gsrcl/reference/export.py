@@ -130,6 +130,8 @@ def export_model(
     run = RunFolder.of(experiment)
     spec = _dataset(experiment, dataset)
     asked = method or experiment.export.method
+    out = out or (Path(experiment.export.out) if experiment.export.out else None)
+    keep_candidates = keep_candidates or experiment.export.keep_candidates
     table = cv_table(experiment, run, spec.name)
     if out is not None:
         reference.check_replaceable(Path(out))
@@ -149,6 +151,7 @@ def export_model(
             "table": table,
         }
         kept = list(candidates) if keep_candidates else [chosen]
+        candidates = {name: candidates[name] for name in kept}  # the others' kernels go
         folders = {name: _destination(run, spec, out, name, chosen) for name in kept}
         for folder in folders.values():
             reference.check_replaceable(folder)
@@ -353,7 +356,7 @@ def _picks(experiment, run, dataset, method, baseline, log) -> dict[str, dict]:
     else:
         scores = [row for f in folders for row in f.metrics() if row["method"] == method]
         picks = {
-            task: _baseline_pick([r for r in scores if r["task"] == task])
+            task: _baseline_pick([r for r in scores if r["task"] == task], baseline.multiclass)
             for task in dict.fromkeys(r["task"] for r in scores)
         }
         shared = {}
@@ -402,15 +405,21 @@ def _chosen_encoders(folders: list[JobFolder]) -> dict[str, dict]:
             "test_mcc": row["mcc"],
             "path": path,
             "digest": checksums[fold][path.name],
-            "choice": row.get("params") or None,  # its classifier's settings on that snapshot
+            "choice": row.get("params"),  # its classifier's settings on that snapshot
         }
     return picks
 
 
-def _baseline_pick(rows: list[dict]) -> dict:
+def _baseline_pick(rows: list[dict], multiclass: bool) -> dict:
     """A baseline's type: its mean CV score, and the settings most of its folds chose (the
-    earliest fold's among equals; None where the jobs kept none, as before 2026-12-06)."""
-    choices = [json.dumps(r["params"], sort_keys=True) for r in rows if r.get("params")]
+    earliest fold's among equals; None where the jobs kept none, as before 2026-12-06). A
+    multi-class model's grid is searched again: with a batch column on the held-out batches
+    (its CV's inner folds mix them), without one its folds' choices may differ by type."""
+    choices = [
+        json.dumps(r["params"], sort_keys=True)
+        for r in rows
+        if r.get("params") is not None and not multiclass
+    ]
     counts = Counter(choices)
     choice = max(counts, key=lambda c: (counts[c], -choices.index(c))) if choices else None
     return {
@@ -496,7 +505,7 @@ def _one_vs_rest(ref: Reference, spec: Classifier, x: np.ndarray, picks: dict[st
     seconds = time.perf_counter() - start
     for task, classifier in zip(types, classifiers, strict=True):
         chosen = {k: classifier.params.get(k) for k in spec.grid}
-        how = "the CV's choice" if picks[task].get("choice") else "searched"
+        how = "searched" if picks[task].get("choice") is None else "the CV's choice"
         ref.log(
             f"  {task}: {int((ref.labels == task).sum())} cells, {how} {chosen}, calibrated and "
             f"held out in {classifier.seconds:.1f} s"
