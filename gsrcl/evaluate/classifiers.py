@@ -18,6 +18,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+from scipy import sparse
 from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import get_scorer
@@ -85,6 +86,18 @@ def resolve_solver(solver: str, spec: Classifier, device: str) -> str:
     return "libsvm"
 
 
+SPARSE_DENSITY = 0.3  # log-normalised counts are 5-15 % non-zero; scaled genes are dense
+
+
+def sparse_if_worth_it(estimator: Any, x: np.ndarray) -> Any:
+    """`x` as CSR for an estimator that takes sparse input when most of it is zeros: a
+    logistic regression on 16 000 log-normalised genes fits 1.8× faster (Baron human, lbfgs;
+    the same labels, probabilities within 2e-5)."""
+    if not estimator.__sklearn_tags__().input_tags.sparse or sparse.issparse(x):
+        return x
+    return sparse.csr_matrix(x) if np.count_nonzero(x) < SPARSE_DENSITY * x.size else x
+
+
 @dataclass
 class Prepared:
     """Cells ready for prediction: distances to the training cells, or the features themselves."""
@@ -124,7 +137,7 @@ class FoldClassifier:
         self.workers = workers
         self.rbf_solver: RBFSolver | None = None  # who fits an RBF SVC on this fold's kernel
         if not uses_precomputed_kernel(spec):
-            self.x_train = x_train
+            self.x_train = sparse_if_worth_it(estimator_for(spec), x_train)
         elif resolve_solver(solver, spec, device) == "device":
             self.rbf_solver = DeviceRBF(x_train, device)
         else:
@@ -358,6 +371,7 @@ def multiclass_classifier(
     The held-out probabilities come from the search's own fits of the chosen settings; the
     model on every cell is fitted when `model()` asks for it."""
     estimator = estimator_for(spec)
+    x = sparse_if_worth_it(estimator, x)
     splits = held_out_splits or inner_splits(labels, inner_folds, seed)
     classes = list(np.unique(labels))
     if not hasattr(estimator, "predict_proba"):
