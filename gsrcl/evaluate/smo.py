@@ -124,10 +124,20 @@ def _kernel_rows(rows, gamma, distances: torch.Tensor, column: torch.Tensor) -> 
     return d.mul_(-gamma).exp_().double()
 
 
-def _iteration(rows, y, box, gamma, alpha, v, up, low, done, iterations, distances, tol):
-    """One libsvm iteration on every problem not yet done, in place. WSS2 first: i maximises v
-    over I_up; j minimises the second-order objective over the pairs (i, j ∈ I_low) that
-    violate; a problem is optimal when max - min of v over I_up and I_low is below `tol`."""
+def _step(batch: _Batch, distances: torch.Tensor) -> None:
+    """One libsvm iteration on every problem of `batch` not yet done, in place. WSS2 first: i
+    maximises v over I_up; j minimises the second-order objective over the pairs (i, j ∈ I_low)
+    that violate; a problem is optimal when max - min of v over I_up and I_low is below tol.
+    Only the batch's tensors change, in place (so a CUDA graph of it replays)."""
+    rows, y, box, gamma, alpha, v = (
+        batch.rows,
+        batch.y,
+        batch.box,
+        batch.gamma,
+        batch.alpha,
+        batch.v,
+    )
+    up, low, done, tol = batch.up, batch.low, batch.done, batch.tol
     g_max, i = torch.where(up, v, -torch.inf).max(dim=1)
     k_i = _kernel_rows(rows, gamma, distances, i)
     grad_diff = g_max[:, None] - v
@@ -154,25 +164,7 @@ def _iteration(rows, y, box, gamma, alpha, v, up, low, done, iterations, distanc
     step = -signs * (new - torch.stack([a_i, a_j], dim=1))
     v.addcmul_(k_i, step[:, :1])
     v.addcmul_(k_j, step[:, 1:])
-    iterations += moving.long()
-
-
-def _step(batch: _Batch, distances: torch.Tensor) -> None:
-    b = batch
-    _iteration(
-        b.rows,
-        b.y,
-        b.box,
-        b.gamma,
-        b.alpha,
-        b.v,
-        b.up,
-        b.low,
-        b.done,
-        b.iterations,
-        distances,
-        b.tol,
-    )
+    batch.iterations += moving.long()
 
 
 def _clipped_pair(differ, a_i, a_j, g_i, g_j, c_i, c_j, curvature):
