@@ -24,6 +24,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
+from gsrcl import stopping
 from gsrcl.errors import Stopped, UserError
 from gsrcl.files import describe_os_error
 
@@ -34,27 +35,22 @@ def emit(line: str) -> None:
 
 
 def guarded(command: Callable[[], int]) -> int:
-    """Run a command, turning every failure a user can act on into one line and a status."""
+    """Run a command, turning every failure a user can act on into one line and a status.
+    Ctrl-C and SIGTERM stop it within seconds, even inside a native call (`gsrcl.stopping`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        return command()
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # disk full, permission denied, a file vanished
-        print(f"error: {describe_os_error(error)} (finished jobs are kept)", file=sys.stderr)
-        return 74  # EX_IOERR
-    except KeyboardInterrupt:
-        print("interrupted (Ctrl-C): finished jobs are kept; rerun to continue", file=sys.stderr)
-        return 130
-    except Stopped:
-        print("stopped (SIGTERM): finished jobs are kept; rerun to continue", file=sys.stderr)
-        return 143
-
-
-def _stop(signum: int, frame) -> None:
-    raise Stopped()
+    with stopping.handled():
+        try:
+            return command()
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:  # disk full, permission denied, a file vanished
+            print(f"error: {describe_os_error(error)} (finished jobs are kept)", file=sys.stderr)
+            return 74  # EX_IOERR
+        except KeyboardInterrupt:
+            return stopping.stopped(signal.SIGINT)
+        except Stopped:
+            return stopping.stopped(signal.SIGTERM)
 
 
 # ---- the commands ----

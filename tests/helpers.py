@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sklearn.linear_model import LogisticRegression
+from sklearn.svm import SVC
 
 from gsrcl.config.settings import Classifier
 
@@ -31,6 +32,30 @@ class FailsOnce(LogisticRegression):
                 raise OSError(errno.ENOSPC, "No space left on device", "/x/y")
             raise ValueError("injected failure")
         return super().predict_proba(X)
+
+
+class PausedSVC(SVC):
+    """scikit-learn's SVC whose fits wait while the file `PausedSVC.pause` exists, as a long
+    libsvm fit does (sleeping releases the GIL, as libsvm does); a waiting fit touches
+    `<pause>.reached`."""
+
+    pause = ""
+
+    def fit(self, X, y, sample_weight=None):
+        if self.pause and os.path.exists(self.pause):
+            Path(self.pause + ".reached").touch()
+        while self.pause and os.path.exists(self.pause):
+            time.sleep(0.05)
+        return super().fit(X, y, sample_weight)
+
+
+def pause_libsvm(path: str) -> None:
+    """In this process, every fit of the RBF SVC's grid search (libsvm, on the fit threads)
+    waits while `path` exists."""
+    from gsrcl.evaluate import kernel_svm
+
+    PausedSVC.pause = path
+    kernel_svm.SVC = PausedSVC
 
 
 def _claim(path: str) -> bool:

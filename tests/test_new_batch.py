@@ -9,6 +9,7 @@ from dataclasses import replace
 import anndata as ad
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 import gsrcl
 from gsrcl.config.presets import LOGISTIC, SCALED_LOGISTIC
@@ -16,6 +17,7 @@ from gsrcl.config.settings import Contrastive, Dataset, Evaluation, Experiment, 
 from gsrcl.data.preprocess import SCALED_GENES
 from gsrcl.errors import UserError
 from gsrcl.reference import export
+from gsrcl.reference.annotation import UNASSIGNED
 from gsrcl.runner import jobs
 from gsrcl.runner.pipeline import run_experiment
 from tests.conftest import shared_file
@@ -66,10 +68,65 @@ def test_best_is_the_method_that_labels_a_held_out_donor_best(donors):
     mean = {m: (v["held_out_accuracy"] + v["held_out_macro_f1"]) / 2 for m, v in table.items()}
     assert model.manifest["method"] == max(mean, key=mean.__getitem__)
     assert any("accuracy / macro-F1 on held-out reference cells" in line for line in donors["log"])
-    # the other candidates, built to choose, are kept beside it with the same table
+    # the other candidates, built to choose, are kept beside it with the same table, and the
+    # table holds each one's own held-out figures
+    models = {model.manifest["method"]: model}
     for method in set(table) - {model.manifest["method"]}:
-        kept = gsrcl.ReferenceModel.load(donors["folder"] / f"best-{method}")
-        assert kept.manifest["method"] == method and kept.manifest["selection"] == selection
+        models[method] = gsrcl.ReferenceModel.load(donors["folder"] / f"best-{method}")
+        assert models[method].manifest["method"] == method
+        assert models[method].manifest["selection"] == selection
+    for method, kept in models.items():
+        held_out = kept.manifest["unassigned"]["held_out"]
+        assert table[method]["held_out_accuracy"] == held_out["accuracy"]
+        assert table[method]["held_out_macro_f1"] == held_out["macro_f1"]
+    # held out: each donor's cells scored by a model fitted on the other donors alone, never by
+    # the model fitted on every cell (which labels its own training cells better)
+    scaled = models["baseline-logreg-scaled"]
+    cell_type = scaled.types[0]
+    x, _ = cell_type.input.prepare(donors["cells"])
+    truth = donors["cells"].obs["cell_type"].to_numpy(dtype=str)
+    held_out = _leave_one_donor_out(cell_type.classifier, x, truth, donors["cells"].obs["batch"])
+    recorded = scaled.manifest["unassigned"]["held_out"]["most_probable_accuracy"]
+    assert recorded == pytest.approx((held_out == truth).mean(), abs=1 / len(truth))
+    fitted_on_all = cell_type.classifier.predict(x)
+    assert (fitted_on_all == truth).mean() > recorded + 2 / len(truth)
+
+
+def _leave_one_donor_out(classifier, x: np.ndarray, truth: np.ndarray, donors) -> np.ndarray:
+    """Each donor's cells labelled by `classifier`'s settings refit on the other donors."""
+    predicted = np.empty(len(truth), dtype=object)
+    donors = donors.to_numpy(dtype=str)
+    for donor in np.unique(donors):
+        held = donors == donor
+        predicted[held] = clone(classifier).fit(x[~held], truth[~held]).predict(x[held])
+    return predicted
+
+
+def test_a_donor_the_reference_lacks_gets_its_types_not_unassigned(donors, tmp_path):
+    """A reference of two donors (their batch column) labels the third, which it never saw, in
+    a file of its own (genes in another order, some missing): most of its cells get their own
+    type, few are taken for novelty (Unassigned)."""
+    cells = donors["cells"]
+    donor = cells.obs["batch"].to_numpy(dtype=str)
+    cells[donor != "human3"].copy().write_h5ad(tmp_path / "donors.h5ad")
+    experiment = replace(
+        _experiment(tmp_path, "batch"),
+        methods=(),
+        evaluation=Evaluation(baselines=(SCALED_LOGISTIC,), inner_folds=3),
+    )
+    assert run_experiment(experiment, log=lambda _: None) == 0
+    method = "baseline-logreg-scaled"
+    model = gsrcl.ReferenceModel.load(
+        export.export_model(experiment, method=method, out=tmp_path / "m", log=lambda _: None)
+    )
+    assert "2 batches (batch: human1, human2)" in model.manifest["unassigned"]["calibrated_on"]
+    genes = np.random.default_rng(2).permutation(cells.n_vars)[: int(0.98 * cells.n_vars)]
+    query = cells[donor == "human3"][:, genes].copy()
+    truth = query.obs["cell_type"].to_numpy(dtype=str)
+    query.obs = query.obs[[]]
+    predicted = gsrcl.annotate(query, model, say=lambda _: None).table["predicted"].to_numpy()
+    assert (predicted == UNASSIGNED).mean() <= 0.05
+    assert (predicted == truth).mean() >= 0.9
 
 
 def test_an_encoders_classifier_keeps_the_settings_chosen_with_its_snapshot(donors):

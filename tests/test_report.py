@@ -56,3 +56,43 @@ def test_a_figure_that_cannot_be_drawn_is_a_note_on_the_page_not_a_failure(tmp_p
         figs.attempt("d: a figure", lambda: None)
     assert len(figs.html) == 1 and figs.html[0].startswith('<p class="note">d: the UMAPs not')
     assert not caplog.records  # no failure line
+
+
+def test_the_umap_comes_from_the_kept_encoder_when_fold_0s_was_pruned(tmp_path):
+    """keep_encoders="chosen" removes fold 0's encoder when another fold's checkpoint scored
+    better on validation: the UMAP is drawn from the encoder kept (the one export takes), and
+    under "all" from that same fold."""
+    import json
+    from dataclasses import replace
+
+    from gsrcl.config.settings import Storage
+    from gsrcl.runner import jobs, retention
+    from gsrcl.runner.run_folder import RunFolder
+
+    methods = tiny_experiment(tmp_path).methods[:1]
+    keep_all = tiny_experiment(tmp_path, methods=methods, storage=Storage(keep_encoders="all"))
+    assert run_experiment(keep_all, log=lambda _: None) == 0
+    run, method = RunFolder.of(keep_all), keep_all.methods[0].name
+    job = jobs.Job("pbmc68k_reduced", method, 0)
+    fold0 = run.job(job)
+    # fold 0 scores worst on validation for every type, whatever the training drew
+    record = json.loads((fold0.path / "metrics.json").read_text())
+    rows = [{**row, "validation_score": -1.0} for row in record["rows"]]
+    fold0.write_metrics(record["job"], rows, record["seconds"], record["solvers"])
+    fold0.mark_done(jobs.fingerprint(keep_all, job), "cpu", 1.0)
+    task = rows[0]["task"]
+
+    def umap_fold(experiment) -> str:
+        assert report_only(experiment, log=lambda _: None) == 0
+        page = (run.path / "report.html").read_text()
+        assert "not drawn" not in page
+        assert (run.path / "figures" / "pbmc68k_reduced-umap.png").exists()
+        kept = re.search(r"embedding \(fold (\d), encoder chosen for ([^,)]+)", page)
+        assert kept and kept.group(2) == task
+        return kept.group(1)
+
+    assert umap_fold(keep_all) != "0"
+    chosen = replace(keep_all, storage=Storage(keep_encoders="chosen"))
+    retention.prune(chosen, run, job.dataset, method)
+    assert not fold0.encoder_path(task).exists() and task in fold0.pruned_tasks()
+    assert umap_fold(chosen) != "0"

@@ -3,12 +3,15 @@
 libsvm and numpy release the GIL while they compute, so the fits of a grid search, of several
 cell-type tasks or of export's per-type refits run side by side on threads of one process, and
 each result is placed where a sequential loop would have put it: the same numbers, sooner.
+The threads are daemons that nothing waits for once the caller stops (Ctrl-C, SIGTERM): a fit in
+progress is abandoned, at once and at the interpreter's exit (which joins a ThreadPoolExecutor's).
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 Item = TypeVar("Item")
@@ -33,7 +36,7 @@ class Workers:
 
     def _start(self, threads: int) -> None:
         self.threads = max(1, threads)
-        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._pool = _Threads(self.threads) if self.threads > 1 else None
 
     def refresh(self) -> None:
         """Take the cores the runner now gives the job (freed by jobs that finished). Call it
@@ -50,17 +53,73 @@ class Workers:
         outer call would hold the threads the inner one waits for."""
         if self._pool is None:
             return [function(item) for item in items]
-        return list(self._pool.map(function, items))
+        return self._pool.map(function, items)
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.close()
 
     def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+WAKE_SECONDS = 0.2
+
+
+def _get(results: queue.SimpleQueue):
+    """The next result. The wait wakes every WAKE_SECONDS: a signal that lands just before a
+    blocking wait begins would otherwise not interrupt it, and its handler would never run."""
+    while True:
+        try:
+            return results.get(timeout=WAKE_SECONDS)
+        except queue.Empty:
+            continue
+
+
+class _Threads:
+    """`size` daemon threads, each taking the next call of a `map` until `close`."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.calls = size, queue.SimpleQueue()
+        for _ in range(size):
+            threading.Thread(target=self._serve, daemon=True, name="gsrcl-fit").start()
+
+    def _serve(self) -> None:
+        while (call := self.calls.get()) is not None:
+            index, function, item, results, stopped = call
+            if stopped.is_set():  # the map raised or was interrupted: its calls are dropped
+                continue
+            try:
+                results.put((index, True, function(item)))
+            except BaseException as error:  # handed to the caller, who raises it
+                results.put((index, False, error))
+
+    def map(self, function: Callable[[Item], Result], items: Iterable[Item]) -> list[Result]:
+        """Results in the order of `items`; the first call that raises is raised (the calls not
+        begun are dropped), as is an interruption of the wait (it is interruptible)."""
+        items = list(items)
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        stopped = threading.Event()
+        for index, item in enumerate(items):
+            self.calls.put((index, function, item, results, stopped))
+        ordered: list = [None] * len(items)
+        try:
+            for _ in items:
+                index, ok, value = _get(results)
+                if not ok:
+                    raise value
+                ordered[index] = value
+        finally:
+            stopped.set()
+        return ordered
+
+    def close(self) -> None:
+        """The threads end once their current call returns; nothing waits for them."""
+        for _ in range(self.size):
+            self.calls.put(None)
 
 
 SERIAL = Workers(1)

@@ -18,7 +18,7 @@ from gsrcl.config.settings import Experiment
 from gsrcl.data.dataset import LABEL, DatasetCache, log_expression
 from gsrcl.model.checkpoints import load_encoder
 from gsrcl.report import figures
-from gsrcl.runner import jobs
+from gsrcl.runner import jobs, retention
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.run_folder import LOSS, PREDICTIONS, VALIDATION, RunFolder
 from gsrcl.runner.summary import METRICS
@@ -138,6 +138,15 @@ class DoneJobs:
         frames = [frame for frame in frames if not frame.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+    def kept_encoder(self, dataset: str, method: str, task: str) -> tuple[int, Path] | None:
+        """The fold and file of the encoder export takes for `task` (the done fold whose
+        checkpoint scored best on validation: the one retention keeps); None when no fold is
+        done or none scored the task."""
+        folders = dict(self.folders(dataset, method))
+        scores = {fold: folder.validation_scores() for fold, folder in folders.items()}
+        fold = retention.best_folds(scores).get(task)
+        return None if fold is None else (fold, folders[fold].encoder_path(task))
+
     def chosen(self, dataset: str, method: str) -> pd.DataFrame:
         rows = [row for _, folder in self.folders(dataset, method) for row in folder.metrics()]
         return pd.DataFrame(rows, columns=["task", "epoch", "validation_score"])
@@ -203,16 +212,14 @@ def _pr_figure(figs, done: DoneJobs, experiment, name: str, tasks: list[str], me
 def _umap_figure(
     figs, done: DoneJobs, experiment: Experiment, adata: ad.AnnData, spec, tasks, colours
 ) -> None:
-    """UMAPs of all cells: log-expression, and the first method's fold-0 encoder chosen for the
-    first scored type."""
-    found = [
-        (m, done.run.job(Job(spec.name, m.name, 0)).encoder_path(tasks[0]))
-        for m in experiment.methods
-        if Job(spec.name, m.name, 0) in done.done
-    ]
+    """UMAPs of all cells: log-expression, and the embedding of the encoder export takes for the
+    first scored type (the first method's fold whose checkpoint scored best on validation): the
+    one `keep_encoders` keeps, under either setting."""
+    found = [(m, done.kept_encoder(spec.name, m.name, tasks[0])) for m in experiment.methods]
+    found = [(m, kept) for m, kept in found if kept is not None]
     if not found:
         return
-    method, path = found[0]
+    method, (fold, path) = found[0]
     encoder, saved = load_encoder(path)
     x, missing = saved.input.prepare(adata)
     if missing:
@@ -228,7 +235,7 @@ def _umap_figure(
         f"{spec.name}-umap",
         fig,
         f"{spec.name}: UMAP of the log-expression and of the {method.name} embedding "
-        f"(fold 0, encoder chosen for {tasks[0]})",
+        f"(fold {fold}, encoder chosen for {tasks[0]}, the one export takes)",
     )
 
 
