@@ -404,7 +404,7 @@ def multiclass_classifier(
 def _probabilities_of(models: list, x: np.ndarray, splits: Splits, classes: list) -> np.ndarray:
     """Each cell's probabilities from the model of the split that held it out (columns in
     `classes` order; a class a split's training cells lack gets 0)."""
-    probabilities = np.zeros((len(x), len(classes)))
+    probabilities = np.zeros((x.shape[0], len(classes)))
     for model, (_, test) in zip(models, splits, strict=True):
         columns = [classes.index(c) for c in model.classes_]
         probabilities[np.ix_(test, columns)] = model.predict_proba(x[test])
