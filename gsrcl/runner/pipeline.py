@@ -381,12 +381,14 @@ def run_jobs(
         pool = dispatch.Pool(machine, experiment, run)
     progress = Progress(len(todo), log)
     by_id = {job.id: job for job in todo}
+    unfinished = set(todo)  # a rerun's old marker stays until its worker clears the folder
 
     def finished(outcome: dispatch.Outcome) -> None:
         progress.finished(outcome)
+        job = by_id[outcome.job]
+        unfinished.discard(job)
         if outcome.status == "done":  # disk stays bounded during the run, not only after it
-            job = by_id[outcome.job]
-            retention.prune(experiment, run, job.dataset, job.method)
+            retention.prune(experiment, run, job.dataset, job.method, running=unfinished)
 
     try:
         return pool.run(todo, needs, progress.started, finished, progress.step)

@@ -12,6 +12,7 @@ with a lower score; `check` then reports its job as not done, and it runs again.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 
 from gsrcl.config.settings import BASELINE, Experiment
 from gsrcl.runner.jobs import Job, fingerprint
@@ -29,11 +30,22 @@ def best_folds(scores: dict[int, dict[str, float]]) -> dict[str, int]:
     return best
 
 
-def prune(experiment: Experiment, run: RunFolder, dataset: str, method: str) -> None:
-    """Remove the encoders of `dataset`'s `method` that a better done fold supersedes."""
+def prune(
+    experiment: Experiment,
+    run: RunFolder,
+    dataset: str,
+    method: str,
+    running: Collection[Job] = (),
+) -> None:
+    """Remove the encoders of `dataset`'s `method` that a better done fold supersedes.
+    `running`: jobs a worker may be rewriting now (their old marker still on disk until the
+    worker clears it), left alone and left out of the comparison."""
     if experiment.storage.keep_encoders == "all" or method == BASELINE:
         return
     folders = _done_folds(experiment, run, dataset, method)
+    for job in running:
+        if (job.dataset, job.method) == (dataset, method):
+            folders.pop(job.fold, None)
     scores = {fold: folder.validation_scores() for fold, folder in folders.items()}
     best = best_folds(scores)
     for fold, folder in folders.items():
