@@ -23,7 +23,6 @@ from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
-from sklearn.svm import SVC
 
 from gsrcl.config.settings import Classifier
 from gsrcl.errors import UserError
@@ -36,6 +35,7 @@ from gsrcl.evaluate.kernel_svm import (
     Splits,
     best_candidates,
     held_out_decisions,
+    svc_on_kernel,
 )
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
 from gsrcl.evaluate.workers import SERIAL, Workers
@@ -245,18 +245,17 @@ def calibrated_classifiers(
         spec, x, inner_folds=inner_folds, metric=metric, seed=seed, workers=workers, solver="libsvm"
     )
     splits = [fold.inner_splits(y) for y in labels]
-    choices = choices or [None] * len(labels)
-    chosen = _chosen_models(fold, labels, splits, choices)
+    settings = _settings(fold, labels, splits, choices or [None] * len(labels))
     if fold.rbf_solver is None:
         return [
-            _calibrated_on_features(fold, y, s, model, held_out_splits)
-            for y, s, model in zip(labels, splits, chosen, strict=True)
+            _calibrated_on_features(fold, y, s, given, held_out_splits)
+            for y, s, given in zip(labels, splits, settings, strict=True)
         ]
 
     def calibrate(i: int) -> Calibrated:
         start = time.perf_counter()
         calibrated = _calibrated_on_kernel(
-            fold.rbf_solver, labels[i], splits[i], chosen[i], held_out_splits
+            fold.rbf_solver, labels[i], splits[i], settings[i], held_out_splits
         )
         calibrated.seconds = time.perf_counter() - start
         return calibrated
@@ -264,39 +263,37 @@ def calibrated_classifiers(
     return workers.map(calibrate, range(len(labels)))
 
 
-def _chosen_models(
+def _settings(
     fold: FoldClassifier, labels: list[np.ndarray], splits: list[Splits], choices: list
-) -> list[Any]:
-    """Each label vector's settings where given (the fixed params with the choice), or the
-    grid search's fitted choice (all the searches at once)."""
+) -> list[dict[str, Any]]:
+    """Each label vector's settings: the fixed params with its choice where given, else with
+    the grid search's choice (all the searches at once)."""
     searched = [i for i, choice in enumerate(choices) if choice is None]
-    found = (
-        fold.fit_many([labels[i] for i in searched], [splits[i] for i in searched])
-        if searched
-        else []
-    )
-    models = dict(zip(searched, found, strict=True))
-    given = {i: {**fold.spec.params, **c} for i, c in enumerate(choices) if c is not None}
-    return [models[i] if i in models else given[i] for i in range(len(labels))]
+    if searched:
+        _, found = fold.fit_and_choices(
+            [labels[i] for i in searched], [splits[i] for i in searched]
+        )
+        choices = list(choices)
+        for i, choice in zip(searched, found, strict=True):
+            choices[i] = choice
+    return [{**fold.spec.params, **choice} for choice in choices]
 
 
 def _calibrated_on_kernel(
     solver: PrecomputedRBF,
     y: np.ndarray,
     splits: Splits,
-    chosen: KernelSVM | dict[str, Any],
+    settings: dict[str, Any],
     held_out_splits: Splits | None,
 ) -> Calibrated:
-    """scikit-learn's calibration of the chosen SVC (a search's model, or settings) on its
-    precomputed kernel (cross-validation splits a precomputed kernel by rows and columns),
-    carried over to features when the model is asked for."""
-    if isinstance(chosen, dict):
-        gamma = solver.gamma(chosen.get("gamma", "scale"))
-        svc = SVC(kernel="precomputed", **{k: v for k, v in chosen.items() if k != "gamma"})
-    else:
-        gamma, svc = chosen.gamma, clone(chosen.svc)
+    """scikit-learn's calibration of the SVC of `settings` on its precomputed kernel
+    (cross-validation splits a precomputed kernel by rows and columns), carried over to
+    features when the model is asked for."""
+    gamma = solver.gamma(settings.get("gamma", "scale"))
     kernel = np.exp(-gamma * solver.train_distances)
-    calibrated = CalibratedClassifierCV(svc, method="sigmoid", cv=splits, ensemble=False)
+    calibrated = CalibratedClassifierCV(
+        svc_on_kernel(settings), method="sigmoid", cv=splits, ensemble=False
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         calibrated.fit(kernel, y)
@@ -317,14 +314,11 @@ def _calibrated_on_kernel(
 
 
 def _calibrated_on_features(
-    fold: FoldClassifier, y: np.ndarray, splits: Splits, chosen: Any, held_out_splits
+    fold: FoldClassifier, y: np.ndarray, splits: Splits, settings: dict[str, Any], held_out_splits
 ) -> Calibrated:
     """Any estimator but an RBF SVC: its calibration and held-out decision values on the
-    features (`chosen`: the search's model, or the settings to use)."""
-    if isinstance(chosen, dict):
-        estimator = estimator_for(fold.spec).set_params(**chosen)
-    else:
-        estimator = _as_estimator(chosen)
+    features, with `settings`."""
+    estimator = estimator_for(fold.spec).set_params(**settings)
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

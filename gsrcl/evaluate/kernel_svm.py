@@ -257,7 +257,6 @@ class PrecomputedRBF(RBFSolver):
 
     @staticmethod
     def _fit(kernel: np.ndarray, y: np.ndarray, gamma: float, params: dict) -> KernelSVM | None:
-        svc_params = {k: v for k, v in params.items() if k not in ("gamma", "kernel")}
         if len(np.unique(y)) < 2:  # GridSearchCV records such a fit as failed (NaN)
             return None
         # the inputs are ours and already checked: skip scikit-learn's per-call validation
@@ -266,7 +265,14 @@ class PrecomputedRBF(RBFSolver):
             sklearn.config_context(assume_finite=True, skip_parameter_validation=True),
         ):
             warnings.simplefilter("ignore")
-            return KernelSVM(SVC(kernel="precomputed", **svc_params).fit(kernel, y), gamma)
+            return KernelSVM(svc_on_kernel(params).fit(kernel, y), gamma)
+
+
+def svc_on_kernel(params: dict[str, Any]) -> SVC:
+    """An unfitted SVC of these RBF settings on a precomputed kernel (gamma is the kernel's)."""
+    return SVC(
+        kernel="precomputed", **{k: v for k, v in params.items() if k not in ("gamma", "kernel")}
+    )
 
 
 def held_out_decisions(
