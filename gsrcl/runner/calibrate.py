@@ -30,11 +30,24 @@ CALIBRATION_EPOCHS = 2
 @dataclass(frozen=True)
 class Timing:
     """Seconds measured here: a training epoch and a validation step of a contrastive method,
-    or a whole job of the baselines (`job`)."""
+    or a whole job of the baselines (`job`, its features included); and what a contrastive job
+    pays whatever its length (`setup`: its features, network and scorer made ready)."""
 
     epoch: float = 0.0
     step: float = 0.0
     job: float = 0.0
+    setup: float = 0.0
+    cpu_share: float = 1.0  # of its threads' time the timing was on a core (others' load)
+
+    def scaled(self, factor: float) -> Timing:
+        """The durations `factor` times longer."""
+        return replace(
+            self,
+            epoch=self.epoch * factor,
+            step=self.step * factor,
+            job=self.job * factor,
+            setup=self.setup * factor,
+        )
 
 
 def calibrate(
@@ -51,16 +64,19 @@ def calibrate(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     logging.disable(logging.INFO)  # the short training's epochs and steps are not the run's
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
         with Workers(threads) as workers:
             if method == BASELINE:
-                return _baselines(experiment, fold, device, workers)
-            return _contrastive(
-                experiment, fold, jobs.method_named(experiment, method), device, workers
-            )
+                timing = _baselines(experiment, fold, device, workers)
+            else:
+                named = jobs.method_named(experiment, method)
+                timing = _contrastive(experiment, fold, named, device, workers)
     finally:
         logging.disable(logging.NOTSET)
         torch.set_num_threads(previous)
+    on_core = (time.process_time() - cpu) / max((time.perf_counter() - wall) * threads, 1e-9)
+    return replace(timing, cpu_share=min(1.0, on_core))
 
 
 def _baselines(
@@ -89,11 +105,13 @@ def _baselines(
 def _contrastive(
     experiment: Experiment, fold: jobs.FoldData, method: Method, device: str, workers: Workers
 ) -> Timing:
+    start = time.perf_counter()  # a job's setup: features, network and scorer made ready
     x = torch.as_tensor(jobs.method_features(fold, method).transform(fold.adata), device=device)
     seed = experiment.seed
     generator = torch.Generator(device=device).manual_seed(seed)
     model = jobs.contrastive_model(experiment, method, x, fold)
     scorer = jobs.validation_scorer(experiment, fold, x, fold.tasks, seed, workers)
+    setup = time.perf_counter() - start
     start = time.perf_counter()
     scorer.score(*scorer.embed(model.encoder))
     step = time.perf_counter() - start
@@ -106,4 +124,4 @@ def _contrastive(
     result = train.train(
         model, x[fold.train], augment, settings, CALIBRATION_EPOCHS, no_tasks, generator, labels
     )
-    return Timing(epoch=result.seconds["training"] / CALIBRATION_EPOCHS, step=step)
+    return Timing(epoch=result.seconds["training"] / CALIBRATION_EPOCHS, step=step, setup=setup)

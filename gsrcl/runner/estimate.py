@@ -1,11 +1,14 @@
 """What a run will need before it starts: each job's time and peak memory, the run's time on
 this machine, and the disk its results take (`--check` prints them; the pool places jobs by them).
 
-Time: a contrastive job is its trainings' epochs times the epoch measured here, plus its
-validation steps times the step measured here (`calibrate`); a baseline job is the one measured.
-The run's time replays the scheduler on those durations. Memory and disk come from the shapes:
-the cells × genes matrix, the network's weights (with gradients and Adam's two moments), its
-activations on a batch, the snapshots kept for the tasks, and the SVM's cell-by-cell matrices.
+Time: a contrastive job is its setup, its trainings' epochs times the epoch measured here, plus
+its validation steps times the step measured here (`calibrate`); a baseline job is the one
+measured. The run's time replays the scheduler on those durations, each new worker paying its
+start (`startup`: the imports, timed here) and each worker its first read of a dataset (timed
+here), then adds the report and the exports (`fixed_costs`): what makes a run of seconds.
+Memory and disk come from the shapes: the cells × genes matrix, the network's weights (with
+gradients and Adam's two moments), its activations on a batch, the snapshots kept for the tasks,
+and the SVM's cell-by-cell matrices.
 An encoder file is its weights at the stored precision plus its gene names; a running
 contrastive job also holds its training state (model, Adam's moments, the best snapshot of each
 task, all float32) until it is done.
@@ -17,6 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gsrcl.config.settings import BASELINE, Compute, Experiment, Method
@@ -27,8 +31,18 @@ from gsrcl.model.train import overlap_validation, validation_epochs
 from gsrcl.runner.calibrate import Timing, calibrate
 from gsrcl.runner.jobs import Job, method_named
 from gsrcl.runner.schedule import Machine, Needs, Scheduler
+from gsrcl.runner.startup import worker_start_seconds
 
 BYTES = {"float32": 4, "float16": 2}
+# The report's and exports' work, in units of a worker's start (imports: single-threaded work
+# that a busy machine slows alike), measured on 2 CPU cores (bench/schedule.py,
+# docs/scheduling.md): UMAP's first call in a process (numba compiles or loads its functions),
+# a UMAP per cell, a figure saved, export's expression space of a dataset.
+UMAP_FIRST = 3.3
+UMAP_PER_CELL = 0.0012
+FIGURE = 0.1
+EXPORT_SPACE = 0.5
+EXPORT_STEPS = 3  # a contrastive method's export: its classifiers refit and calibrated
 WORKER_BYTES = 450 * 2**20  # a worker's resident memory before its first job (measured, CPU)
 GENE_NAME_BYTES = 16  # a pickled gene name, on average
 
@@ -143,7 +157,7 @@ def job_needs(
     scoring = steps * timing.step  # SupCon scores one task per training: all tasks once a step
     gpu = bool(machine.gpus)
     overlapped = overlap_validation(contrastive.overlap_validation, _device_type(gpu))
-    seconds = max(training, scoring) if overlapped else training + scoring
+    seconds = timing.setup + (max(training, scoring) if overlapped else training + scoring)
     model = _network(inputs, method)
     batch = min(shape.train, contrastive.batch_size)
     network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
@@ -158,13 +172,22 @@ def _device_type(gpu: bool) -> torch.device:
     return torch.device("cuda" if gpu else "cpu")
 
 
-def run_seconds(machine: Machine, needs: dict[Job, Needs], compute: Compute, threads: int) -> float:
-    """The run's wall time: the scheduler replayed on the estimated durations (measured at
-    `threads` threads a job; a job given k times the threads runs k ** SPEEDUP times faster)."""
+def run_seconds(
+    machine: Machine,
+    needs: dict[Job, Needs],
+    compute: Compute,
+    threads: int,
+    starts: Starts | None = None,
+) -> float:
+    """The jobs' wall time: the scheduler replayed on the estimated durations (measured at
+    `threads` threads a job; a job given k times the threads runs k ** SPEEDUP times faster),
+    each job on a worker as the pool gives it, paying the `starts` a new worker pays."""
     scheduler = Scheduler(machine, needs, compute)
+    workers = _Workers(starts or Starts(0.0, {}))
     left = {job: n.seconds for job, n in needs.items()}
     now = 0.0
-    scheduler.place()
+    for job, device in scheduler.place():
+        left[job] += workers.take(job, device)
     while scheduler.running:
         shares = scheduler.shares()
         speed = {job: (shares[job] / threads) ** SPEEDUP for job in scheduler.running}
@@ -174,8 +197,43 @@ def run_seconds(machine: Machine, needs: dict[Job, Needs], compute: Compute, thr
         for job in scheduler.running:
             left[job] -= elapsed * speed[job]
         scheduler.finish(first)
-        scheduler.place()
+        workers.free(first)
+        for job, device in scheduler.place():
+            left[job] += workers.take(job, device)
     return now
+
+
+@dataclass(frozen=True)
+class Starts:
+    """What a worker pays before its jobs: its start, and its first read of each dataset."""
+
+    worker: float
+    reads: dict[str, float]
+
+
+class _Workers:
+    """The pool's workers in the replay: a job takes an idle worker of its device, else a new
+    one (`dispatch.Pool`), and pays what that worker has not done yet."""
+
+    def __init__(self, starts: Starts) -> None:
+        self.starts = starts
+        self.idle: dict[str, list[set[str]]] = {}  # device → each idle worker's datasets read
+        self.busy: dict[Job, tuple[str, set[str]]] = {}
+
+    def take(self, job: Job, device: str) -> float:
+        pool = self.idle.setdefault(device, [])
+        read = pool.pop() if pool else None
+        cost = self.starts.worker if read is None else 0.0
+        read = set() if read is None else read
+        if job.dataset not in read:
+            cost += self.starts.reads.get(job.dataset, 0.0)
+            read.add(job.dataset)
+        self.busy[job] = device, read
+        return cost
+
+    def free(self, job: Job) -> None:
+        device, read = self.busy.pop(job)
+        self.idle[device].append(read)
 
 
 SPEEDUP = 0.75  # threads ** SPEEDUP: libsvm and torch measured 1.67x on two cores
@@ -226,13 +284,53 @@ def this_machine(devices: list[str]) -> Machine:
 
 @dataclass(frozen=True)
 class Plan:
-    """The estimate of a run: each job's needs, the run's seconds on this machine, and the
-    datasets' shapes they come from."""
+    """The estimate of a run: each job's needs, the run's seconds on this machine from its
+    jobs' start to its end (`jobs_seconds` of them the jobs'), and the datasets' shapes they
+    come from."""
 
     needs: dict[Job, Needs]
     seconds: float
     warnings: list[str]
     shapes: dict[str, Shape]
+    jobs_seconds: float = 0.0
+
+
+def fixed_costs(
+    experiment: Experiment,
+    shapes: dict[str, Shape],
+    timings: dict[tuple[str, str], Timing],
+    reads: dict[str, float],
+    start: float,
+) -> float:
+    """Seconds of the report (its figures, two UMAPs of a dataset's cells) and of the exports
+    (`export.after_run`: each dataset read again, its expression space, each candidate's
+    classifiers refit), scaled by `start` (a worker's start here, see UMAP_FIRST)."""
+    methods = len(experiment.methods)
+    report = UMAP_FIRST * start if methods else 0.0
+    for shape in shapes.values():
+        umaps = 2 * UMAP_PER_CELL * shape.cells if methods else 0.0
+        report += (umaps + (3 + methods) * FIGURE) * start
+    export = 0.0
+    if experiment.export.after_run:
+        for name in shapes:
+            export += reads.get(name, 0.0) + EXPORT_SPACE * start
+            export += sum(
+                _export_seconds(experiment, name, m, timings) for m in _exported(experiment)
+            )
+    return report + export
+
+
+def _exported(experiment: Experiment) -> list[str]:
+    """The methods whose models an export builds (all for "best"; the baselines are one job)."""
+    asked = experiment.export.method
+    if asked == "best":
+        return [BASELINE, *experiment.method_names]
+    return [BASELINE if asked.startswith(f"{BASELINE}-") else asked]
+
+
+def _export_seconds(experiment: Experiment, dataset: str, method: str, timings) -> float:
+    timing = timings.get((dataset, method), Timing())
+    return timing.job if method == BASELINE else timing.setup + EXPORT_STEPS * timing.step
 
 
 def plan(
@@ -260,12 +358,39 @@ def plan(
             log(f"warning: could not time {dataset}/{method} ({type(error).__name__}: {error})")
             timing = Timing()
         timings[dataset, method] = timing
+    running = min(len(todo), max(1, machine.cores // threads))
+    # a one-thread timing's share of its core is unambiguous: others' load, not parallelism
+    alone = machine.gpus or threads > 1
+    busy = 1.0 if alone else busy_factor(list(timings.values()), machine, threads, running)
+    if busy > 1:
+        log(f"estimate: other work keeps the cores busy; the jobs counted {busy:.2f}× as long")
     needs = {}
     for job in todo:
-        timing = timings[job.dataset, job.method]
+        timing = timings[job.dataset, job.method].scaled(busy)
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
-    seconds = run_seconds(machine, needs, experiment.compute, threads)
-    return Plan(needs, seconds, memory_warnings(needs, shapes, machine), shapes)
+    start = worker_start_seconds() * busy
+    starts = Starts(start, {name: cache.seconds.get(name, 0.0) for name in shapes})
+    jobs_seconds = run_seconds(machine, needs, experiment.compute, threads, starts)
+    seconds = jobs_seconds + fixed_costs(experiment, shapes, timings, starts.reads, start)
+    warnings = memory_warnings(needs, shapes, machine)
+    return Plan(needs, seconds, warnings, shapes, jobs_seconds)
+
+
+def busy_factor(timings: list[Timing], machine: Machine, threads: int, running: int) -> float:
+    """How much slower a job runs beside the run's other jobs than it did alone in its timing,
+    on cores that other work keeps busy. The timing's share of its threads' time on a core says
+    how many other threads want the cores (E = cores / share - threads); during the run each of
+    `running` jobs' threads gets min(1, cores / (running × threads + E)). 1 on an idle machine
+    (where the timing had its cores to itself, its share says nothing of the others)."""
+    share = float(np.median([t.cpu_share for t in timings])) if timings else 1.0
+    if share >= IDLE_SHARE:
+        return 1.0
+    others = machine.cores / share - threads
+    in_run = min(1.0, machine.cores / (running * threads + others))
+    return max(1.0, share / in_run)
+
+
+IDLE_SHARE = 0.95
 
 
 def describe_plan(estimate: Plan, machine: Machine) -> list[str]:

@@ -161,8 +161,9 @@ class RunResult:
     summary: pd.DataFrame
     outcomes: list[dispatch.Outcome]
     report: Path | None
-    seconds: float = 0.0  # the jobs' wall time
-    estimated_seconds: float | None = None  # the estimate of it made before they ran
+    seconds: float = 0.0  # from the jobs' start to the end: jobs, summary, report, exports
+    estimated_seconds: float | None = None  # the estimate of it made before the jobs ran
+    jobs_seconds: float = 0.0  # the jobs' wall time
 
 
 def run_experiment(
@@ -199,6 +200,7 @@ def execute_experiment(
             for job in todo:
                 run.job(job).drop_progress()
         plan, outcomes, wall = _estimate_and_run(experiment, run, todo, ready, datasets, log)
+        after_jobs = time.perf_counter()
         states = _keep_encoders(experiment, run, planned, todo, states)
         again = retention.to_remake(states)
         if again:
@@ -207,13 +209,11 @@ def execute_experiment(
         write_manifest(run, planned, states, outcomes, plan.needs if plan else {})
         summary = write_summary(experiment, run, states)
         log("\n" + mcc_table(summary))
-        if plan and plan.seconds > 0:
-            log(
-                f"\nthe jobs took {estimate.describe_time(wall)}; estimated "
-                f"{estimate.describe_time(plan.seconds)} ({wall / plan.seconds - 1:+.0%})"
-            )
         page = write_report(experiment, run, states, datasets, log)
         exported = not experiment.export.after_run or export_models(experiment, list(ready), log)
+        took = wall + time.perf_counter() - after_jobs
+        if plan and plan.seconds > 0:
+            log(_against_estimate(took, wall, plan.seconds))
     log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -224,7 +224,16 @@ def execute_experiment(
         log(f"\n{unread} dataset(s) could not be read; see the errors above")
     status = 1 if failed or unread or not exported else 0
     estimated = plan.seconds if plan else None
-    return RunResult(status, run.path, summary, outcomes, page, wall, estimated)
+    return RunResult(status, run.path, summary, outcomes, page, took, estimated, wall)
+
+
+def _against_estimate(took: float, jobs: float, estimated: float) -> str:
+    """The run's last line on its time: what the estimate covered, against it."""
+    return (
+        f"\nthe run took {estimate.describe_time(took)} from its jobs' start (the jobs "
+        f"{estimate.describe_time(jobs)}, then summary, report and exports); estimated "
+        f"{estimate.describe_time(estimated)} ({took / estimated - 1:+.0%})"
+    )
 
 
 def _estimate_and_run(
@@ -241,7 +250,10 @@ def _estimate_and_run(
         return None, [], 0.0
     machine = estimate.this_machine(devices(experiment))
     plan = estimate.plan(experiment, todo, folds, datasets, machine, log)
-    log(f"estimate: ~{estimate.describe_time(plan.seconds)} on this machine")
+    log(
+        f"estimate: ~{estimate.describe_time(plan.seconds)} on this machine (the jobs "
+        f"~{estimate.describe_time(plan.jobs_seconds)}, then the report and exports)"
+    )
     for warning in plan.warnings:
         log(f"warning: {warning}")
     start = time.perf_counter()
