@@ -314,9 +314,7 @@ def fixed_costs(
     if experiment.export.after_run:
         for name in shapes:
             export += reads.get(name, 0.0) + EXPORT_SPACE * start
-            export += sum(
-                _export_seconds(experiment, name, m, timings) for m in _exported(experiment)
-            )
+            export += sum(_export_seconds(name, m, timings) for m in _exported(experiment))
     return report + export
 
 
@@ -324,11 +322,11 @@ def _exported(experiment: Experiment) -> list[str]:
     """The methods whose models an export builds (all for "best"; the baselines are one job)."""
     asked = experiment.export.method
     if asked == "best":
-        return [BASELINE, *experiment.method_names]
+        return [BASELINE, *(method.name for method in experiment.methods)]
     return [BASELINE if asked.startswith(f"{BASELINE}-") else asked]
 
 
-def _export_seconds(experiment: Experiment, dataset: str, method: str, timings) -> float:
+def _export_seconds(dataset: str, method: str, timings: dict[tuple[str, str], Timing]) -> float:
     timing = timings.get((dataset, method), Timing())
     return timing.job if method == BASELINE else timing.setup + EXPORT_STEPS * timing.step
 
