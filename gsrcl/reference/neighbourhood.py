@@ -47,9 +47,9 @@ class Space:
     coordinates: np.ndarray  # the reference's cells, in its order
 
 
-def fit_space(adata: ad.AnnData, values: str) -> Space:
-    """Normalise and log, the VARIABLE_GENES most variable genes scaled, COMPONENTS principal
-    components of the reference's cells."""
+def fit_space(adata: ad.AnnData, values: str, components: int = COMPONENTS) -> Space:
+    """Normalise and log, the VARIABLE_GENES most variable genes scaled, `components` principal
+    components of the reference's cells (bench/constants.py scores other numbers)."""
     lognorm = fit_lognorm(adata, values)
     x = lognorm.transform(adata)
     genes = np.sort(np.argsort(-x.var(axis=0), kind="stable")[:VARIABLE_GENES])
@@ -57,7 +57,8 @@ def fit_space(adata: ad.AnnData, values: str) -> Space:
     std = x[:, genes].std(axis=0)
     std = np.where(std > 0, std, 1).astype(np.float32)
     scaled = _scale(x[:, genes], mean, std)
-    pca = PCA(min(COMPONENTS, *scaled.shape), svd_solver="randomized", random_state=0).fit(scaled)
+    pca = PCA(min(components, *scaled.shape), svd_solver="randomized", random_state=0)
+    pca.fit(scaled)
     arrays = {
         "target_sum": np.array(np.nan if lognorm.target_sum is None else lognorm.target_sum),
         "genes": genes,

@@ -63,8 +63,14 @@ def shares(probabilities: np.ndarray) -> np.ndarray:
     return probabilities / np.where(total > 0, total, 1)
 
 
-def choose(best: np.ndarray, ratios: np.ndarray, correct: np.ndarray | None = None):
-    """The rule for held-out cells of known types: `best` probability and distance ratio each.
+def choose(
+    best: np.ndarray,
+    ratios: np.ndarray,
+    correct: np.ndarray | None = None,
+    floor: float = MIN_MULTIPLIER,
+) -> UnassignedRule:
+    """The rule for held-out cells of known types: `best` probability and distance ratio each;
+    the multiplier at least `floor` (bench/constants.py scores other floors).
     The budget is spent on the cells labelled right (`correct`; all when None): a cell given the
     wrong type lies far from that type's cells, and Unassigned is the better answer for it. Held
     out by batch this matters: a type one batch barely has is mostly mislabelled in the other's
@@ -72,7 +78,7 @@ def choose(best: np.ndarray, ratios: np.ndarray, correct: np.ndarray | None = No
     by a model fitted on human2's single acinar cell), and those cells would set the multiplier."""
     judged = np.ones(len(best), dtype=bool) if correct is None else correct
     best, ratios = best[judged], ratios[judged]
-    multiplier = max(MIN_MULTIPLIER, float(np.quantile(ratios, 1 - BUDGET, method="higher")))
+    multiplier = max(floor, float(np.quantile(ratios, 1 - BUDGET, method="higher")))
     outside = ratios > multiplier
     candidates = np.unique(np.append(best[best <= MAX_THRESHOLD], [0.0, MAX_THRESHOLD]))
     threshold = 0.0
