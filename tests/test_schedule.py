@@ -111,9 +111,11 @@ def test_a_busy_machine_slows_the_run_s_jobs_more_than_the_timing():
     Two jobs at once then get half a core each: 4/3 as long; an idle machine changes nothing."""
     laptop = Machine(cores=2, host_bytes=10 * GB, gpus={})
     busy = [Timing(epoch=1.0, cpu_share=2 / 3)]
-    assert abs(busy_factor(busy, laptop, threads=1, running=2) - 4 / 3) < 1e-9
-    assert busy_factor(busy, laptop, threads=1, running=1) == 1.0  # alone, as it was timed
-    assert busy_factor([Timing(epoch=1.0)], laptop, threads=1, running=2) == 1.0
+    assert abs(busy_factor(busy, laptop, threads=1, running=2, load=3.0) - 4 / 3) < 1e-9
+    assert busy_factor(busy, laptop, threads=1, running=1, load=3.0) == 1.0  # as it was timed
+    assert busy_factor([Timing(epoch=1.0)], laptop, threads=1, running=2, load=3.0) == 1.0
+    # a burst during the timing, on a machine idle the minute before: not lasting load
+    assert busy_factor(busy, laptop, threads=1, running=2, load=0.1) < 1.06
 
 
 def test_a_job_that_cannot_fit_in_memory_is_named_with_what_to_change():

@@ -359,33 +359,38 @@ def plan(
     running = min(len(todo), max(1, machine.cores // threads))
     # a one-thread timing's share of its core is unambiguous: others' load, not parallelism
     alone = machine.gpus or threads > 1
-    busy = 1.0 if alone else busy_factor(list(timings.values()), machine, threads, running)
+    load = os.getloadavg()[0]
+    busy = 1.0 if alone else busy_factor(list(timings.values()), machine, threads, running, load)
     if busy > 1:
         log(f"estimate: other work keeps the cores busy; the jobs counted {busy:.2f}× as long")
     needs = {}
     for job in todo:
         timing = timings[job.dataset, job.method].scaled(busy)
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
-    start = worker_start_seconds() * busy
-    starts = Starts(start, {name: cache.seconds.get(name, 0.0) for name in shapes})
+    start = worker_start_seconds()  # workers start side by side: as busy as the jobs
+    starts = Starts(start * busy, {name: cache.seconds.get(name, 0.0) for name in shapes})
     jobs_seconds = run_seconds(machine, needs, experiment.compute, threads, starts)
     seconds = jobs_seconds + fixed_costs(experiment, shapes, timings, starts.reads, start)
     warnings = memory_warnings(needs, shapes, machine)
     return Plan(needs, seconds, warnings, shapes, jobs_seconds)
 
 
-def busy_factor(timings: list[Timing], machine: Machine, threads: int, running: int) -> float:
+def busy_factor(
+    timings: list[Timing], machine: Machine, threads: int, running: int, load: float
+) -> float:
     """How much slower a job runs beside the run's other jobs than it did alone in its timing,
-    on cores that other work keeps busy. The timing's share of its threads' time on a core says
-    how many other threads want the cores (E = cores / share - threads); during the run each of
-    `running` jobs' threads gets min(1, cores / (running × threads + E)). 1 on an idle machine
-    (where the timing had its cores to itself, its share says nothing of the others)."""
+    on cores that other work keeps busy. Other threads that want the cores, E: the timing's share
+    of its threads' time on a core says cores / share - threads; the 1-minute load average
+    (`load`, ours included) bounds it, so a burst during a short timing is not taken for lasting
+    load. Timed with min(1, cores / (threads + E)) of a core per thread, each of `running` jobs'
+    threads gets min(1, cores / (running × threads + E)) during the run. 1 on an idle machine."""
     share = float(np.median([t.cpu_share for t in timings])) if timings else 1.0
     if share >= IDLE_SHARE:
         return 1.0
-    others = machine.cores / share - threads
+    others = min(machine.cores / share - threads, load)
+    timed = min(1.0, machine.cores / (threads + others))
     in_run = min(1.0, machine.cores / (running * threads + others))
-    return max(1.0, share / in_run)
+    return max(1.0, timed / in_run)
 
 
 IDLE_SHARE = 0.95
