@@ -71,10 +71,16 @@ def held_out(reference, batch: str | None, specs: dict) -> dict[str, tuple[float
     evaluation, types = Evaluation(), sorted(set(labels))
     scores = {}
     for name, spec in specs.items():
-        model, probabilities = multiclass_classifier(
-            spec, x, labels, evaluation.inner_folds, evaluation.metric, 0, "libsvm", splits
+        model = multiclass_classifier(
+            spec,
+            x,
+            labels,
+            inner_folds=evaluation.inner_folds,
+            metric=evaluation.metric,
+            seed=0,
+            held_out_splits=splits,
         )
-        predicted = np.asarray(model.classes_)[probabilities.argmax(axis=1)]
+        predicted = np.asarray(model.classes)[model.held_out.argmax(axis=1)]
         macro = f1_score(labels, predicted, labels=types, average="macro", zero_division=0)
         scores[name] = float(accuracy_score(labels, predicted)), float(macro)
     return scores

@@ -9,11 +9,14 @@ throughput  full-batch SimCLR epochs at the paper's width (14 878 → 4096-4096-
             on a Baron Mouse training fold's worth of cells, --precision, against those peaks
 fold:P[:S]  baron_mouse/simclr-noise/fold-0 of configs/paper.py (3000 epochs, validation every 50,
             the paper's SVM grid) in precision P with evaluation.solver S (default "auto": the
-            device solver on a GPU; "libsvm" for the CPU path), in this process on cuda:0: wall,
-            training and validation-wait seconds, the scoring seconds of one validation step,
-            GPU memory (peak allocated, and the device's own reading), GPU utilisation sampled
-            every 0.2 s, the job's mean MCC; after `throughput`, also the training seconds with
-            scoring overlapped against the same epochs alone
+            device solver on a GPU; "libsvm" for the CPU path; "device" forces it anywhere), in
+            this process on cuda:0: wall, training and validation-wait seconds, the scoring
+            seconds of one validation step, GPU memory (peak allocated and reserved, the
+            device's own reading, and the runner's estimate of each: estimate.job_needs), GPU
+            utilisation sampled every 0.2 s, the job's mean MCC; after `throughput`, also the
+            training seconds with scoring overlapped against the same epochs alone. --epochs,
+            --data, --encoder and --head change the protocol (a shortened run, or a CPU check
+            of the script at tiny sizes)
 default     `python3 runner.py` (config.py, devices="auto") with 1 and with 2 workers per device:
             wall time, where the jobs ran, and the summary against a CPU run's (--cpu-summary)
 """
@@ -42,8 +45,10 @@ from bench.training import BARON, epoch_flops, matmul_peak, seconds_per_epoch  #
 from gsrcl.api import load_config  # noqa: E402
 from gsrcl.config.settings import Compute  # noqa: E402
 from gsrcl.data.dataset import DatasetCache  # noqa: E402
-from gsrcl.runner import dispatch, jobs, pipeline  # noqa: E402
+from gsrcl.runner import dispatch, estimate, jobs, pipeline  # noqa: E402
+from gsrcl.runner.calibrate import Timing  # noqa: E402
 from gsrcl.runner.run_folder import RunFolder  # noqa: E402
+from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, Machine  # noqa: E402
 
 DEVICE = "cuda:0"  # --device cpu runs the same code on the CPU, to check the script (no peaks)
 
@@ -115,16 +120,43 @@ class ScoringSeconds(logging.Handler):
             self.seconds.append(float(record.args[2]))
 
 
-def part_fold(figures: dict, precision: str, epochs: int | None, solver: str = "auto") -> None:
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """What a fold part changes of configs/paper.py (None: the paper's)."""
+
+    epochs: int | None = None
+    data: Path = BARON
+    encoder: tuple[int, ...] | None = None
+    head: tuple[int, ...] | None = None
+
+
+def memory_estimate(experiment, folds, job: jobs.Job, cells: int, genes: int) -> dict:
+    """The runner's estimate of the job's GPU memory (estimate.job_needs): what it allocates,
+    what the caching allocator holds for it, and that plus a process's CUDA context."""
+    fold_set = folds[job.dataset]
+    shape = estimate.Shape(cells, genes, len(fold_set.scored_tasks), len(fold_set.train(0)))
+    gpu = Machine(cores=1, host_bytes=2**40, gpus={"cuda:0": 2**40})
+    needs = estimate.job_needs(experiment, job, shape, Timing(), gpu)
+    return {
+        "estimate_allocated_gib": needs.device_bytes / estimate.ALLOCATOR_SLACK / 2**30,
+        "estimate_reserved_gib": needs.device_bytes / 2**30,
+        "estimate_in_use_gib": (needs.device_bytes + CUDA_CONTEXT_BYTES) / 2**30,
+    }
+
+
+def part_fold(figures: dict, precision: str, protocol: Protocol, solver: str = "auto") -> None:
     experiment = load_config(ROOT / "configs" / "paper.py")
     noise = [m for m in experiment.methods if m.name == "simclr-noise"]
+    widths = {"encoder": protocol.encoder, "head": protocol.head}
+    noise = [dataclasses.replace(m, **{k: v for k, v in widths.items() if v}) for m in noise]
     contrastive = dataclasses.replace(experiment.contrastive, precision=precision)
     evaluation = dataclasses.replace(experiment.evaluation, solver=solver)
+    epochs = protocol.epochs
     if epochs is not None:
         contrastive = dataclasses.replace(contrastive, epochs={"simclr": epochs, "supcon": epochs})
     experiment = dataclasses.replace(
         experiment,
-        datasets=(dataclasses.replace(experiment.datasets[0], path=str(BARON)),),
+        datasets=(dataclasses.replace(experiment.datasets[0], path=str(protocol.data)),),
         methods=tuple(noise),
         contrastive=contrastive,
         evaluation=evaluation,
@@ -132,12 +164,13 @@ def part_fold(figures: dict, precision: str, epochs: int | None, solver: str = "
         results_dir=tempfile.mkdtemp(prefix="gsrcl-gpu-"),
     )
     run, datasets = RunFolder.of(experiment), DatasetCache()
-    pipeline.prepare(experiment, run, datasets, lambda _: None)
+    folds = pipeline.prepare(experiment, run, datasets, lambda _: None)
     job = jobs.Job("baron_mouse", "simclr-noise", 0)
     scoring = ScoringSeconds()
     logging.getLogger("gsrcl").addHandler(scoring)
     logging.getLogger("gsrcl").setLevel(logging.INFO)
-    if DEVICE.startswith("cuda"):
+    on_gpu = DEVICE.startswith("cuda")
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats(DEVICE)
     with Sampler(gpu_sample, every=0.2) as sampler:
         outcome = dispatch.execute(job, experiment, run, DEVICE, datasets)
@@ -160,8 +193,12 @@ def part_fold(figures: dict, precision: str, epochs: int | None, solver: str = "
         "scoring_s_per_validation_step": float(np.median(scoring.seconds)),
         "validation_steps": len(scoring.seconds),
         "max_memory_allocated_gib": torch.cuda.max_memory_allocated(DEVICE) / 2**30
-        if DEVICE.startswith("cuda")
+        if on_gpu
         else 0.0,
+        "max_memory_reserved_gib": torch.cuda.max_memory_reserved(DEVICE) / 2**30
+        if on_gpu
+        else 0.0,
+        **memory_estimate(experiment, folds, job, cells, genes),
         **gpu_summary(sampler.samples),
         "mean_mcc": mcc,
         "tasks": len(metrics["rows"]),
@@ -182,8 +219,11 @@ def part_fold(figures: dict, precision: str, epochs: int | None, solver: str = "
         f"({result['epochs_per_s']:.0f} epochs/s), waiting on validation "
         f"{seconds['validation_wait']:.0f} s; one validation step's scoring "
         f"{result['scoring_s_per_validation_step']:.1f} s × {len(scoring.seconds)}; "
-        f"GPU memory peak {result['max_memory_allocated_gib']:.1f} GiB allocated "
-        f"({result['device_memory_used_gib_max']:.1f} GiB in use on the device); GPU busy "
+        f"GPU memory peak {result['max_memory_allocated_gib']:.2f} GiB allocated, "
+        f"{result['max_memory_reserved_gib']:.2f} reserved, "
+        f"{result['device_memory_used_gib_max']:.2f} in use on the device (estimated "
+        f"{result['estimate_allocated_gib']:.2f}, {result['estimate_reserved_gib']:.2f}, "
+        f"{result['estimate_in_use_gib']:.2f}); GPU busy "
         f"{result['busy_share']:.0%} of samples, mean utilisation "
         f"{result['utilisation_mean_pct']:.0f} %; mean MCC {mcc:.4f} over {len(metrics['rows'])}"
     )
@@ -245,6 +285,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("gpu.json"))
     parser.add_argument("--device", default="cuda:0")
     parser.add_argument("--epochs", type=int, default=None, help="fold: instead of the paper's")
+    parser.add_argument("--data", type=Path, default=BARON, help="fold: Baron Mouse's file")
+    parser.add_argument("--encoder", type=int, nargs="+", help="fold: instead of the paper's")
+    parser.add_argument("--head", type=int, nargs="+", help="fold: instead of the paper's")
     args = parser.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -253,17 +296,23 @@ def main() -> None:
     name = torch.cuda.get_device_name(DEVICE) if DEVICE.startswith("cuda") else "cpu"
     figures = {"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda}
     print(f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    protocol = Protocol(
+        args.epochs,
+        args.data,
+        tuple(args.encoder) if args.encoder else None,
+        tuple(args.head) if args.head else None,
+    )
     steps = {
         "peak": lambda: part_peak(figures),
         "throughput": lambda: part_throughput(figures, args.precision),
-        "fold:fp32": lambda: part_fold(figures, "fp32", args.epochs),
-        "fold:bf16": lambda: part_fold(figures, "bf16", args.epochs),
-        "fold:fp32:libsvm": lambda: part_fold(figures, "fp32", args.epochs, "libsvm"),
-        "fold:bf16:libsvm": lambda: part_fold(figures, "bf16", args.epochs, "libsvm"),
         "default": lambda: part_default(figures, args.cpu_summary),
     }
     for part in args.parts:
-        steps[part]()
+        if part.startswith("fold:"):  # fold:P[:S]
+            precision, _, solver = part.removeprefix("fold:").partition(":")
+            part_fold(figures, precision, protocol, solver or "auto")
+        else:
+            steps[part]()
         args.out.write_text(json.dumps(figures, indent=1))  # each part kept as it ends
 
 

@@ -1,23 +1,24 @@
 """The scheduler on this machine: the estimate made before a run against the run, and how busy
 the cores were.
 
-    python3 bench/schedule.py                  # every case (about 45 min on 2 cores)
-    python3 bench/schedule.py tiny default     # the small cases (tiny: seconds; default: ~5 min)
-    python3 bench/schedule.py configs/paper.py # any config file
+    python3 bench/schedule.py                    # every case (about 45 min on 2 cores)
+    python3 bench/schedule.py tiny default       # the small cases (seconds; about 5 min)
+    python3 bench/schedule.py configs/paper.py   # any config file
+    python3 bench/schedule.py default --set split.folds=2   # with the runner's overrides
 
 Cases: "tiny" (config.py cut to three cell types of pbmc68k_reduced, 4 epochs, small encoders,
 3 folds: a run of seconds), "tiny-export" (the same, exporting "best" after the run), "default"
 (config.py), "baron" (configs/baron_mouse.py). Each runs from scratch (`--force`, results under
-results/schedule-bench/). Printed per case: the run's
-estimate (made by the runner before its jobs, from its short timing of each dataset and method
-and the fixed costs it measured), what it took from then to its end (jobs, report, exports) and
-the error; the median and worst error of the jobs' own estimates (manifest.csv); and the CPU busy
-share over the jobs' wall time, sampled from /proc/stat once a second (all cores; 1.0 = every
-core busy the whole time).
+results/schedule-bench/). Printed per case: the run's estimate (made by the runner before its
+jobs, from its short timing of each dataset and method and the fixed costs it measured), what it
+took from then to its end (jobs, report, export) and the error; the median and worst error of
+the jobs' own estimates (manifest.csv); and the CPU busy share over the jobs' wall time, sampled
+from /proc/stat once a second (all cores; 1.0 = every core busy the whole time).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from dataclasses import replace
@@ -95,10 +96,11 @@ def tiny(experiment: Experiment) -> Experiment:
     ).validate()
 
 
-def experiment_of(case: str) -> Experiment:
+def experiment_of(case: str, overrides: list[str] = ()) -> Experiment:
     config = CASES.get(case, case)
     name = case if case in CASES else Path(config).stem
-    experiment = load_experiment(ROOT / config, [f"results_dir={str(FOLDER / name)!r}"])
+    results = f"results_dir={str(FOLDER / name)!r}"
+    experiment = load_experiment(ROOT / config, [*overrides, results])
     if case.startswith("tiny"):
         experiment = tiny(experiment)
     if case.endswith("export"):  # every method's model built, the best one kept
@@ -106,11 +108,11 @@ def experiment_of(case: str) -> Experiment:
     return experiment
 
 
-def bench(case: str) -> None:
+def bench(case: str, overrides: list[str]) -> None:
     from gsrcl.runner.pipeline import execute_experiment
     from gsrcl.runner.run_folder import RunFolder
 
-    experiment = experiment_of(case)
+    experiment = experiment_of(case, overrides)
     busy_share = BusyShare()
     start = time.perf_counter()
     with Sampler(busy_share.measure) as sampler:
@@ -134,8 +136,12 @@ def bench(case: str) -> None:
 
 def main() -> None:
     startup.import_worker_modules()
-    for case in sys.argv[1:] or list(CASES):
-        bench(case)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("cases", nargs="*", default=list(CASES), help="cases or config files")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    for case in args.cases:
+        bench(case, args.overrides)
 
 
 if __name__ == "__main__":

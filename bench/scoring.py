@@ -137,13 +137,15 @@ def device_step(embeddings, tasks, device: str) -> dict:
     memory of the batch it makes on a GPU (search and every candidate's refit together):
     measured there, computed from its tensors elsewhere."""
     spec = PAPER.evaluation.classifier
-    fold = FoldClassifier(spec, embeddings[0], 5, "mcc", device, 0, solver="device")
+    fold = FoldClassifier(
+        spec, embeddings[0], inner_folds=5, metric="mcc", device=device, solver="device"
+    )
     labels = [y for y, _ in tasks.values()]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     search = fold.search(labels, [fold.inner_splits(y) for y in labels])
-    batches = fold.kernel.batches
+    batches = fold.rbf_solver.batches
     cells = embeddings[0].shape[0]
     figures = {
         "problems": sum(b[0] for b in batches),

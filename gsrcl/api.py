@@ -16,13 +16,11 @@ import anndata as ad
 
 from gsrcl.config.configfile import load_experiment
 from gsrcl.config.presets import cpu_reference
-from gsrcl.config.settings import Dataset, Experiment
+from gsrcl.config.settings import Dataset, Experiment, Export
 from gsrcl.errors import UserError
 from gsrcl.reference.annotation import Annotation, annotate_adata_or_file
-from gsrcl.reference.export import export_model
-from gsrcl.reference.model import ReferenceModel
+from gsrcl.reference.model import ReferenceModel, check_replaceable
 from gsrcl.runner.pipeline import RunResult, execute_experiment
-from gsrcl.runner.run_folder import RunFolder
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Experiment:
@@ -49,6 +47,7 @@ def build_reference(
     data: str | Path,
     labels: str,
     out: str | Path,
+    *,
     values: str = "counts",
     method: str = "best",
     results_dir: str | Path = "results",
@@ -60,7 +59,8 @@ def build_reference(
     keep_candidates: bool = False,
 ) -> ReferenceModel:
     """From a labelled file to a reference model, without a config: the runner's own plan, jobs
-    and checkpoint selection (`presets.cpu_reference`), then export of `method` to `out`. The
+    and checkpoint selection (`presets.cpu_reference`), then export of `method` to `out`
+    (`export.after_run`: the run's estimate counts it). The
     run's results stay in `results_dir` (a rerun resumes). `batch`: the obs column of each
     cell's batch (donor, sample); the Unassigned rule and "best" are then judged on each batch
     predicted without it, as a new batch will be. `keep_candidates`: with "best", every other
@@ -72,15 +72,13 @@ def build_reference(
         values=values,
         batch=batch,
     )
-    experiment = cpu_reference(dataset, str(results_dir), epochs, folds, seed)
+    check_replaceable(Path(out))  # before the run, not after it
+    export = Export(after_run=True, method=method, out=str(out), keep_candidates=keep_candidates)
+    experiment = cpu_reference(dataset, str(results_dir), epochs, folds, seed, export)
     result = execute_experiment(experiment, "resume", log)
     if result.status != 0:
-        raise UserError(f"the reference run did not finish; see {result.folder} and rerun")
-    with RunFolder.of(experiment).lock():
-        folder = export_model(
-            experiment, method=method, out=Path(out), log=log, keep_candidates=keep_candidates
-        )
-    return ReferenceModel.load(folder)
+        raise UserError(f"the reference was not made; see the errors above and {result.folder}")
+    return ReferenceModel.load(Path(out))
 
 
 def annotate(

@@ -106,12 +106,13 @@ def test_held_back_cells_get_their_types_and_an_unknown_type_is_not_forced(annot
     of_known = float((table["predicted"].to_numpy()[known] == UNASSIGNED).mean())
     print(f"{UNKNOWN}: {unassigned:.0%} Unassigned; known types: {of_known:.1%} Unassigned")
     # a type the reference never saw is not forced into a known one, while the known types are
-    # labelled. This tiny encoder (20 epochs) gives 20 of the 68 granulocytes to NK or T cells
-    # at a probability near 0.5, and in the neighbourhood's 50 components they lie within 1.6 NK
-    # radii (72 % Unassigned; 85 % with the 20 components used before, which took 4 % of a new
-    # mouse's known cells for novelty). The bench's unseen case measures the defaults' model:
-    # 100 % (docs/annotation.md).
-    assert unassigned >= 0.7
+    # labelled. This tiny encoder (20 epochs) gives about 20 of the 68 granulocytes to NK or T
+    # cells at a probability near 0.5, and in the neighbourhood's 50 components they lie within
+    # 1.6 NK radii: 66 % Unassigned with the SVM settings chosen with each snapshot (72 % when
+    # export searched them again on every cell; 85 % with the 20 components used before, which
+    # took 4 % of a new mouse's known cells for novelty). The bench's unseen case measures the
+    # defaults' model: 100 % (docs/annotation.md).
+    assert unassigned >= 0.6
     assert of_known <= 0.02
 
 

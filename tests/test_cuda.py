@@ -97,9 +97,16 @@ def test_the_device_solver_on_cuda_replays_a_graph_and_agrees_with_the_cpu(caplo
         for gamma in (0.05, 0.5)
         for c in (0.1, 10.0)
     ]
+    smo.release_graphs()
+    recorded = smo._Replay.recordings
     with caplog.at_level("WARNING", logger="gsrcl.evaluate.smo"):
-        gpu = smo.solve(distances.cuda(), problems)
+        gpu = smo.solve(distances.cuda(), problems + problems[:2])  # 10 problems
+        again = smo.solve(distances.cuda(), problems + problems[:1])  # 9: padded to 10 too
     assert "not recorded" not in caplog.text  # the CUDA graph path ran
+    assert smo.bucket(9) == smo.bucket(10)
+    assert smo._Replay.recordings == recorded + 1  # recorded once, replayed by both solves
+    assert torch.equal(again.coef.cpu(), gpu.coef[:9].cpu())
+    smo.release_graphs()
     cpu = smo.solve(distances, problems)
     assert bool(gpu.converged.all())
     # CUDA's exp may round a kernel value differently, so the paths may part: compare the
@@ -110,3 +117,30 @@ def test_the_device_solver_on_cuda_replays_a_graph_and_agrees_with_the_cpu(caplo
         on_gpu = kernel @ gpu.coef[k, :size].cpu() + gpu.intercept[k].cpu()
         on_cpu = kernel @ cpu.coef[k, :size] + cpu.intercept[k]
         assert torch.allclose(on_gpu, on_cpu, atol=2e-2)
+
+
+def test_the_threads_that_predict_from_a_steps_distances_use_the_scoring_stream(monkeypatch):
+    """The pool's threads read the distances made on the scoring stream: on that stream."""
+    import numpy as np
+
+    from gsrcl.config.presets import svm
+    from gsrcl.evaluate.device_svm import DeviceSVM
+    from gsrcl.evaluate.workers import Workers
+    from gsrcl.model.train import ValidationScorer
+
+    streams = []
+    decide = DeviceSVM.decision_function
+
+    def recorded(self, distances):
+        streams.append(torch.cuda.current_stream(distances.device))
+        return decide(self, distances)
+
+    monkeypatch.setattr(DeviceSVM, "decision_function", recorded)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(90, 6)), dtype=torch.float32, device="cuda:0")
+    labels = np.arange(90) % 3 == 0
+    tasks = {"a": (labels[:60], labels[60:75]), "b": (~labels[:60], ~labels[60:75])}
+    with Workers(2) as workers:
+        scorer = ValidationScorer(x[:60], x[60:75], x[75:], tasks, svm(), 3, "mcc", 0, workers)
+        scorer.score(*[rng.normal(size=(n, 8)) for n in (60, 15, 15)])
+    assert streams and all(stream == scorer.stream for stream in streams)

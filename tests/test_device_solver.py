@@ -72,6 +72,45 @@ def test_every_variable_at_a_bound_takes_libsvm_middle_intercept():
     assert float(solution.intercept[0]) == pytest.approx(reference.intercept_[0], abs=1e-6)
 
 
+def _two_blobs(n: int = 80, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(0, 1, (n - n // 4, 4)), rng.normal(0.8, 1, (n // 4, 4))])
+    return torch.as_tensor(_distances(x), dtype=torch.float32), np.arange(n) >= n - n // 4
+
+
+def test_bucketed_shapes_pad_by_a_quarter_at_most():
+    sizes = range(1, 3000)
+    assert all(n <= smo.bucket(n) <= max(n + 1, 1.25 * n) for n in sizes)
+    assert len({smo.bucket(n) for n in range(1025, 2049)}) == 4  # four shapes an octave
+    assert smo.bucket(1206) == smo.bucket(1232) == 1280  # Baron Mouse's step: cells, problems
+
+
+def test_padded_solves_give_the_compacting_answers_through_one_shape():
+    """On a GPU every solve runs padded to a bucketed shape through one replay per shape (its
+    CUDA graph recorded once: tests/test_cuda.py); the CPU runs the same path eagerly."""
+    smo.release_graphs()
+    distances, positive = _two_blobs()
+    problems = [
+        smo.DualProblem(np.arange(0, 80, step), positive[::step], gamma, c, 2 * c)
+        for step in (1, 2, 3)
+        for gamma in (0.05, 0.5)
+        for c in (0.1, 1.0)
+    ]
+    compacting = smo.solve(distances, problems)
+    padded = smo.solve(distances, problems, padded=True)
+    for field in ("coef", "intercept", "iterations", "converged"):
+        assert torch.allclose(
+            getattr(padded, field).double(), getattr(compacting, field).double(), atol=1e-12
+        ), field
+    fewer = smo.solve(distances, problems[:11], padded=True)  # bucketed to 12 as well
+    assert smo.bucket(11) == smo.bucket(12) and torch.equal(fewer.coef, padded.coef[:11])
+    assert list(smo.GRAPHS.solves().values()) == [2]  # one shape, reused
+    smo.solve(distances, problems * 2, padded=True)  # 24 problems: another shape
+    assert sorted(smo.GRAPHS.solves().values()) == [1, 2]
+    smo.release_graphs()
+    assert smo.GRAPHS.solves() == {}
+
+
 def test_device_search_agrees_with_libsvm_on_real_cells():
     """pbmc68k_reduced (log expression of 765 genes), every cell type as a task, the
     class-balanced grid (32 candidates × 5 inner folds): the issue's agreement targets."""
@@ -101,13 +140,45 @@ def test_device_search_scores_ap_and_f1_and_takes_failed_fits():
     splits = [[(np.arange(3, 60), np.arange(0, 10)), (np.arange(0, 50), np.arange(50, 60))]]
     for metric in ("ap", "f1", "mcc"):
         results = {
-            solver: FoldClassifier(svm(), x, 2, metric, solver=solver).search([y], splits)
+            solver: FoldClassifier(svm(), x, inner_folds=2, metric=metric, solver=solver).search(
+                [y], splits
+            )
             for solver in ("libsvm", "device")
         }
         libsvm, device = results["libsvm"], results["device"]
         assert np.isnan(device.scores[0][:, 0]).all()  # that split's fits failed
         assert np.allclose(device.scores[0], libsvm.scores[0], equal_nan=True, atol=1e-9)
         assert device.chosen == libsvm.chosen
+
+
+def test_fits_left_unconverged_at_the_cap_are_answered_by_libsvm(caplog):
+    """A cap of 2 iterations leaves every fit above the tolerance: the search still answers,
+    as the libsvm search does, where it used to fail the whole job."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = np.arange(60) % 3 == 0
+    x[y] += 1.0
+    even, odd = np.arange(0, 60, 2), np.arange(1, 60, 2)
+    splits = [[(even, odd), (odd, even)]]
+    libsvm = FoldClassifier(svm(), x, inner_folds=2, metric="mcc", solver="libsvm").search(
+        [y], splits
+    )
+    capped = FoldClassifier(svm(), x, inner_folds=2, metric="mcc", solver="device")
+    capped.rbf_solver.max_iterations = 2
+    with caplog.at_level("WARNING", logger="gsrcl.evaluate.device_svm"):
+        device = capped.search([y], splits)
+    assert "did not converge on the device" in caplog.text
+    assert all(bool(batch[2].converged.all()) for batch in capped.rbf_solver.batches)
+    assert device.chosen == libsvm.chosen
+    assert np.allclose(device.scores[0], libsvm.scores[0], atol=1e-9) and 0 < device.chosen[0]
+    held_out = capped.prepare(x[:20])
+    decisions = device.models[0].decision_function(held_out.features)
+    expected = libsvm.models[0].decision_function(
+        FoldClassifier(svm(), x, inner_folds=2, metric="mcc", solver="libsvm")
+        .prepare(x[:20])
+        .features
+    )
+    assert np.allclose(decisions, expected, atol=1e-3)  # libsvm's tolerance
 
 
 def test_solver_setting_resolves_and_is_fingerprinted(tmp_path):

@@ -153,6 +153,10 @@ def test_rerun_skips_finished_jobs_and_same_seed_gives_identical_summary(tmp_pat
         "sha256": sha256(holder / "metrics.json"),
     }
     (holder / "DONE").write_text(json.dumps(marker))
+    states = retention.job_states(experiment, RunFolder.of(experiment), jobs.plan(experiment))
+    now_best = _best_folds(method_dir)["CD34+"]  # its encoder was removed: to be remade
+    assert [job.fold for job in retention.to_remake(states)] == [now_best]
+    assert now_best != int(holder.name.removeprefix("fold-"))
     status, log = _run(experiment)
     assert status == 0 and "the encoder export needs for 'CD34+' was removed" in log, log
     assert "5 skipped, 1 to run" in log  # only that fold

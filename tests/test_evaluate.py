@@ -118,17 +118,27 @@ def test_with_batches_a_multiclass_grid_is_searched_leaving_each_batch_out():
     batches = adata.obs["phase"].to_numpy(dtype=str)
     splits = list(LeaveOneGroupOut().split(x, groups=batches))
     spec = replace(SCALED_LOGISTIC, grid={"C": [0.001, 0.01, 0.1, 1], "balance_floor": [1, 50]})
-    within, _ = multiclass_classifier(spec, x, labels, 3, "mcc", 0)
-    by_batch, held_out = multiclass_classifier(spec, x, labels, 3, "mcc", 0, "auto", splits)
+    settings = {"inner_folds": 3, "metric": "mcc", "seed": 0}
+    within = multiclass_classifier(spec, x, labels, **settings)
+    by_batch = multiclass_classifier(spec, x, labels, **settings, held_out_splits=splits)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         search = GridSearchCV(
             estimator_for(spec), spec.grid, scoring="matthews_corrcoef", cv=splits
         )
         expected = search.fit(x, labels).best_params_
-    chosen = {k: by_batch.get_params()[k] for k in spec.grid}
-    assert chosen == expected != {k: within.get_params()[k] for k in spec.grid}
-    assert held_out.shape == (len(labels), len(by_batch.classes_))
+    chosen = {k: by_batch.params[k] for k in spec.grid}
+    assert chosen == expected != {k: within.params[k] for k in spec.grid}
+    model = by_batch.model()
+    assert {k: model.get_params()[k] for k in spec.grid} == chosen
+    assert by_batch.held_out.shape == (len(labels), len(model.classes_))
+    # held out: each batch's probabilities come from the chosen settings refit without it
+    train, test = splits[0]
+    alone = clone(model).fit(x[train], labels[train])
+    columns = [list(model.classes_).index(c) for c in alone.classes_]
+    np.testing.assert_allclose(
+        by_batch.held_out[np.ix_(test, columns)], alone.predict_proba(x[test]), atol=1e-8
+    )
 
 
 def test_bad_estimator_settings_are_user_errors():
@@ -139,23 +149,33 @@ def test_bad_estimator_settings_are_user_errors():
 
 
 def test_held_out_probabilities_of_an_exported_classifier_are_its_own_cross_validation():
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.model_selection import cross_val_predict
 
-    from gsrcl.evaluate.classifiers import FoldClassifier, calibrated_classifier
+    from gsrcl.evaluate.classifiers import calibrated_classifiers
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 50))
     y = (x[:, 0] + rng.normal(size=300) * 0.5) > 0.8
-    fold = FoldClassifier(svm(True), x, 5, "mcc", seed=0)
+    fold = FoldClassifier(svm(True), x, inner_folds=5, metric="mcc", seed=0)
     splits = fold.inner_splits(y)
     chosen = fold.fit(y, splits)
-    from_kernel = fold.kernel.held_out_decisions(y, chosen, splits)
+    from_kernel = fold.rbf_solver.held_out_decisions(y, chosen, splits)
     on_features = cross_val_predict(
         chosen.on_features(), x, y, cv=splits, method="decision_function"
     )
     np.testing.assert_allclose(from_kernel, on_features, atol=1e-9)
-    model, held_out = calibrated_classifier(svm(True), x, y, 5, "mcc", 0)
+    (calibrated,) = calibrated_classifiers(svm(True), x, [y], inner_folds=5, metric="mcc", seed=0)
+    held_out = calibrated.held_out
     assert held_out.shape == (300,) and 0 <= held_out.min() and held_out.max() <= 1
+    # the exported model, built from the kernel, is scikit-learn's calibration on the features
+    model = calibrated.model()
+    by_sklearn = CalibratedClassifierCV(chosen.on_features(), cv=splits, ensemble=False).fit(x, y)
+    query = rng.normal(size=(100, 50))
+    np.testing.assert_allclose(
+        model.predict_proba(query), by_sklearn.predict_proba(query), atol=1e-9
+    )
+    assert model.calibrated_classifiers_[0].estimator.kernel == "rbf"
     # held out: less sure of the training cells than the model refit on all of them
     fitted = model.predict_proba(x)[:, 1]
     assert np.abs(held_out - y).mean() > np.abs(fitted - y).mean()
@@ -185,3 +205,26 @@ def test_the_unassigned_rule_keeps_its_budget_and_gives_the_neighbourhood_priori
     assert rule.choose(best, mixed).multiplier > 2 * judged.multiplier
     shares = rule.shares(np.array([[0.2, 0.1, 0.1], [0.0, 0.0, 0.0]]))
     np.testing.assert_allclose(shares, [[0.5, 0.25, 0.25], [0, 0, 0]])
+
+
+def test_export_reuses_the_cvs_settings_and_searches_only_where_none_are_given():
+    from gsrcl.evaluate.classifiers import calibrated_classifiers
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(240, 20))
+    labels = [(x[:, 0] + rng.normal(size=240) * 0.5) > 0.7, x[:, 1] > 0.9]
+    settings = {"inner_folds": 3, "metric": "mcc", "seed": 0}
+    searched = calibrated_classifiers(svm(), x, labels, **settings)
+    fold = FoldClassifier(svm(), x, inner_folds=3, metric="mcc", seed=0)
+    _, choices = fold.fit_and_choices(labels, [None, None])
+    assert set(choices[0]) == {"gamma", "C"}  # the grid's values, as the grid writes them
+    # given the search's own choices, the same classifiers without searching
+    given = calibrated_classifiers(svm(), x, labels, **settings, choices=choices)
+    for a, b in zip(searched, given, strict=True):
+        assert a.params == b.params
+        np.testing.assert_allclose(a.held_out, b.held_out, atol=1e-12)
+    # another choice is honoured for its type; a type without one is still searched
+    other = {"gamma": 1e-4 if choices[0]["gamma"] != 1e-4 else 1e-2, "C": 100}
+    mixed = calibrated_classifiers(svm(), x, labels, **settings, choices=[other, None])
+    assert mixed[0].params["C"] == 100 and mixed[0].params["gamma"] == other["gamma"]
+    assert mixed[1].params == searched[1].params

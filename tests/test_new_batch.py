@@ -3,6 +3,7 @@ each donor held out, as a new donor will be; the CellTypist-like model is among 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import anndata as ad
@@ -126,6 +127,23 @@ def test_a_donor_the_reference_lacks_gets_its_types_not_unassigned(donors, tmp_p
     predicted = gsrcl.annotate(query, model, say=lambda _: None).table["predicted"].to_numpy()
     assert (predicted == UNASSIGNED).mean() <= 0.05
     assert (predicted == truth).mean() >= 0.9
+
+
+def test_an_encoders_classifier_keeps_the_settings_chosen_with_its_snapshot(donors):
+    """Export refits no grid the CV searched: each encoder type's SVM takes the settings its
+    fold chose on the snapshot it kept (jobs record them), and is not searched again."""
+    folders = [donors["best"], *donors["folder"].glob("best-*")]
+    models = [gsrcl.ReferenceModel.load(f) for f in folders]
+    (simclr,) = [m for m in models if m.manifest["method"] == "simclr-noise"]
+    run = donors["folder"] / "results" / "donors" / "jobs" / "pancreas" / "simclr-noise"
+    for entry in simclr.manifest["cell_types"]:
+        metrics = json.loads((run / f"fold-{entry['fold']}" / "metrics.json").read_text())
+        (row,) = [r for r in metrics["rows"] if r["task"] == entry["name"]]
+        assert row["params"]["C"] == entry["classifier_params"]["C"]
+        assert row["params"]["gamma"] in ("scale", entry["classifier_params"]["gamma"])
+        assert any(
+            f"  {entry['name']}: " in line and "the CV's choice" in line for line in donors["log"]
+        )
 
 
 def test_the_rule_is_calibrated_on_each_donor_held_out(donors):

@@ -59,7 +59,7 @@ def _sorted_by_subtype(seed: int):
 
 def test_inner_folds_spread_a_block_of_one_subtype_over_every_fold():
     x, y, subtype_b = _sorted_by_subtype(0)
-    splits = FoldClassifier(svm(), x, 5, "mcc", seed=3).inner_splits(y)
+    splits = FoldClassifier(svm(), x, inner_folds=5, metric="mcc", seed=3).inner_splits(y)
     in_each_test_fold = [subtype_b[test].sum() for _, test in splits]
     # in file order the last two inner folds would hold all 40 (8 and 32)
     assert min(in_each_test_fold) >= 2 and max(in_each_test_fold) <= 16, in_each_test_fold
@@ -75,7 +75,7 @@ def test_a_grid_that_contains_another_scores_no_worse_beyond_noise():
         train, held_out = np.flatnonzero(~test), np.flatnonzero(test)
         mcc = {}
         for spec in (svm(), svm(balanced=True)):
-            classifier = FoldClassifier(spec, x[train], 5, "mcc", seed=seed)
+            classifier = FoldClassifier(spec, x[train], inner_folds=5, metric="mcc", seed=seed)
             model = classifier.fit(y[train])
             predicted, score = classifier.task_outputs(model, classifier.prepare(x[held_out]))
             mcc[spec.name] = binary_scores(y[held_out], predicted, score)["mcc"]

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+from gsrcl.api import load_config
 from gsrcl.config.settings import Compute
 from gsrcl.runner.calibrate import Timing
-from gsrcl.runner.estimate import Shape, Starts, busy_factor, memory_warnings, run_seconds
+from gsrcl.runner.estimate import (
+    ALLOCATOR_SLACK,
+    Shape,
+    Starts,
+    busy_factor,
+    job_needs,
+    memory_warnings,
+    run_seconds,
+)
 from gsrcl.runner.jobs import Job
-from gsrcl.runner.schedule import Machine, Needs, Scheduler
+from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, Machine, Needs, Scheduler
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GB = 10**9
 TWO_GPUS = Machine(cores=8, host_bytes=64 * GB, gpus={"cuda:0": 80 * GB, "cuda:1": 80 * GB})
@@ -131,3 +145,96 @@ def test_a_job_that_cannot_fit_in_memory_is_named_with_what_to_change():
     assert "big/baseline needs about 40.00 GB of memory" in warnings[0]
     assert "38000 training cells" in warnings[0] and "fewer cells" in warnings[0]
     assert "GPU memory" in warnings[1] and "contrastive.batch_size" in warnings[1]
+
+
+def test_every_worker_process_on_a_gpu_holds_a_context_running_or_idle():
+    """A 10 GB GPU (9 GB planned). Two 4 GB jobs and their two contexts pass 9 GB: one at a
+    time. Three 2 GB jobs fit with theirs; once two are done their idle workers keep their
+    contexts, so a 4.7 GB job (taking one of them) waits for the GPU to empty."""
+    gpu = Machine(cores=8, host_bytes=64 * GB, gpus={"cuda:0": 10 * GB})
+    pair = {Job("d", "m", k): Needs(True, 10.0, GB, 4 * GB) for k in range(2)}
+    assert len(Scheduler(gpu, pair, Compute()).place()) == 1
+    small = {Job("d", "small", k): Needs(True, 100.0 - k, GB, 2 * GB) for k in range(3)}
+    big = Job("d", "big", 0)
+    scheduler = Scheduler(gpu, {**small, big: Needs(True, 1.0, GB, int(4.7 * GB))}, Compute())
+    assert [j for j, _ in scheduler.place()] == list(small)
+    assert scheduler.device_use("cuda:0") == 3 * (2 * GB + CUDA_CONTEXT_BYTES)
+    for job in list(small)[1:]:
+        scheduler.finish(job)
+    assert scheduler.device_use("cuda:0") == 2 * GB + 3 * CUDA_CONTEXT_BYTES
+    assert scheduler.place() == []  # 2 GB + 3 contexts + 4.7 GB > 9 GB
+    scheduler.worker_gone("cuda:0")  # an idle worker ended: its context is freed
+    assert scheduler.place() == [(big, "cuda:0")]
+    assert scheduler.processes == {"cuda:0": 2}  # the big job took the idle worker left
+
+
+def test_a_gpu_jobs_memory_counts_what_the_device_solver_holds():
+    """Baron Mouse at the paper's protocol: with the device solver the GPU holds DeviceRBF's
+    12 B a training-cell pair (float64 and float32 distances), the solver's padded copy and its
+    batch; with libsvm its cell-by-cell matrices are on the host instead."""
+    paper = load_config(ROOT / "configs" / "paper.py")
+    libsvm = dataclasses.replace(
+        paper, evaluation=dataclasses.replace(paper.evaluation, solver="libsvm")
+    )
+    shape = Shape(cells=1886, genes=14878, tasks=13, train=1206)
+    job, timing = Job("baron_mouse", "simclr-noise", 0), Timing(epoch=1.0, step=1.0)
+    on_device = job_needs(paper, job, shape, timing, TWO_GPUS)
+    on_host = job_needs(libsvm, job, shape, timing, TWO_GPUS)
+    problems = 13 * 16 * (5 + 1)  # tasks × candidates × (inner folds + the refit)
+    solver = shape.train**2 * (12 + 4) + problems * shape.train * (2 * 50 + 70)
+    assert on_device.device_bytes - on_host.device_bytes > ALLOCATOR_SLACK * solver
+    assert on_host.host_bytes - on_device.host_bytes == shape.train**2 * 8 * 3
+
+
+def test_each_method_is_timed_where_its_jobs_run(tmp_path, monkeypatch):
+    """On a GPU box the baselines run on the CPU with libsvm: they are timed there, not on the
+    first GPU with the device solver."""
+    from gsrcl.data.dataset import DatasetCache
+    from gsrcl.runner import estimate
+    from gsrcl.runner.calibrate import Timing as Measured
+    from gsrcl.runner.jobs import plan
+    from gsrcl.runner.pipeline import dataset_folds
+    from tests.conftest import tiny_experiment
+
+    experiment = tiny_experiment(tmp_path)
+    timed = []
+
+    def calibrate(experiment, fold, method, device, threads):
+        timed.append((method, device))
+        return Measured(epoch=1.0, step=1.0, job=1.0)
+
+    monkeypatch.setattr(estimate, "calibrate", calibrate)
+    cache = DatasetCache()
+    spec = experiment.datasets[0]
+    folds = {spec.name: dataset_folds(spec, experiment, cache, None)}
+    estimate.plan(experiment, plan(experiment), folds, cache, TWO_GPUS, lambda _: None)
+    where = dict(timed)
+    assert where.pop("baseline") == "cpu"
+    assert set(where.values()) == {"cuda:0"} and len(where) == len(experiment.methods)
+
+
+def test_the_estimate_counts_the_export_a_run_ends_with(tmp_path):
+    import pytest
+
+    from gsrcl.config.settings import BASELINE, Export
+    from gsrcl.runner import estimate
+    from tests.conftest import tiny_experiment
+
+    timings = {
+        ("pbmc", BASELINE): Timing(job=10.0),
+        ("pbmc", "simclr-noise"): Timing(epoch=1.0, step=3.0),
+        ("pbmc", "supcon-noise"): Timing(epoch=1.0, step=5.0),
+    }
+    per_job = estimate.EXPORT_PER_BASELINE_JOB
+
+    def exported(**settings) -> float:
+        experiment = tiny_experiment(tmp_path, export=Export(**settings))
+        return estimate.export_seconds(experiment, timings)
+
+    assert exported() == 0.0  # no export after the run
+    assert exported(after_run=True) == pytest.approx(10.0 * per_job + 3.0 + 5.0)  # "best"
+    assert exported(after_run=True, method="baseline-svm") == pytest.approx(10.0 * per_job)
+    assert exported(after_run=True, method="supcon-noise") == pytest.approx(5.0)
+    plan = estimate.Plan({}, 600.0, [], {}, export_seconds=60.0)
+    assert plan.describe_seconds() == "~11.0 min (the jobs ~10.0 min, the export ~60 s)"
+    assert estimate.Plan({}, 600.0, [], {}).describe_seconds() == "~10.0 min"

@@ -171,8 +171,8 @@ def test_sigterm_while_export_refits(paused):
         ],
         paused["pause"],
     )
-    export.wait_for("export: pbmc68k_reduced, baseline-svm")
-    export.wait_for_file(paused["reached"])  # inside its refits
+    export.wait_for("export: pbmc68k_reduced, candidate 1/1 baseline-svm")
+    export.wait_for_file(paused["reached"])  # inside its calibration's fits
     assert_stopped(export, signal.SIGTERM, export.stop_with(signal.SIGTERM))
     assert not (paused["root"] / "paused-model").exists()
     assert (paused["model"] / "manifest.json").exists()  # the finished model is kept

@@ -59,7 +59,7 @@ def test_kept_test_outputs_equal_a_fresh_fit_on_the_chosen_snapshot():
         encoder = copy.deepcopy(model.encoder)
         encoder.load_state_dict(best.state)
         x_train, _, x_test = scorer.x
-        classifier = FoldClassifier(svm(), embed(encoder, x_train), 3, "mcc")
+        classifier = FoldClassifier(svm(), embed(encoder, x_train), inner_folds=3, metric="mcc")
         predicted, score = classifier.task_outputs(
             classifier.fit(y_train), classifier.prepare(embed(encoder, x_test))
         )
@@ -113,6 +113,45 @@ def test_scoring_on_several_threads_equals_scoring_on_one():
         assert all(
             np.array_equal(a, b) for a, b in zip(one[task].test, three[task].test, strict=True)
         )
+
+
+def test_every_thread_that_reads_a_steps_device_tensors_works_on_the_scoring_stream(monkeypatch):
+    """The distances are made on the scoring stream; the pool's threads that predict from them
+    must enter that stream too (a thread's current stream is its own). Off a GPU the stream is
+    a no-op, so a stand-in marks the threads inside it."""
+    import contextlib
+    import threading
+
+    from gsrcl.evaluate.workers import Workers
+
+    _, scorer = _problem(6)
+    inside: set[int] = set()
+    outside: list[str] = []
+
+    @contextlib.contextmanager
+    def on_stream():
+        inside.add(threading.get_ident())
+        try:
+            yield
+        finally:
+            inside.discard(threading.get_ident())
+
+    def checked(method):
+        def call(self, *args, **kwargs):
+            if threading.get_ident() not in inside:
+                outside.append(method.__name__)
+            return method(self, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(scorer, "on_stream", on_stream)
+    for name in ("prepare", "fit_and_choices", "score_metric", "task_outputs"):
+        monkeypatch.setattr(FoldClassifier, name, checked(getattr(FoldClassifier, name)))
+    rng = np.random.default_rng(7)
+    with Workers(2) as workers:
+        scorer.workers = workers
+        scorer.score(*[rng.normal(size=(n, 8)) for n in (80, 20, 20)])
+    assert outside == []
 
 
 class _Killed(BaseException):

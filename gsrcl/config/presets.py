@@ -16,6 +16,7 @@ from gsrcl.config.settings import (
     Dataset,
     Evaluation,
     Experiment,
+    Export,
     Method,
     Split,
 )
@@ -91,11 +92,17 @@ STRONG_EVALUATION = Evaluation(
 
 
 def cpu_reference(
-    dataset: Dataset, results_dir: str, epochs: int = 100, folds: int = 5, seed: int = 0
+    dataset: Dataset,
+    results_dir: str,
+    epochs: int = 100,
+    folds: int = 5,
+    seed: int = 0,
+    export: Export | None = None,
 ) -> Experiment:
     """A reference model's experiment with CPU-sized settings (docs/cpu-protocol.md): SimCLR +
     Gaussian noise, encoder 512-256, 100 epochs, lr 1e-3, the paper's split, σ and validation
-    interval, beside the strongest simple baselines; exported with export.method="best"."""
+    interval, beside the strongest simple baselines; `export` as asked (`build_reference`
+    exports "best" after the run)."""
     return Experiment(
         name=f"reference-{dataset.name}",
         datasets=(dataset,),
@@ -105,6 +112,7 @@ def cpu_reference(
         ),
         split=replace(PAPER.split, folds=folds),
         evaluation=STRONG_EVALUATION,
+        export=export or Export(),
         seed=seed,
         results_dir=results_dir,
     ).validate()

@@ -27,8 +27,9 @@ class Dataset:
     """One labelled dataset: where it is, where its labels are, and what its values are."""
 
     name: str
-    # .h5ad, .h5 (10x or scziDesk), a 10x matrix-market folder, CSV/TSV (.gz), or
-    # "scanpy:pbmc68k_reduced" for scanpy's bundled dataset
+    # .h5ad, .h5 (10x or scziDesk), a 10x matrix-market folder, CSV/TSV (.gz),
+    # "scanpy:pbmc68k_reduced" for scanpy's bundled dataset, or "zenodo:<name>" for one of the
+    # paper's datasets, downloaded on first use (gsrcl.data.collection lists them)
     path: str
     labels: str = "cell_type"  # the obs column holding the cell type
     # instead of `labels`: a CSV with one column (a label per cell, in order) or two (cell id,
@@ -251,6 +252,9 @@ class Export:
     after_run: bool = False  # export each dataset's model when the run finishes
     # a method of the run (baselines too), or "best": the one whose model labels held-out cells best
     method: str = "best"
+    # the model folder (one dataset only); None: results/<experiment>/models/<dataset>-<method>
+    out: str | None = None
+    keep_candidates: bool = False  # with "best": every other method's model too, beside it
 
 
 @dataclass(frozen=True)
@@ -299,6 +303,8 @@ class Experiment:
                 problems.append(f"{kind} need distinct names, got {names}")
         if self.export.method not in ("best", *self.method_names):
             problems.append(f"export.method must be 'best' or one of {self.method_names}")
+        if self.export.out is not None and len(self.datasets) != 1:
+            problems.append("export.out names one model folder: it needs exactly one dataset")
         return problems
 
     def validate(self) -> Experiment:

@@ -3,7 +3,10 @@
 
 Labels come from an `obs` column or a file: a one-column file (one label per cell, in order), a
 two-column file (cell id, label; matched by id), or the GsRCL paper's one-row binary files
-`<type>_VR_Labels.csv` given as a glob (a cell's type is the file that marks it 1). Values are
+`<type>_VR_Labels.csv` given as a glob (a cell's type is the file that marks it 1). A registered
+dataset (`path="zenodo:<name>"`, `gsrcl.data.collection`) is fetched first and read from its
+files; where the paper gives binary task files, each must mark exactly the cells its type labels.
+Values are
 checked against what the dataset declares (counts or log), and refused when NaN, infinite or
 negative; all-zero genes and cells are removed with a warning.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import glob
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
@@ -21,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from gsrcl.config.settings import Dataset
+from gsrcl.data import collection, download
 from gsrcl.data.readers import read_matrix
 from gsrcl.errors import UserError
 
@@ -34,8 +39,13 @@ LOG_MAX = 20.0  # log1p of any realistic count stays below this
 
 def load_dataset(spec: Dataset) -> ad.AnnData:
     """Read the matrix and labels of `spec`, check them, and return the labelled cells."""
+    entry = collection.entry_of(spec)
+    if entry is not None:
+        spec = _fetched(spec, download.fetch(entry))
     adata = read_matrix(spec)
     labels = _labels(spec, adata)
+    if entry is not None:
+        _check_paper_tasks(spec, labels, download.files(entry).tasks)
     if spec.batch is not None:
         adata.obs[BATCH] = _batches(spec, adata)
     adata.obs[LABEL] = labels
@@ -47,7 +57,10 @@ def load_dataset(spec: Dataset) -> ad.AnnData:
         adata = adata[~unlabelled].copy()
     adata = checked_values(spec, adata)
     _check_scale(spec, adata.X)
-    return in_id_order(_without_empty(spec, adata))
+    adata = _without_empty(spec, adata)
+    if entry is not None:
+        _compare_with_registry(spec, entry, adata)
+    return in_id_order(adata)
 
 
 class DatasetCache:
@@ -137,6 +150,43 @@ def _labels(spec: Dataset, adata: ad.AnnData) -> pd.Series:
         values = _labels_from_table(spec, adata)
     labels = pd.Series(values, index=adata.obs_names, dtype=object)
     return labels.map(lambda v: None if pd.isna(v) or str(v) == "" else str(v))
+
+
+def _fetched(spec: Dataset, files: download.Files) -> Dataset:
+    """The spec read from a registered dataset's local files (labels from its label file, unless
+    the spec names other labels)."""
+    labels = spec.labels_file or str(files.labels)
+    return replace(spec, path=str(files.matrix), labels_file=labels)
+
+
+def _check_paper_tasks(spec: Dataset, labels: pd.Series, tasks: dict[str, Path]) -> None:
+    """Each of the paper's task files marks exactly the cells labelled with its type: else these
+    labels are not the ones the paper's tasks were made from."""
+    for cell_type, path in tasks.items():
+        marked = _labels_from_vr_files(replace(spec, labels_file=str(path)), len(labels))
+        differ = int(((marked == cell_type) != (labels.to_numpy() == cell_type)).sum())
+        if differ:
+            raise UserError(
+                f"dataset {spec.name}: the paper's task file {path} disagrees with "
+                f"{spec.labels_file} on {differ} cells of {cell_type!r}: these are not the labels "
+                f"the paper's tasks were made from. To run on them anyway, give the files "
+                f"themselves: path={spec.path!r}, labels_file={spec.labels_file!r}"
+            )
+
+
+def _compare_with_registry(spec: Dataset, entry: collection.Entry, adata: ad.AnnData) -> None:
+    """Said when the files differ from the shape the registry records (which --check plans by)."""
+    read = (adata.n_obs, adata.n_vars, adata.obs[LABEL].nunique())
+    recorded = (entry.cells, entry.genes, entry.types)
+    if read != recorded:
+        log.warning(
+            "dataset %s: %s holds %d cells × %d genes with a count, %d cell types; the registry "
+            "(gsrcl/data/collection.py), by which --check plans, records %d × %d, %d",
+            spec.name,
+            spec.path,
+            *read,
+            *recorded,
+        )
 
 
 def _batches(spec: Dataset, adata: ad.AnnData) -> pd.Series:

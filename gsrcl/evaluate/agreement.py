@@ -54,7 +54,15 @@ class _Run:
 
 
 def _run(solver: str, spec: Classifier, x_train, x_val, tasks, inner_folds, metric, seed, device):
-    fold = FoldClassifier(spec, x_train, inner_folds, metric, device, seed, solver=solver)
+    fold = FoldClassifier(
+        spec,
+        x_train,
+        inner_folds=inner_folds,
+        metric=metric,
+        device=device,
+        seed=seed,
+        solver=solver,
+    )
     start = time.perf_counter()
     labels = [y for y, _ in tasks.values()]
     search = fold.search(labels, [fold.inner_splits(y) for y in labels])
@@ -93,7 +101,7 @@ def compare_solvers(
         if mine == reference:
             agreement.same_choice += 1
             objective_gap, violation = _refit_gaps(
-                theirs.fold.kernel.train_distances,
+                theirs.fold.rbf_solver.train_distances,
                 y,
                 theirs.search.models[t],
                 ours.search.models[t].coef.cpu().numpy(),

@@ -12,6 +12,8 @@ batch would cost as many kernel launches as the first); elsewhere only the chose
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ from gsrcl.evaluate.kernel_svm import (
 )
 from gsrcl.evaluate.metrics import count_scores
 
+log = logging.getLogger(__name__)
 # SVC parameters the device solver honours; any other makes "auto" use libsvm
 DEVICE_PARAMS = {"C", "gamma", "class_weight", "tol", "kernel"}
 # SVC parameters that change libsvm's speed or its logging, not the model
@@ -63,14 +66,12 @@ class DeviceSVM:
         # libsvm votes for the second class when the decision value is not above 0
         return self.classes_[(self.decision_function(distances) >= 0).astype(int)]
 
-    def on_features(self) -> SVC:
-        """The same model, unfitted, as an `SVC` that takes features (to refit and export)."""
-        return SVC(**{**self.params, "kernel": "rbf", "gamma": self.gamma})
-
 
 class DeviceRBF(RBFSolver):
     """The training cells of one fold on a device: their squared distances (float64 for
     predictions, float32 for the solver, as libsvm) and what "scale" needs of any rows."""
+
+    max_iterations: int | None = None  # the device solver's cap (None: smo.solve's default)
 
     def __init__(self, x_train: np.ndarray, device: str = "cpu") -> None:
         self.x = torch.as_tensor(np.asarray(x_train), dtype=torch.float64, device=device)
@@ -167,11 +168,36 @@ class DeviceRBF(RBFSolver):
         present = [k for k, p in enumerate(problems) if p is not None]
         tol = float(candidates[0].get("tol", 1e-3))
         batch = [problems[k] for k in present]
-        solution = smo.solve(self.solver_distances, batch, tol)
+        solution = smo.solve(self.solver_distances, batch, tol, max_iterations=self.max_iterations)
         self.batches.append((len(batch), max((len(p.rows) for p in batch), default=0), solution))
-        if not bool(solution.converged.all()):
-            raise RuntimeError("the device SVM solver did not converge; set solver='libsvm'")
+        stuck = torch.nonzero(~solution.converged).flatten().tolist()
+        if stuck:
+            self._solve_on_libsvm([batch[k] for k in stuck], stuck, solution, tol)
         return _Solved(problems, present, solution)
+
+    def _solve_on_libsvm(self, problems, slots: list[int], solution, tol: float) -> None:
+        """Problems still above the tolerance at the device solver's cap are fitted by libsvm
+        (no cap) on the host, on the kernel the libsvm solver would use, and their answers put
+        in those slots: the search answers as the libsvm one would, instead of failing."""
+        log.warning(
+            "%d of %d SVM fits did not converge on the device within its iteration cap; "
+            "fitted by libsvm instead",
+            len(slots),
+            len(solution.converged),
+        )
+        for k, problem in zip(slots, problems, strict=True):
+            rows = torch.as_tensor(problem.rows, device=self.x.device)
+            distances = self.train_distances[rows][:, rows].cpu().numpy()
+            box = {False: problem.c_negative, True: problem.c_positive}  # C × class weight
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                svc = SVC(kernel="precomputed", C=1.0, class_weight=box, tol=tol)
+                svc.fit(np.exp(-problem.gamma * distances), problem.positive)
+            coef = torch.zeros(solution.coef.shape[1], dtype=torch.float64)
+            coef[torch.as_tensor(svc.support_)] = torch.as_tensor(svc.dual_coef_[0])
+            solution.coef[k] = coef.to(solution.coef.device)
+            solution.intercept[k] = float(svc.intercept_[0])
+            solution.converged[k] = True
 
     def _held_out_scores(self, labels, search, solved: _Solved, metric: str) -> list[float]:
         """The inner-CV score of each search fit on its held-out cells (NaN for a failed fit).

@@ -95,6 +95,23 @@ class KernelSVM:
         """The same model, unfitted, as an `SVC` that takes features (to refit and export)."""
         return SVC(**{**self.svc.get_params(), "kernel": "rbf", "gamma": self.gamma})
 
+    def fitted_on_features(self, x_train: np.ndarray) -> SVC:
+        """The same fitted model as an RBF `SVC` on features (`x_train`: the rows of the kernel
+        it was fitted on), without fitting again: libsvm's decision function is
+        Σ dual_i · exp(-gamma · |sv_i - x|²) + intercept, so the support vectors' features with
+        the solution found on the kernel are the whole model. Refitting `on_features()`
+        instead recomputes kernel rows on every gene inside libsvm: minutes a type on 20 000
+        genes (tests/test_evaluate.py checks both give the same decisions)."""
+        svc = self.on_features()
+        fitted = {k: v for k, v in vars(self.svc).items() if k not in vars(svc)}
+        svc.__dict__.update(fitted)
+        x_train = np.asarray(x_train, dtype=np.float64)
+        svc.support_vectors_ = np.ascontiguousarray(x_train[self.svc.support_])
+        svc.shape_fit_ = x_train.shape
+        svc.n_features_in_ = x_train.shape[1]
+        svc._gamma = self.gamma
+        return svc
+
 
 class RBFSolver(ABC):
     """The RBF SVC grid search on one fold's training cells, as some solver runs it: each
@@ -215,19 +232,21 @@ class PrecomputedRBF(RBFSolver):
             groups.setdefault(resolved[value], []).append(c)
         return groups
 
-    def held_out_decisions(self, y: np.ndarray, model: KernelSVM, splits) -> np.ndarray:
+    def held_out_decisions(
+        self, y: np.ndarray, model: KernelSVM, splits: Splits, kernel: np.ndarray | None = None
+    ) -> np.ndarray:
         """Each cell's decision value from `model`'s settings refit without its split's test
-        cells: what cross_val_predict gives for `model.on_features()`, from the kernel."""
-        kernel = np.exp(-model.gamma * self.train_distances)
+        cells: what cross_val_predict gives for `model.on_features()`, from the kernel (of
+        `model`'s gamma on all training cells; computed when not given)."""
+        if kernel is None:
+            kernel = np.exp(-model.gamma * self.train_distances)
         params = model.svc.get_params()
-        decisions = np.empty(len(y))
-        for train, test in splits:
+
+        def decide(train: np.ndarray, test: np.ndarray) -> np.ndarray:
             fitted = self._fit(kernel[np.ix_(train, train)], y[train], model.gamma, params)
-            if fitted is None:  # one class among the training cells (a type one batch has)
-                decisions[test] = ONE_CLASS_DECISION if y[train][0] else -ONE_CLASS_DECISION
-            else:
-                decisions[test] = fitted.svc.decision_function(kernel[np.ix_(test, train)])
-        return decisions
+            return fitted.svc.decision_function(kernel[np.ix_(test, train)])
+
+        return held_out_decisions(y, splits, decide)
 
     def fit(self, y: np.ndarray, params: dict[str, Any]) -> KernelSVM:
         gamma = self.gamma(params.get("gamma", "scale"))
@@ -248,6 +267,21 @@ class PrecomputedRBF(RBFSolver):
         ):
             warnings.simplefilter("ignore")
             return KernelSVM(SVC(kernel="precomputed", **svc_params).fit(kernel, y), gamma)
+
+
+def held_out_decisions(
+    y: np.ndarray, splits: Splits, decide: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Each cell's decision value from a model fitted without its split's test cells
+    (`decide(train, test)`); a split whose training cells hold one class (a type only one batch
+    has) gives its cells that class's side, where a fit would fail."""
+    decisions = np.empty(len(y))
+    for train, test in splits:
+        if len(np.unique(y[train])) < 2:
+            decisions[test] = ONE_CLASS_DECISION if y[train][0] else -ONE_CLASS_DECISION
+        else:
+            decisions[test] = decide(train, test)
+    return decisions
 
 
 def _inner_score(metric: str, y: np.ndarray, model: SVC, kernel: np.ndarray) -> float:

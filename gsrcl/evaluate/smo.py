@@ -13,13 +13,21 @@ bounds, is not done: every variable is checked at every iteration, so the stoppi
 one libsvm applies after unshrinking.
 
 All problems advance together, one pair each per iteration, as tensors of problems × cells;
-kernel rows are computed from the squared distances when needed (no kernel is stored), and
-problems that have converged are dropped from the batch every `check_every` iterations.
+kernel rows are computed from the squared distances when needed (no kernel is stored). Off a GPU,
+problems that have converged are dropped from the batch every `check_every` iterations. On a GPU
+the batch is padded to a bucketed shape and held at fixed addresses, so the CUDA graph of
+`check_every` iterations is recorded once per shape and replayed by every later solve of it
+(recording synchronises the whole device and empties torch's cache: once a job, not once a
+validation step); finished problems stay in it, masked, until all are done.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +36,7 @@ import torch
 log = logging.getLogger(__name__)
 
 TAU = 1e-12  # libsvm's floor for a non-positive curvature
+GRAPH_SHAPES = 4  # padded shapes a process keeps recorded (a job's steps share one or two)
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,16 @@ class _Batch:
     FIELDS = ("index", "rows", "place", "y", "box", "gamma", "alpha", "v", "up", "low")
     FIELDS += ("iterations", "done")
 
-    def __init__(self, problems: list[DualProblem], tol: float, device: torch.device) -> None:
-        self.width = width = max(len(p.rows) for p in problems)
-        n = len(problems)
+    def __init__(
+        self,
+        problems: list[DualProblem],
+        tol: float,
+        device: torch.device,
+        shape: tuple[int, int] | None = None,
+    ) -> None:
+        """`shape`: (rows, width) to pad to; extra rows are empty problems, done at once."""
+        self.width = max(len(p.rows) for p in problems)
+        n, width = shape or (len(problems), self.width)
         rows = np.zeros((n, width), dtype=np.int64)
         place = np.full((n, width), width, dtype=np.int64)  # padding lands in a spare column
         sign = np.ones((n, width))
@@ -85,7 +101,8 @@ class _Batch:
         self.place = torch.as_tensor(place, device=device)  # each column's position in `rows`
         self.y = torch.as_tensor(sign, device=device)
         self.box = torch.as_tensor(box, device=device)  # padding has a box of 0: never moves
-        self.gamma = torch.as_tensor([p.gamma for p in problems], device=device)[:, None].float()
+        gammas = [p.gamma for p in problems] + [0.0] * (n - len(problems))
+        self.gamma = torch.as_tensor(gammas, device=device)[:, None].float()
         self.alpha = torch.zeros((n, width), dtype=torch.float64, device=device)
         self.v = self.y.clone()  # G = -1 at α = 0
         valid = self.box > 0
@@ -107,10 +124,20 @@ def _kernel_rows(rows, gamma, distances: torch.Tensor, column: torch.Tensor) -> 
     return d.mul_(-gamma).exp_().double()
 
 
-def _iteration(rows, y, box, gamma, alpha, v, up, low, done, iterations, distances, tol):
-    """One libsvm iteration on every problem not yet done, in place. WSS2 first: i maximises v
-    over I_up; j minimises the second-order objective over the pairs (i, j ∈ I_low) that
-    violate; a problem is optimal when max - min of v over I_up and I_low is below `tol`."""
+def _step(batch: _Batch, distances: torch.Tensor) -> None:
+    """One libsvm iteration on every problem of `batch` not yet done, in place. WSS2 first: i
+    maximises v over I_up; j minimises the second-order objective over the pairs (i, j ∈ I_low)
+    that violate; a problem is optimal when max - min of v over I_up and I_low is below tol.
+    Only the batch's tensors change, in place (so a CUDA graph of it replays)."""
+    rows, y, box, gamma, alpha, v = (
+        batch.rows,
+        batch.y,
+        batch.box,
+        batch.gamma,
+        batch.alpha,
+        batch.v,
+    )
+    up, low, done, tol = batch.up, batch.low, batch.done, batch.tol
     g_max, i = torch.where(up, v, -torch.inf).max(dim=1)
     k_i = _kernel_rows(rows, gamma, distances, i)
     grad_diff = g_max[:, None] - v
@@ -137,25 +164,7 @@ def _iteration(rows, y, box, gamma, alpha, v, up, low, done, iterations, distanc
     step = -signs * (new - torch.stack([a_i, a_j], dim=1))
     v.addcmul_(k_i, step[:, :1])
     v.addcmul_(k_j, step[:, 1:])
-    iterations += moving.long()
-
-
-def _step(batch: _Batch, distances: torch.Tensor) -> None:
-    b = batch
-    _iteration(
-        b.rows,
-        b.y,
-        b.box,
-        b.gamma,
-        b.alpha,
-        b.v,
-        b.up,
-        b.low,
-        b.done,
-        b.iterations,
-        distances,
-        b.tol,
-    )
+    batch.iterations += moving.long()
 
 
 def _clipped_pair(differ, a_i, a_j, g_i, g_j, c_i, c_j, curvature):
@@ -210,84 +219,190 @@ def solve(
     tol: float = 1e-3,
     check_every: int = 32,
     max_iterations: int | None = None,
+    padded: bool | None = None,
 ) -> DualSolution:
     """Solve every problem on `distances`' device (squared distances among all cells; float32
     is libsvm's precision for kernel values). A problem still above `tol` after
-    `max_iterations` (default 100 × its size, at least 10 000) is returned as not converged."""
+    `max_iterations` (default 100 × its size, at least 10 000) is returned as not converged.
+    `padded` (default: on a GPU) runs the batch at a bucketed shape through this process's
+    replay of that shape; otherwise problems leave the batch as they finish."""
     if not problems:
         empty = torch.zeros(0, device=distances.device)
         return DualSolution(empty.double()[:, None], empty.double(), empty.long(), empty.bool())
-    batch = _Batch(problems, tol, distances.device)
-    limit = max_iterations or max(10_000, 100 * batch.width)
-    n, device = len(problems), distances.device
-    out = DualSolution(
-        coef=torch.zeros((n, batch.width + 1), dtype=torch.float64, device=device),
+    limit = max_iterations or max(10_000, 100 * max(len(p.rows) for p in problems))
+    padded = distances.is_cuda if padded is None else padded
+    with torch.no_grad():
+        if padded:
+            return _solve_padded(distances, problems, tol, check_every, limit)
+        return _solve_compacting(distances, problems, tol, check_every, limit)
+
+
+def _answers(n: int, width: int, device: torch.device) -> DualSolution:
+    """Room for `n` answers; column `width` takes the padding's writes."""
+    return DualSolution(
+        coef=torch.zeros((n, width + 1), dtype=torch.float64, device=device),
         intercept=torch.zeros(n, dtype=torch.float64, device=device),
         iterations=torch.zeros(n, dtype=torch.int64, device=device),
         converged=torch.zeros(n, dtype=torch.bool, device=device),
     )
-    chunk = None
-    with torch.no_grad():
-        while len(batch.index):
-            chunk = chunk or _Chunk(batch, distances, check_every)
-            out.rounds += chunk.run()
-            out.cell_steps += check_every * len(batch.index) * batch.width
-            limited = batch.iterations >= limit
-            finished = batch.done | limited
-            count = int(finished.sum())  # the only synchronisations with the device
-            stuck = bool((limited & ~batch.done).any())
-            # on a GPU finished problems stay in the batch (masked) until all are: recording a
-            # graph for a smaller batch costs more than stepping them (bench/scoring.py)
-            if count and (chunk.graph is None or stuck or count == len(batch.index)):
-                _collect(batch, finished, out)
-                batch.keep(~finished)
-                chunk = None
+
+
+def _solve_compacting(distances, problems, tol, check_every, limit) -> DualSolution:
+    """Operation by operation; every `check_every` iterations the finished problems leave."""
+    batch = _Batch(problems, tol, distances.device)
+    out = _answers(len(problems), batch.width, distances.device)
+    while len(batch.index):
+        for _ in range(check_every):
+            _step(batch, distances)
+        out.rounds += check_every
+        out.cell_steps += check_every * len(batch.index) * batch.width
+        finished = batch.done | (batch.iterations >= limit)
+        if bool(finished.any()):  # the only synchronisation with the device
+            _collect(batch, finished, out)
+            batch.keep(~finished)
     out.coef = out.coef[:, : batch.width]
     return out
 
 
-class _Chunk:
-    """`count` iterations of the batch as it is now: on a GPU one CUDA graph replays them (one
-    launch instead of a hundred small ones an iteration, which would leave the GPU waiting on
-    Python); elsewhere, or if recording fails, they run operation by operation."""
+def _solve_padded(distances, problems, tol, check_every, limit) -> DualSolution:
+    """The batch at its bucketed shape, replayed `check_every` iterations at a time until every
+    problem is done or at the cap (finished ones stay in the batch, masked)."""
+    n, width = len(problems), max(len(p.rows) for p in problems)
+    shape = Shape(
+        str(distances.device), bucket(n), bucket(width), bucket(len(distances)), check_every, tol
+    )
+    batch = _Batch(problems, tol, distances.device, (shape.problems, shape.width))
+    out = _answers(n, shape.width, distances.device)
+    with GRAPHS.use(shape, batch) as replay:
+        replay.load(batch, distances)
+        while True:
+            out.rounds += replay.run()
+            out.cell_steps += check_every * shape.problems * shape.width
+            held = replay.batch
+            finished = held.done[:n] | (held.iterations[:n] >= limit)
+            if bool(finished.all()):  # the only synchronisation with the device
+                break
+        _collect(held, torch.arange(shape.problems, device=distances.device) < n, out)
+    out.coef = out.coef[:, :width]
+    return out
 
-    def __init__(self, batch: _Batch, distances: torch.Tensor, count: int) -> None:
-        self.batch, self.distances, self.count = batch, distances, count
-        self.graph, self.warmed = None, 0
-        if distances.is_cuda:
-            try:
-                self._record()
-            except RuntimeError as error:  # run eagerly: same kernels, same answers
-                log.warning(
-                    "CUDA graph of the SVM solver not recorded (%s); running eagerly", error
-                )
-                torch.cuda.synchronize(distances.device)
-                self.graph = None
 
-    def _record(self) -> None:
-        # torch's recipe: warm up on a side stream, then capture (nothing runs while capturing)
-        side = torch.cuda.Stream(self.distances.device)
-        side.wait_stream(torch.cuda.current_stream(self.distances.device))
-        with torch.cuda.stream(side):
-            _step(self.batch, self.distances)  # a real iteration, counted as one
-        torch.cuda.current_stream(self.distances.device).wait_stream(side)
-        self.warmed = 1
-        graph = torch.cuda.CUDAGraph()
-        # "thread_local": the training thread keeps launching its own kernels meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            for _ in range(self.count):
-                _step(self.batch, self.distances)
-        self.graph = graph
+def bucket(n: int) -> int:
+    """`n` rounded up to one of four sizes an octave (…, 320, 384, 448, 512, 640, …): batches
+    of similar sizes share a padded shape, at most 25 % larger than they are."""
+    step = max(1, (1 << max(0, (n - 1).bit_length() - 1)) // 4)
+    return -(-n // step) * step
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A padded batch's shape: what a recorded graph is good for."""
+
+    device: str
+    problems: int
+    width: int
+    cells: int  # of the distance matrix
+    iterations: int  # recorded in one replay
+    tol: float
+
+
+class _Replay:
+    """A padded batch held at fixed addresses, with its own copy of the distances, and
+    `shape.iterations` iterations of it: on a GPU one CUDA graph (one launch instead of ~140
+    small ones an iteration, which would leave the GPU waiting on Python), recorded on first
+    use; elsewhere, or if recording fails, the same iterations operation by operation."""
+
+    recordings = 0  # CUDA graphs this process has recorded
+
+    def __init__(self, shape: Shape, batch: _Batch) -> None:
+        self.shape, self.batch = shape, batch  # the first solve's batch is the one held
+        device = batch.alpha.device
+        self.distances = torch.zeros((shape.cells, shape.cells), dtype=torch.float32, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.to_record, self.warmed = self.distances.is_cuda, 0
+        self.lock = threading.Lock()
+        self.solves = 0
+
+    def load(self, batch: _Batch, distances: torch.Tensor) -> None:
+        """A solve's problems and distances into the held tensors (on the current stream, which
+        the replay runs on, so they are in place first)."""
+        if batch is not self.batch:
+            for name in _Batch.FIELDS:
+                getattr(self.batch, name).copy_(getattr(batch, name))
+        self.distances[: len(distances), : len(distances)].copy_(distances)
+        self.solves += 1
 
     def run(self) -> int:
         """Run the iterations; how many ran."""
+        if self.to_record:
+            self.to_record = False
+            self._record()
         if self.graph is not None:
             self.graph.replay()
         else:
-            for _ in range(self.count):
+            for _ in range(self.shape.iterations):
                 _step(self.batch, self.distances)
-        ran, self.warmed = self.count + self.warmed, 0
+        ran, self.warmed = self.shape.iterations + self.warmed, 0
         return ran
+
+    def _record(self) -> None:
+        device = self.distances.device
+        try:
+            # torch's recipe: warm up on a side stream, then capture (nothing runs meanwhile)
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                _step(self.batch, self.distances)  # a real iteration, counted as one
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.warmed = 1
+            graph = torch.cuda.CUDAGraph()
+            # "thread_local": the training thread keeps launching its own kernels meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                for _ in range(self.shape.iterations):
+                    _step(self.batch, self.distances)
+        except RuntimeError as error:  # run eagerly: same kernels, same answers
+            log.warning("CUDA graph of the SVM solver not recorded (%s); running eagerly", error)
+            torch.cuda.synchronize(device)
+            return
+        self.graph = graph
+        _Replay.recordings += 1
+
+
+class _Replays:
+    """This process's replays by shape; the `GRAPH_SHAPES` most recently used are kept."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[Shape, _Replay] = OrderedDict()
+
+    @contextmanager
+    def use(self, shape: Shape, batch: _Batch) -> Iterator[_Replay]:
+        """The replay of `shape` (holding `batch` if it is new), for this solve alone."""
+        with self._lock:
+            replay = self._kept.pop(shape, None) or _Replay(shape, batch)
+            self._kept[shape] = replay
+            while len(self._kept) > GRAPH_SHAPES:
+                self._kept.popitem(last=False)
+        with replay.lock:
+            yield replay
+
+    def solves(self) -> dict[Shape, int]:
+        """The shapes kept and the solves each has served."""
+        with self._lock:
+            return {shape: replay.solves for shape, replay in self._kept.items()}
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+GRAPHS = _Replays()
+
+
+def release_graphs() -> None:
+    """Drop the recorded graphs and the tensors they hold (a job's end: its worker gives the
+    memory back to the GPU it shares)."""
+    GRAPHS.clear()
 
 
 def _collect(batch: _Batch, finished: torch.Tensor, out: DualSolution) -> None:

@@ -42,6 +42,7 @@ class Checkpoint:
     score: float  # on the validation cells
     state: dict[str, torch.Tensor]
     test: tuple[np.ndarray, np.ndarray]  # (predicted positive, score) of the test cells
+    params: dict = field(default_factory=dict)  # the classifier's grid choice (export reuses it)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Scored:
 
     score: float
     test: tuple[np.ndarray, np.ndarray]
+    params: dict  # the classifier's choice among the grid's values
 
 
 class ValidationScorer:
@@ -113,31 +115,42 @@ class ValidationScorer:
     def embed(self, encoder: torch.nn.Module) -> tuple[np.ndarray, ...]:
         return tuple(embed(encoder, x) for x in self.x)
 
+    def on_stream(self):
+        """Work on the scoring's stream from here (a no-op off a GPU). The current stream is per
+        thread: every thread that touches the step's device tensors enters it, so their making
+        and their reading are ordered on one stream (and the allocator never hands a block
+        still being read on one stream to another)."""
+        return torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext()
+
     def score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
-        with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
+        with self.on_stream():
             return self._score(train, val, test)
 
     def _score(self, train: np.ndarray, val: np.ndarray, test: np.ndarray) -> dict[str, Scored]:
         fold = FoldClassifier(
             self.classifier,
             train,
-            self.inner_folds,
-            self.metric,
-            str(self.x[0].device),
-            self.seed,
-            self.workers,
-            self.solver,
+            inner_folds=self.inner_folds,
+            metric=self.metric,
+            device=str(self.x[0].device),
+            seed=self.seed,
+            workers=self.workers,
+            solver=self.solver,
         )
         names = list(self.tasks)
-        models = fold.fit_many([self.tasks[n][0] for n in names], [self.splits[n] for n in names])
+        models, choices = fold.fit_and_choices(
+            [self.tasks[n][0] for n in names], [self.splits[n] for n in names]
+        )
         val_prepared, test_prepared = fold.prepare(val), fold.prepare(test)
 
-        def outputs(i: int) -> Scored:
+        def outputs(i: int) -> Scored:  # on a pool thread: distances made on the scoring stream
             y_val = self.tasks[names[i]][1]
-            return Scored(
-                fold.score_metric(models[i], val_prepared, y_val),
-                fold.task_outputs(models[i], test_prepared),
-            )
+            with self.on_stream():
+                return Scored(
+                    fold.score_metric(models[i], val_prepared, y_val),
+                    fold.task_outputs(models[i], test_prepared),
+                    choices[i],
+                )
 
         return dict(zip(names, self.workers.map(outputs, range(len(names))), strict=True))
 
@@ -201,7 +214,7 @@ class CheckpointSelector:
             self.validation.append({"epoch": epoch, "task": task, "score": result.score})
             best = self.best.get(task)
             if best is None or result.score > best.score:  # one state per epoch, for its tasks
-                self.best[task] = Checkpoint(epoch, result.score, state, result.test)
+                self.best[task] = Checkpoint(epoch, result.score, state, result.test, result.params)
 
 
 def overlap_validation(setting: str, device: torch.device) -> bool:
@@ -294,6 +307,7 @@ def _snapshot(epoch, model, optimizer, generator, selector, losses) -> dict:
                 "score": c.score,
                 "state": c.state,
                 "test": [torch.from_numpy(np.asarray(a)) for a in c.test],
+                "params": c.params,
             }
             for task, c in selector.best.items()
         },
@@ -317,6 +331,7 @@ def _restore(saved: dict, model, optimizer, generator, selector, losses: list) -
             c["score"],
             {k: v.cpu() for k, v in c["state"].items()},
             tuple(t.cpu().numpy() for t in c["test"]),
+            c.get("params", {}),  # none in a file saved before choices were kept
         )
         for task, c in saved["best"].items()
     }

@@ -15,13 +15,16 @@ predictions (`gsrcl.reference.rule`). Layout and checks: `gsrcl.reference.model`
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import skops.io
 import torch
@@ -31,7 +34,7 @@ from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment
 from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
 from gsrcl.errors import UserError
-from gsrcl.evaluate.classifiers import calibrated_classifier, multiclass_classifier
+from gsrcl.evaluate.classifiers import Calibrated, calibrated_classifiers, multiclass_classifier
 from gsrcl.evaluate.workers import Workers
 from gsrcl.files import safe_name
 from gsrcl.model.checkpoints import load_encoder
@@ -67,6 +70,49 @@ ENCODER_OPTIMISM = "; an encoder method's held-out scores lean high: its encoder
 MULTICLASS_FILE = "classifiers/all-types.skops"
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What every candidate model of one export shares: the run, the dataset's cells with
+    their labels and batches, the reference's expression space, the threads and the log."""
+
+    experiment: Experiment
+    run: RunFolder
+    spec: Dataset
+    adata: ad.AnnData
+    labels: np.ndarray
+    batches: np.ndarray | None  # each cell's batch, when two or more are named
+    space: neighbourhood.Space
+    workers: Workers
+    log: Callable[[str], None]
+
+    @property
+    def held_out_splits(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """One held-out split per batch (trained on the others), or None without batches."""
+        if self.batches is None:
+            return None
+        return list(LeaveOneGroupOut().split(self.batches, groups=self.batches))
+
+
+@dataclass
+class Candidate:
+    """A method's model before anything of it is written: for each type what it is trained
+    from (`picks`) and its classifier, the neighbourhoods, and the Unassigned rule chosen from
+    the held-out predictions of the reference's cells (with what it does to them)."""
+
+    method: str
+    picks: dict[str, dict]
+    kind: dict  # "kind" and, for an expression model, how its input is made
+    classifiers: dict[str, Calibrated]  # per type; one shared by every type when multi-class
+    encoders: dict[str, Path]  # an encoder model's files by digest
+    regions: dict  # the types' neighbourhoods (arrays for neighbourhoods.npz)
+    unassigned: dict  # the rule, what it does to the held-out cells, what it was chosen on
+
+    @property
+    def scores(self) -> dict[str, float]:
+        rates = self.unassigned["held_out"]
+        return {"held_out_accuracy": rates["accuracy"], "held_out_macro_f1": rates["macro_f1"]}
+
+
 def export_model(
     experiment: Experiment,
     dataset: str | None = None,
@@ -76,49 +122,67 @@ def export_model(
     keep_candidates: bool = False,
 ) -> Path:
     """Write the reference model of `dataset` (by `method`, default the config's export.method)
-    from the run's results; return its folder. With "best" and `keep_candidates`, every other
-    method's model (built to choose it) is written too: `<out>-<method>`, or without `out` in the
+    from the run's results; return its folder. With "best", every method is judged on the
+    reference's held-out cells and only the winner is fitted on every cell and written; with
+    `keep_candidates` every other method's model too: `<out>-<method>`, or without `out` in the
     run's models folder."""
+    start = time.perf_counter()
     run = RunFolder.of(experiment)
     spec = _dataset(experiment, dataset)
     asked = method or experiment.export.method
+    out = out or (Path(experiment.export.out) if experiment.export.out else None)
+    keep_candidates = keep_candidates or experiment.export.keep_candidates
     table = cv_table(experiment, run, spec.name)
     if out is not None:
         reference.check_replaceable(Path(out))
-    adata = data.load_dataset(spec)
-    batches = _batches(spec, adata, log)
-    candidates = list(table) if asked == "best" else [_method(experiment, asked)]
-    space = neighbourhood.fit_space(adata, spec.values)  # shared by the candidates
-    parent = Path(out).parent if out else run.model_path(spec.name, candidates[0]).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".export.") as tmp:
-        built = {
-            name: _build(
-                Path(tmp) / str(i), experiment, run, spec, adata, space, name, batches, log
-            )
-            for i, name in enumerate(candidates)
+    names = list(table) if asked == "best" else [_method(experiment, asked)]
+    with Workers(torch.get_num_threads()) as workers:
+        ref = _reference(experiment, run, spec, workers, log)
+        candidates = {
+            name: _assess(ref, name, f"{i + 1}/{len(names)}") for i, name in enumerate(names)
         }
-        for name, (_, manifest) in built.items():
-            table.setdefault(name, {}).update(_held_out_scores(manifest))
+        for name, candidate in candidates.items():
+            table.setdefault(name, {}).update(candidate.scores)
         chosen = _best_held_out(table, log) if asked == "best" else asked
         selection = {
-            "rule": _selection_rule(experiment, asked, batches, table),
+            "rule": _selection_rule(experiment, asked, ref.batches, table),
             "asked": asked,
             "chosen": chosen,
             "table": table,
         }
-        kept = list(built) if keep_candidates else [chosen]
+        kept = list(candidates) if keep_candidates else [chosen]
+        candidates = {name: candidates[name] for name in kept}  # the others' kernels go
         folders = {name: _destination(run, spec, out, name, chosen) for name in kept}
         for folder in folders.values():
             reference.check_replaceable(folder)
-        for i, (name, folder) in enumerate(folders.items()):
-            staging, manifest = built[name]
-            reference.write_manifest(staging, {**manifest, "selection": selection})
-            scratch = Path(tmp) / f"previous-{i}"  # where the model it replaces waits
-            scratch.mkdir()
-            reference.swap_in(staging, folder, scratch)
-            log(f"export: {spec.name}, {name} → {folder}")
+        parent = next(iter(folders.values())).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=parent, prefix=".export.") as tmp:
+            for i, (name, folder) in enumerate(folders.items()):
+                staging = Path(tmp) / str(i)
+                manifest = _write(ref, candidates[name], staging)
+                reference.write_manifest(staging, {**manifest, "selection": selection})
+                scratch = Path(tmp) / f"previous-{i}"  # where the model it replaces waits
+                scratch.mkdir()
+                reference.swap_in(staging, folder, scratch)
+                log(f"export: {spec.name}, {name} → {folder}")
+    log(f"export: {spec.name} done in {time.perf_counter() - start:.1f} s")
     return folders[chosen]
+
+
+def _reference(experiment: Experiment, run: RunFolder, spec: Dataset, workers, log) -> Reference:
+    adata = data.load_dataset(spec)
+    return Reference(
+        experiment=experiment,
+        run=run,
+        spec=spec,
+        adata=adata,
+        labels=adata.obs[data.LABEL].to_numpy(dtype=str),
+        batches=_batches(spec, adata, log),
+        space=neighbourhood.fit_space(adata, spec.values),
+        workers=workers,
+        log=log,
+    )
 
 
 def _destination(run: RunFolder, spec: Dataset, out: Path | None, name: str, chosen: str) -> Path:
@@ -129,24 +193,82 @@ def _destination(run: RunFolder, spec: Dataset, out: Path | None, name: str, cho
     return Path(out) if name == chosen else Path(out).parent / f"{Path(out).name}-{name}"
 
 
-def _build(staging, experiment, run, spec, adata, space, method, batches, log) -> tuple[Path, dict]:
-    """Every file of `method`'s model in `staging`, and its manifest (to be written there)."""
+def _assess(ref: Reference, method: str, counter: str) -> Candidate:
+    """A method's classifiers searched and held out, its Unassigned rule chosen: all that judges
+    it, with nothing fitted on every cell yet."""
+    start = time.perf_counter()
+    experiment, spec = ref.experiment, ref.spec
     baseline = _baseline(experiment, method)
-    picks = _picks(experiment, run, spec.name, method, baseline, log)
-    log(f"export: {spec.name}, {method}, {len(picks)} cell types")
-    log(describe_types(picks))
+    picks = _picks(experiment, ref.run, spec.name, method, baseline, ref.log)
+    ref.log(f"export: {spec.name}, candidate {counter} {method}, {len(picks)} cell types")
+    ref.log(describe_types(picks))
     if baseline is None:
-        entries, held_out, kind = _encoder_files(staging, experiment, adata, picks, batches, log)
+        kind, encoders, classifiers = _encoder_classifiers(ref, picks)
     else:
-        entries, held_out, kind = _expression_files(
-            staging, experiment, adata, spec.values, baseline, picks, batches, log
-        )
-    unassigned = _write_neighbourhoods(staging, adata, space, spec, entries, held_out, batches, log)
-    if batches is not None and kind["kind"] == "encoder":
+        kind, encoders, classifiers = _expression_classifiers(ref, baseline, picks)
+    types = list(picks)
+    held_out = _held_out_matrix(ref, classifiers, types)
+    regions = neighbourhood.fit(ref.space, ref.labels, types)
+    unassigned = _unassigned_rule(ref, regions, types, held_out)
+    if ref.batches is not None and kind["kind"] == "encoder":
         unassigned["calibrated_on"] += ENCODER_SAW_EVERY_BATCH
-    manifest = _manifest(experiment, spec, method, adata, entries)
-    manifest.update(kind=kind.pop("kind"), **kind, unassigned=unassigned)
-    return staging, manifest
+    ref.log(f"  {method} judged in {time.perf_counter() - start:.1f} s")
+    return Candidate(method, picks, kind, classifiers, encoders, regions, unassigned)
+
+
+def _held_out_matrix(ref: Reference, classifiers: dict[str, Calibrated], types: list[str]):
+    """Each reference cell's held-out probability of each type (NaN for a cell a multi-class
+    model was not fitted on: a type too small to be known)."""
+    first = classifiers[types[0]]
+    if first.classes is None:
+        return np.column_stack([classifiers[t].held_out for t in types])
+    rows = np.isin(ref.labels, types)
+    held_out = np.full((len(ref.labels), len(types)), np.nan)
+    held_out[rows] = first.held_out[:, [first.classes.index(t) for t in types]]
+    return held_out
+
+
+def _write(ref: Reference, candidate: Candidate, staging: Path) -> dict:
+    """Every file of the candidate's model in `staging` (its classifiers fitted on every cell
+    now), and its manifest (to be written there)."""
+    start = time.perf_counter()
+    (staging / "classifiers").mkdir(parents=True)
+    (staging / "genes.txt").write_text("\n".join(ref.adata.var_names) + "\n")
+    neighbourhood.save(staging / reference.NEIGHBOURHOODS, candidate.regions)
+    if candidate.encoders:
+        (staging / "encoders").mkdir()
+        for digest, path in candidate.encoders.items():
+            shutil.copyfile(path, staging / _encoder_name(digest))
+    entries = _classifier_files(ref, candidate, staging)
+    ref.log(
+        f"  {candidate.method}: {len(entries)} classifiers fitted on every cell and written in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    manifest = _manifest(ref.experiment, ref.spec, candidate.method, ref.adata, entries)
+    kind = dict(candidate.kind)
+    manifest.update(kind=kind.pop("kind"), **kind, unassigned=candidate.unassigned)
+    return manifest
+
+
+def _classifier_files(ref: Reference, candidate: Candidate, staging: Path) -> list[dict]:
+    """Each type's classifier, fitted on every cell (the types side by side), saved; the
+    manifest's entries."""
+    files = {
+        task: MULTICLASS_FILE if c.classes is not None else f"classifiers/{safe_name(task)}.skops"
+        for task, c in candidate.classifiers.items()
+    }
+    distinct = {id(c): (files[task], c) for task, c in candidate.classifiers.items()}
+    fitted = ref.workers.map(lambda item: (item[0], item[1].model()), list(distinct.values()))
+    for path, model in fitted:
+        skops.io.dump(model, staging / path)
+    entries = []
+    for task, pick in candidate.picks.items():
+        cells = int((ref.labels == task).sum())
+        entry = _entry(task, pick, files[task], cells, candidate.classifiers[task].params)
+        if "digest" in pick:
+            entry["encoder"] = _encoder_name(pick["digest"])
+        entries.append(entry)
+    return entries
 
 
 def _batches(spec: Dataset, adata, log) -> np.ndarray | None:
@@ -158,18 +280,6 @@ def _batches(spec: Dataset, adata, log) -> np.ndarray | None:
         log(f"  batch column {spec.batch!r} holds one batch: the rule is calibrated within it")
         return None
     return batches
-
-
-def _batch_splits(batches: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]] | None:
-    """One held-out split per batch (trained on the others), or None without batches."""
-    if batches is None:
-        return None
-    return list(LeaveOneGroupOut().split(batches, groups=batches))
-
-
-def _held_out_scores(manifest: dict) -> dict:
-    rates = manifest["unassigned"]["held_out"]
-    return {"held_out_accuracy": rates["accuracy"], "held_out_macro_f1": rates["macro_f1"]}
 
 
 def _best_held_out(table: dict[str, dict], log) -> str:
@@ -190,25 +300,6 @@ def _selection_rule(experiment: Experiment, asked: str, batches, table: dict[str
     text = SELECTION_WITHIN if batches is None else SELECTION_BY_BATCH
     contrastive = any(_baseline(experiment, m) is None for m in table)
     return text + (ENCODER_OPTIMISM if contrastive else "")
-
-
-def _write_neighbourhoods(
-    staging: Path, adata, space, spec: Dataset, entries, held_out, batches, log
-) -> dict:
-    """genes.txt and neighbourhoods.npz; the Unassigned rule chosen with them."""
-    (staging / "genes.txt").write_text("\n".join(adata.var_names) + "\n")
-    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
-    types = [e["name"] for e in entries]
-    arrays = neighbourhood.fit(space, labels, types)
-    neighbourhood.save(staging / reference.NEIGHBOURHOODS, arrays)
-    regions = neighbourhood.Neighbourhoods(arrays, list(adata.var_names), spec.values)
-    rule_chosen = _unassigned_rule(regions, labels, types, held_out, batches, log)
-    if batches is not None:
-        names = ", ".join(np.unique(batches))
-        rule_chosen["calibrated_on"] = ACROSS_BATCHES.format(
-            n=len(np.unique(batches)), column=spec.batch, names=names
-        )
-    return rule_chosen
 
 
 def _dataset(experiment: Experiment, name: str | None) -> Dataset:
@@ -265,7 +356,7 @@ def _picks(experiment, run, dataset, method, baseline, log) -> dict[str, dict]:
     else:
         scores = [row for f in folders for row in f.metrics() if row["method"] == method]
         picks = {
-            task: {"test_mcc": float(np.mean([r["mcc"] for r in scores if r["task"] == task]))}
+            task: _baseline_pick([r for r in scores if r["task"] == task], baseline.multiclass)
             for task in dict.fromkeys(r["task"] for r in scores)
         }
         shared = {}
@@ -276,6 +367,7 @@ def _picks(experiment, run, dataset, method, baseline, log) -> dict[str, dict]:
             log(f"  {task['name']}: 1 cell, too few for a classifier; the model does not know it")
             continue
         picks[task["name"]] = {**shared, "score": None, "test_mcc": None, "validated": False}
+        picks[task["name"]]["choice"] = None  # searched: no CV chose settings for it
     return picks
 
 
@@ -313,8 +405,27 @@ def _chosen_encoders(folders: list[JobFolder]) -> dict[str, dict]:
             "test_mcc": row["mcc"],
             "path": path,
             "digest": checksums[fold][path.name],
+            "choice": row.get("params"),  # its classifier's settings on that snapshot
         }
     return picks
+
+
+def _baseline_pick(rows: list[dict], multiclass: bool) -> dict:
+    """A baseline's type: its mean CV score, and the settings most of its folds chose (the
+    earliest fold's among equals; None where the jobs kept none, as before 2026-12-06). A
+    multi-class model's grid is searched again: with a batch column on the held-out batches
+    (its CV's inner folds mix them), without one its folds' choices may differ by type."""
+    choices = [
+        json.dumps(r["params"], sort_keys=True)
+        for r in rows
+        if r.get("params") is not None and not multiclass
+    ]
+    counts = Counter(choices)
+    choice = max(counts, key=lambda c: (counts[c], -choices.index(c))) if choices else None
+    return {
+        "test_mcc": float(np.mean([r["mcc"] for r in rows])),
+        "choice": None if choice is None else json.loads(choice),
+    }
 
 
 def describe_types(picks: dict[str, dict]) -> str:
@@ -326,127 +437,81 @@ def describe_types(picks: dict[str, dict]) -> str:
     return text
 
 
-def _encoder_files(staging: Path, experiment: Experiment, adata, picks: dict, batches, log):
-    """Copy each distinct encoder once; fit (the types side by side) and save each type's
-    calibrated classifier on its encoder's embeddings. Returns the manifest's entries, the
-    held-out probabilities (cells × types) and the kind."""
-    (staging / "encoders").mkdir(parents=True)
-    embeddings: dict[str, np.ndarray] = {}
-    for pick in picks.values():
-        digest = pick["digest"]
-        if digest not in embeddings:
-            shutil.copyfile(pick["path"], staging / _encoder_name(digest))
-            encoder, saved = load_encoder(pick["path"])
-            x, _ = saved.input.prepare(adata)
-            embeddings[digest] = embed(encoder, torch.from_numpy(x))
-    features = {task: embeddings[pick["digest"]] for task, pick in picks.items()}
-    classifier = experiment.evaluation.classifier
-    entries, held_out = _one_vs_rest_files(
-        staging, experiment, adata, classifier, picks, features, batches, log
-    )
-    for entry, pick in zip(entries, picks.values(), strict=True):
-        entry["encoder"] = _encoder_name(pick["digest"])
-    return entries, held_out, {"kind": "encoder"}
+def _encoder_classifiers(ref: Reference, picks: dict[str, dict]):
+    """Each type's calibrated classifier on its chosen encoder's embeddings (one search per
+    distinct encoder, its types side by side); the kind and the encoder files by digest."""
+    encoders = {pick["digest"]: pick["path"] for pick in picks.values()}
+    classifiers: dict[str, Calibrated] = {}
+    for digest, path in encoders.items():
+        encoder, saved = load_encoder(path)
+        x, _ = saved.input.prepare(ref.adata)
+        features = embed(encoder, torch.from_numpy(x))
+        types = [t for t, pick in picks.items() if pick["digest"] == digest]
+        spec = ref.experiment.evaluation.classifier
+        classifiers.update(_one_vs_rest(ref, spec, features, {t: picks[t] for t in types}))
+    return {"kind": "encoder"}, encoders, {t: classifiers[t] for t in picks}
 
 
-def _expression_files(
-    staging: Path,
-    experiment: Experiment,
-    adata,
-    values: str,
-    baseline: Classifier,
-    picks,
-    batches,
-    log,
-):
-    """A baseline's classifier refit on the expression of every labelled cell, its features
+def _expression_classifiers(ref: Reference, baseline: Classifier, picks: dict[str, dict]):
+    """A baseline's classifier on the expression of the reference's cells, its features
     prepared as its CV prepared them: one multi-class model, or one per type."""
-    fitted = preprocess.fit_features(baseline.features, adata, values)
-    x = fitted.transform(adata)
-    kind = {"kind": "expression", "input": _input_record(fitted, adata)}
+    fitted = preprocess.fit_features(baseline.features, ref.adata, ref.spec.values)
+    x = fitted.transform(ref.adata)
+    kind = {"kind": "expression", "input": _input_record(fitted, ref.adata)}
     if not baseline.multiclass:
-        features = dict.fromkeys(picks, x)
-        entries, held_out = _one_vs_rest_files(
-            staging, experiment, adata, baseline, picks, features, batches, log
-        )
-        return entries, held_out, kind
-    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
-    rows = np.isin(labels, list(picks))
-    evaluation = experiment.evaluation
+        return kind, {}, _one_vs_rest(ref, baseline, x, picks)
+    rows = np.isin(ref.labels, list(picks))
+    splits = None
+    if ref.batches is not None:  # one per batch, of the cells the model is fitted on
+        splits = list(LeaveOneGroupOut().split(x[rows], groups=ref.batches[rows]))
     start = time.perf_counter()
-    model, probabilities = multiclass_classifier(
+    evaluation = ref.experiment.evaluation
+    model = multiclass_classifier(
         baseline,
         x[rows],
-        labels[rows],
-        evaluation.inner_folds,
-        evaluation.metric,
-        experiment.seed,
-        evaluation.solver,
-        _batch_splits(None if batches is None else batches[rows]),
+        ref.labels[rows],
+        inner_folds=evaluation.inner_folds,
+        metric=evaluation.metric,
+        seed=ref.experiment.seed,
+        held_out_splits=splits,
+        workers=ref.workers,
     )
-    log(
-        f"  one {type(model).__name__} of {len(picks)} types refit on {rows.sum()} cells "
+    chosen = {k: model.params.get(k) for k in baseline.grid}
+    ref.log(
+        f"  one model of {len(picks)} types searched on {rows.sum()} cells, chose {chosen}, "
         f"in {time.perf_counter() - start:.1f} s"
     )
-    (staging / "classifiers").mkdir(parents=True)
-    skops.io.dump(model, staging / MULTICLASS_FILE)
-    held_out = np.full((len(labels), len(picks)), np.nan)
-    columns = [list(model.classes_).index(t) for t in picks]
-    held_out[rows] = probabilities[:, columns]
-    entries = [
-        _entry(task, pick, MULTICLASS_FILE, int((labels == task).sum()), _params(model))
-        for task, pick in picks.items()
-    ]
-    return entries, held_out, kind
+    return kind, {}, dict.fromkeys(picks, model)
 
 
-def _one_vs_rest_files(
-    staging: Path,
-    experiment: Experiment,
-    adata,
-    classifier: Classifier,
-    picks,
-    features,
-    batches,
-    log,
-):
-    """Fit (the types side by side) and save a calibrated classifier per type on its features;
-    the entries and the held-out probabilities (cells × types)."""
-    (staging / "classifiers").mkdir(parents=True, exist_ok=True)
-    labels = adata.obs[data.LABEL].to_numpy(dtype=str)
-    evaluation = experiment.evaluation
-    held_out_splits = _batch_splits(batches)
-
-    def refit(task: str) -> tuple[object, np.ndarray, float]:
-        start = time.perf_counter()
-        model, held_out = calibrated_classifier(
-            classifier,
-            features[task],
-            labels == task,
-            evaluation.inner_folds,
-            evaluation.metric,
-            experiment.seed,
-            evaluation.solver,
-            held_out_splits,
+def _one_vs_rest(ref: Reference, spec: Classifier, x: np.ndarray, picks: dict[str, dict]):
+    """Each type's calibrated classifier against the rest on features `x`, with the settings
+    its CV chose (searched again, side by side, only for a type the CV did not score); a line
+    per type."""
+    start = time.perf_counter()
+    types = list(picks)
+    evaluation = ref.experiment.evaluation
+    classifiers = calibrated_classifiers(
+        spec,
+        x,
+        [ref.labels == t for t in types],
+        inner_folds=evaluation.inner_folds,
+        metric=evaluation.metric,
+        seed=ref.experiment.seed,
+        held_out_splits=ref.held_out_splits,
+        workers=ref.workers,
+        choices=[picks[t].get("choice") for t in types],
+    )
+    seconds = time.perf_counter() - start
+    for task, classifier in zip(types, classifiers, strict=True):
+        chosen = {k: classifier.params.get(k) for k in spec.grid}
+        how = "searched" if picks[task].get("choice") is None else "the CV's choice"
+        ref.log(
+            f"  {task}: {int((ref.labels == task).sum())} cells, {how} {chosen}, calibrated and "
+            f"held out in {classifier.seconds:.1f} s"
         )
-        return model, held_out, time.perf_counter() - start
-
-    with Workers(torch.get_num_threads()) as workers:
-        fitted = dict(zip(picks, workers.map(refit, list(picks)), strict=True))
-    entries = []
-    for task, pick in picks.items():
-        model, _, seconds = fitted[task]
-        classifier_name = f"classifiers/{safe_name(task)}.skops"
-        skops.io.dump(model, staging / classifier_name)
-        cells = int((labels == task).sum())
-        origin = f"fold {pick['fold']}, epoch {pick['epoch']}, " if "fold" in pick else ""
-        log(
-            f"  {task}: {origin}classifier refit on {len(labels)} cells ({cells} of the type) "
-            f"in {seconds:.1f} s"
-        )
-        entries.append(_entry(task, pick, classifier_name, cells, _params(model)))
-    held_out = np.column_stack([fitted[task][1] for task in picks])
-    return entries, held_out
+    ref.log(f"  {len(types)} classifiers searched on {x.shape[1]} features in {seconds:.1f} s")
+    return dict(zip(types, classifiers, strict=True))
 
 
 def _entry(task: str, pick: dict, classifier: str, cells: int, params: dict) -> dict:
@@ -463,9 +528,11 @@ def _entry(task: str, pick: dict, classifier: str, cells: int, params: dict) -> 
     }
 
 
-def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, batches, log):
+def _unassigned_rule(ref: Reference, arrays: dict, types: list[str], held_out) -> dict:
     """The Unassigned rule chosen from the held-out predictions of the reference's cells of the
-    model's types, and what it does to them (a dict for the manifest)."""
+    model's types, what it does to them and what it was chosen on (a dict for the manifest)."""
+    labels, batches = ref.labels, ref.batches
+    regions = neighbourhood.Neighbourhoods(arrays, list(ref.adata.var_names), ref.spec.values)
     order = np.concatenate([np.flatnonzero(labels == t) for t in types])  # the regions' order
     truth = np.repeat(np.arange(len(types)), [int((labels == t).sum()) for t in types])
     probabilities = rule.shares(held_out[order])  # as annotate reports them
@@ -474,12 +541,18 @@ def _unassigned_rule(regions, labels: np.ndarray, types: list[str], held_out, ba
     ratios = regions.held_out_ratios(predicted, truth, None if batches is None else batches[order])
     chosen = rule.choose(best, ratios, predicted == truth)
     rates = rule.held_out_rates(chosen, best, ratios, predicted, truth)
-    log(
+    ref.log(
         f"  Unassigned: best probability below {chosen.threshold:.3f} or farther than "
         f"{chosen.multiplier:.2f} × the type's radius; on {rates['cells']} held-out reference "
         f"cells: {rates['unassigned']:.1%} Unassigned, accuracy {rates['accuracy']:.3f}"
     )
-    return {**chosen.to_record(), "held_out": rates, "calibrated_on": WITHIN_BATCHES}
+    calibrated_on = WITHIN_BATCHES
+    if batches is not None:
+        names = ", ".join(np.unique(batches))
+        calibrated_on = ACROSS_BATCHES.format(
+            n=len(np.unique(batches)), column=ref.spec.batch, names=names
+        )
+    return {**chosen.to_record(), "held_out": rates, "calibrated_on": calibrated_on}
 
 
 def _input_record(fitted: preprocess.Fitted, adata) -> dict:
@@ -495,13 +568,6 @@ def _input_record(fitted: preprocess.Fitted, adata) -> dict:
 
 def _encoder_name(digest: str) -> str:
     return f"encoders/{digest[:16]}.pt"
-
-
-def _params(model) -> dict:
-    """The fitted classifier's parameters (the grid search's choice), as plain values."""
-    inner = getattr(model, "calibrated_classifiers_", None)
-    params = (inner[0].estimator if inner else model).get_params()
-    return {k: v for k, v in params.items() if isinstance(v, str | int | float | bool | None)}
 
 
 def _manifest(experiment: Experiment, spec: Dataset, method: str, adata, entries) -> dict:

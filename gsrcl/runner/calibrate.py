@@ -6,6 +6,10 @@ the untrained encoder's embeddings); for the baselines, each one's grid search o
 median size (a multi-class baseline's on all), as many times as a job fits it. A timing that
 fails (a broken estimator, say) is reported and left out: the job itself will say what is wrong.
 The same code the jobs run, on the device they run on, with the threads a job will have.
+
+A registered dataset that is not downloaded yet is timed on a stand-in: made-up counts of a
+thousand cells in five types, over 2000 genes more than the widest masking method selects;
+`estimate` carries those timings to the dataset's recorded shape.
 """
 
 from __future__ import annotations
@@ -14,53 +18,55 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+import anndata as ad
+import numpy as np
+import pandas as pd
 import torch
 
-from gsrcl.config.settings import BASELINE, Experiment, Method
-from gsrcl.data.dataset import DatasetCache
-from gsrcl.data.splits import Folds
+from gsrcl.config.settings import BASELINE, Dataset, Experiment, Method
+from gsrcl.data import splits
+from gsrcl.data.dataset import LABEL
 from gsrcl.evaluate.workers import Workers
 from gsrcl.model import train
 from gsrcl.model.augment import augmentation
-from gsrcl.runner import jobs
+from gsrcl.runner import devices, jobs
 
 CALIBRATION_EPOCHS = 2
+STAND_IN_CELLS = 1000
+STAND_IN_TYPES = 5
+STAND_IN_GENES = 2000  # beside the most a masking method selects
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds measured here: a training epoch and a validation step of a contrastive method,
-    or a whole job of the baselines (`job`, its features included); and what a contrastive job
-    pays whatever its length (`setup`: its features, network and scorer made ready)."""
+    """Seconds measured here: a training epoch and a validation step of a contrastive method
+    (`embed`: the step's embedding of the cells, the rest is scoring), or a whole job of the
+    baselines (`job`, its features included); and what a contrastive job pays whatever its
+    length (`setup`: its features, network and scorer made ready)."""
 
     epoch: float = 0.0
     step: float = 0.0
     job: float = 0.0
+    embed: float = 0.0
     setup: float = 0.0
     cpu_share: float = 1.0  # of its threads' time the timing was on a core (others' load)
 
-    def scaled(self, factor: float) -> Timing:
-        """The durations `factor` times longer."""
+    def longer(self, factor: float) -> Timing:
+        """The durations `factor` times longer (a busy machine: `estimate.busy_factor`)."""
         return replace(
             self,
             epoch=self.epoch * factor,
             step=self.step * factor,
             job=self.job * factor,
+            embed=self.embed * factor,
             setup=self.setup * factor,
         )
 
 
 def calibrate(
-    experiment: Experiment,
-    dataset: str,
-    folds: Folds,
-    method: str,
-    device: str,
-    threads: int,
-    datasets: DatasetCache,
+    experiment: Experiment, fold: jobs.FoldData, method: str, device: str, threads: int
 ) -> Timing:
-    spec = next(d for d in experiment.datasets if d.name == dataset)
-    fold = jobs.fold_data(datasets.get(spec), spec, folds, 0)
+    """`method` timed on `fold` (a dataset's first fold, or the stand-in's)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     logging.disable(logging.INFO)  # the short training's epochs and steps are not the run's
@@ -75,6 +81,7 @@ def calibrate(
     finally:
         logging.disable(logging.NOTSET)
         torch.set_num_threads(previous)
+        devices.release(device)  # the runner's process keeps only its context on the GPU
     on_core = (time.process_time() - cpu) / max((time.perf_counter() - wall) * threads, 1e-9)
     return replace(timing, cpu_share=min(1.0, on_core))
 
@@ -113,7 +120,9 @@ def _contrastive(
     scorer = jobs.validation_scorer(experiment, fold, x, fold.tasks, seed, workers)
     setup = time.perf_counter() - start
     start = time.perf_counter()
-    scorer.score(*scorer.embed(model.encoder))
+    embedded = scorer.embed(model.encoder)
+    embed = time.perf_counter() - start
+    scorer.score(*embedded)
     step = time.perf_counter() - start
     labels = jobs.supcon_labels(method, fold, fold.tasks[0], x.device)
     settings = replace(
@@ -124,4 +133,23 @@ def _contrastive(
     result = train.train(
         model, x[fold.train], augment, settings, CALIBRATION_EPOCHS, no_tasks, generator, labels
     )
-    return Timing(epoch=result.seconds["training"] / CALIBRATION_EPOCHS, step=step, setup=setup)
+    epoch = result.seconds["training"] / CALIBRATION_EPOCHS
+    return Timing(epoch=epoch, step=step, embed=embed, setup=setup)
+
+
+def stand_in(experiment: Experiment) -> jobs.FoldData:
+    """The first fold of made-up counts: each type with its own mean profile (so classifiers
+    fit as on real types), zero-heavy as scRNA-seq counts are."""
+    genes = STAND_IN_GENES + max([0, *(m.n_genes for m in experiment.methods if m.n_genes)])
+    rng = np.random.default_rng(experiment.seed)
+    kind = np.arange(STAND_IN_CELLS) % STAND_IN_TYPES
+    means = rng.gamma(0.3, 2.0, size=(STAND_IN_TYPES, genes))
+    labels = np.array([f"type {k}" for k in kind])
+    cells = [f"cell{i:05d}" for i in range(STAND_IN_CELLS)]
+    adata = ad.AnnData(
+        X=rng.poisson(means[kind]).astype(np.float32),
+        obs=pd.DataFrame({LABEL: labels}, index=cells),
+        var=pd.DataFrame(index=[f"gene{j}" for j in range(genes)]),
+    )
+    folds = splits.make_folds(cells, labels, experiment.split, experiment.seed, None)
+    return jobs.fold_data(adata, Dataset(name="stand-in", path="stand-in"), folds, 0)

@@ -1,12 +1,13 @@
 """Running jobs on worker processes placed by the scheduler (`gsrcl.runner.schedule`).
 
 A worker is spawned for a device (a GPU, or the CPU) when the scheduler places a job there and no
-idle worker of that device is free; it takes its jobs one at a time through its own inbox, so the
-main process always knows which job each worker holds: a job is handed out exactly once, and a
-worker that dies (killed, out of memory) is replaced and its job recorded as failed. Each worker's
-share of the cores lives in shared memory (`CoreShare`): the runner shares the cores out again
-whenever a job starts or finishes, and a running job takes its new share at its next validation
-step. `execute` runs every job.
+idle worker of that device is free (a GPU worker sees that GPU alone: `devices`); it takes its
+jobs one at a time through its own inbox, so the main process always knows which job each worker
+holds: a job is handed out exactly once, and a worker that dies (killed, out of memory) is
+replaced and its job recorded as failed. Each worker's share of the cores lives in shared memory
+(`CoreShare`): the runner shares the cores out again whenever a job starts or finishes, and a
+running job takes its new share at its next validation step. `execute` runs every job, and gives
+the GPU back what the job left cached when it ends.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gsrcl.data.dataset import DatasetCache
 from gsrcl.errors import UserError
 from gsrcl.evaluate.workers import Share
 from gsrcl.files import describe_os_error
-from gsrcl.runner import jobs
+from gsrcl.runner import devices, jobs
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.run_folder import RunFolder
 from gsrcl.runner.schedule import Machine, Needs, Scheduler
@@ -63,20 +64,25 @@ def execute(
     device: str,
     datasets: DatasetCache,
     share: Share | None = None,
+    name: str | None = None,
 ) -> Outcome:
     """Run one job into a cleared folder; DONE is written last, a failure leaves error.txt.
-    `share`: the worker's share of the cores, when the runner may change it mid-job."""
+    `share`: the worker's share of the cores, when the runner may change it mid-job. `name`:
+    the device as the runner names it, recorded (a worker computes on its GPU as cuda:0)."""
     folder = run.job(job)
     start = time.perf_counter()
+    name = name or device
     try:
         folder.prepare()
         jobs.run_job(job, experiment, run, device, datasets, share)
         seconds = time.perf_counter() - start
         folder.drop_progress()
-        folder.mark_done(jobs.fingerprint(experiment, job), device, seconds)
+        folder.mark_done(jobs.fingerprint(experiment, job), name, seconds)
     except Exception as error:  # a failing job is recorded; the others go on
-        return record_failure(job, run, device, start, traceback.format_exc(), error)
-    return Outcome(job.id, "done", device, seconds)
+        return record_failure(job, run, name, start, traceback.format_exc(), error)
+    finally:
+        devices.release(device)
+    return Outcome(job.id, "done", name, seconds)
 
 
 def record_failure(
@@ -110,10 +116,11 @@ def _worker(slot: Slot, experiment: Experiment, run: RunFolder, inbox, outbox, p
     log = logging.getLogger("gsrcl.worker")
     datasets = DatasetCache()  # each dataset read once by this worker, for all its jobs
     outbox.put(("ready", slot.index, None))
+    device = devices.worker_device(slot.device)
     while (job := inbox.get()) is not None:
         set_threads(slot.share.threads())
         log.info("start %s on %s", job.id, slot.device)
-        outcome = execute(job, experiment, run, slot.device, datasets, slot.share)
+        outcome = execute(job, experiment, run, device, datasets, slot.share, slot.device)
         log.info("%s %s in %.1f s %s", outcome.status, job.id, outcome.seconds, outcome.error)
         outbox.put(("outcome", slot.index, outcome))
 
@@ -130,9 +137,10 @@ class _ToRunner(logging.Handler):
 
 
 def pin(slot: Slot) -> None:
-    """Bind the process to its GPU and its share of CPU threads before any other work."""
+    """Make the process's one visible GPU current and take its share of CPU threads, before
+    any other work (the pool starts a GPU worker seeing only its GPU, as Ray does)."""
     if slot.device.startswith("cuda"):
-        torch.cuda.set_device(slot.device)
+        torch.cuda.set_device(devices.worker_device(slot.device))
     set_threads(slot.share.threads())
 
 
@@ -276,7 +284,8 @@ class Pool:
             daemon=True,
             name=f"gsrcl-worker-{slot.index}",
         )
-        process.start()
+        with devices.environment(devices.worker_environment(slot.device)):
+            process.start()  # spawned: the new interpreter sees its GPU alone from the start
         self.workers[slot.index] = (process, inbox, slot)
         self.starting.add(slot.index)
 
@@ -289,6 +298,7 @@ class Pool:
                 continue
             del self.workers[index]
             self.idle.discard(index)
+            scheduler.worker_gone(slot.device)
             job, start = running.pop(index, (None, 0.0))
             if index in self.starting:
                 self.starting.discard(index)

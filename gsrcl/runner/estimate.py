@@ -2,13 +2,19 @@
 this machine, and the disk its results take (`--check` prints them; the pool places jobs by them).
 
 Time: a contrastive job is its setup, its trainings' epochs times the epoch measured here, plus
-its validation steps times the step measured here (`calibrate`); a baseline job is the one
-measured. The run's time replays the scheduler on those durations, each new worker paying its
-start (`startup`: the imports, timed here) and each worker its first read of a dataset (timed
-here), then adds the report and the exports (`fixed_costs`): what makes a run of seconds.
-Memory and disk come from the shapes: the cells × genes matrix, the network's weights (with
-gradients and Adam's two moments), its activations on a batch, the snapshots kept for the tasks,
-and the SVM's cell-by-cell matrices.
+its validation steps times the step measured here (`calibrate`), each timed where it will run (a
+baseline on the CPU with libsvm, a contrastive job on the first GPU if there is one); a baseline
+job is the one measured. The run's time replays the scheduler on those durations, each new
+worker paying its start (`startup`: the imports, timed here) and each worker its first read of a
+dataset (timed here), on a machine as busy as the timing found it (`busy_factor`); the report
+(`report_seconds`) and the export follow: what a run of seconds is mostly made of. A dataset not
+downloaded yet is planned from its recorded shape: each method is timed once on a stand-in and
+the timing carried to the shape (`scaled`). Memory and disk come from the shapes: the cells ×
+genes matrix, the network's weights (with gradients and Adam's two moments), its activations on
+a batch, the snapshots kept for the tasks, and the SVM's cell-by-cell matrices (on a GPU the
+device solver's: `_device_scoring`); a GPU job's device memory is what it allocates times the
+caching allocator's slack, and the scheduler adds a CUDA context per worker process
+(`schedule.CUDA_CONTEXT_BYTES`).
 An encoder file is its weights at the stored precision plus its gene names; a running
 contrastive job also holds its training state (model, Adam's moments, the best snapshot of each
 task, all float32) until it is done.
@@ -16,35 +22,50 @@ task, all float32) until it is done.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.model_selection import ParameterGrid
 
-from gsrcl.config.settings import BASELINE, Compute, Experiment, Method
+from gsrcl.config.settings import BASELINE, Compute, Evaluation, Experiment, Method, Split
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
+from gsrcl.evaluate.classifiers import resolve_solver, uses_precomputed_kernel
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.train import overlap_validation, validation_epochs
-from gsrcl.runner.calibrate import Timing, calibrate
-from gsrcl.runner.jobs import Job, method_named
-from gsrcl.runner.schedule import Machine, Needs, Scheduler
+from gsrcl.runner.calibrate import Timing, calibrate, stand_in
+from gsrcl.runner.jobs import FoldData, Job, fold_data, method_named
+from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, Machine, Needs, Scheduler
 from gsrcl.runner.startup import worker_start_seconds
 
 BYTES = {"float32": 4, "float16": 2}
-# The report's and exports' work, in units of a worker's start (imports: single-threaded work
-# that a busy machine slows alike), measured on 2 CPU cores (bench/schedule.py,
+WORKER_BYTES = 450 * 2**20  # a worker's resident memory before its first job (measured, CPU)
+GENE_NAME_BYTES = 16  # a pickled gene name, on average
+# The device solver's tensors (gsrcl.evaluate.device_svm, smo). DeviceRBF holds the training
+# cells' squared distances in float64 (predictions) and float32 (the solver): 12 B a pair; the
+# solver's replay holds its own float32 copy, padded (smo.bucket: up to 25 % larger a side).
+PADDING = 1.25
+PAIR_BYTES = 8 + 4 + 4 * PADDING**2
+# A problem-cell of the solver's batch: 50 B of state (int64 rows and places, four float64
+# fields, two masks) held by the replay and again by the step's new batch, ~70 B of one
+# iteration's temporaries (bench/scoring.py counts them) and 8 B of answers.
+PROBLEM_CELL_BYTES = 2 * 50 + 70 + 8
+# What torch's caching allocator holds for a job's tensors at their peak (freed blocks kept,
+# sizes rounded up). docs/gpu.md's H200 fold-job held 4.2 GiB on the device with 2.3 GiB
+# allocated at most: 1.5 × that plus schedule.CUDA_CONTEXT_BYTES. bench/gpu_check.py records
+# the peak allocated, reserved and in use against this estimate again.
+ALLOCATOR_SLACK = 1.5
+# The report's work, in units of a worker's start (imports: single-threaded work that a busy
+# machine slows alike), measured on 2 CPU cores idle and busy (bench/schedule.py,
 # docs/scheduling.md): UMAP's first call in a process (numba compiles or loads its functions),
-# a UMAP per cell, a figure saved, export's expression space of a dataset.
+# a UMAP per cell, a figure saved.
 UMAP_FIRST = 3.3
 UMAP_PER_CELL = 0.0012
 FIGURE = 0.1
-EXPORT_SPACE = 0.5
-EXPORT_STEPS = 3  # a contrastive method's export: its classifiers refit and calibrated
-WORKER_BYTES = 450 * 2**20  # a worker's resident memory before its first job (measured, CPU)
-GENE_NAME_BYTES = 16  # a pickled gene name, on average
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,29 @@ class Shape:
     genes: int
     tasks: int  # scored cell types
     train: int  # training cells of a fold
+
+
+def planned_shape(cells: int, genes: int, tasks: int, split: Split) -> Shape:
+    """The shape of a dataset not read yet: its first fold's training cells as the split makes
+    them (the validation part rounded up, then the largest test fold), every task scored."""
+    in_cv = cells - math.ceil(cells * split.validation_fraction)
+    return Shape(cells, genes, tasks, in_cv - math.ceil(in_cv / split.folds))
+
+
+def scaled(timing: Timing, measured: Shape, target: Shape, method: Method | None) -> Timing:
+    """A timing measured on one shape carried to another. A training epoch grows with the
+    training cells times the network's weights (its matmuls), a validation step's embedding
+    with the cells times the encoder's weights; the step's scoring and a baseline job grow with
+    the tasks times the training cells squared (a kernel SVM's fits; genes are left out)."""
+    fits = target.tasks / measured.tasks * (target.train / measured.train) ** 2
+    if method is None:  # the baselines
+        return Timing(job=timing.job * fits, cpu_share=timing.cpu_share)
+    model, seen = (_network(_inputs(method, s.genes), method) for s in (target, measured))
+    epoch = timing.epoch * target.train / measured.train * parameters(model) / parameters(seen)
+    cells = target.cells / measured.cells
+    embed = timing.embed * cells * parameters(model.encoder) / parameters(seen.encoder)
+    step = embed + (timing.step - timing.embed) * fits
+    return Timing(epoch, step, embed=embed, setup=timing.setup, cpu_share=timing.cpu_share)
 
 
 def parameters(module: torch.nn.Module) -> int:
@@ -163,9 +207,39 @@ def job_needs(
     network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
     kept = 4 * _snapshots(experiment, method, shape.tasks) * parameters(model.encoder)
     if gpu:
-        on_device = shape.cells * inputs * 4 + network + shape.train**2 * 4 * 2
-        return Needs(True, seconds, data + kept, on_device)
+        on_host = data + kept + (0 if _device_solver(experiment.evaluation) else svm)
+        tasks = 1 if method.loss == "supcon" else shape.tasks  # a training's scorer's tasks
+        views = 4 * batch * inputs * 4  # a step's two noisy views and their concatenation
+        cells = (2 * shape.cells + shape.train) * inputs * 4  # all, training rows, the scorer's
+        training = cells + network + views
+        scoring = _device_scoring(experiment.evaluation, shape, method, tasks)
+        return Needs(True, seconds, on_host, int(ALLOCATOR_SLACK * (training + scoring)))
     return Needs(False, seconds, data + network + kept + svm)
+
+
+def _device_solver(evaluation: Evaluation) -> bool:
+    """Whether the embeddings' classifier is fitted by the device solver on a GPU."""
+    spec = evaluation.classifier
+    return uses_precomputed_kernel(spec) and resolve_solver(evaluation.solver, spec, "cuda") == (
+        "device"
+    )
+
+
+def _device_scoring(evaluation: Evaluation, shape: Shape, method: Method, tasks: int) -> float:
+    """A validation step's tensors on the GPU: the cells' embeddings (made in chunks, then the
+    training ones in float64) and the distances; with the device solver, those of the validation
+    and test cells too and one batch of every task × inner split × candidate and every
+    candidate's refit on all training cells (device_svm)."""
+    width = method.encoder[-1]
+    chunk = min(shape.cells, 8192) * max(method.encoder) * 4 * 2  # train.embed's layers
+    embeddings = shape.cells * width * 4 + shape.train * width * 8 + chunk
+    if not _device_solver(evaluation):
+        return embeddings + shape.train**2 * 8  # libsvm's distances, made there, copied out
+    others = shape.cells - shape.train  # the validation and test cells
+    pairs = shape.train**2 * PAIR_BYTES + others * shape.train * 8
+    problems = tasks * len(ParameterGrid(evaluation.classifier.grid)) * (evaluation.inner_folds + 1)
+    batch = PADDING**2 * problems * shape.train * PROBLEM_CELL_BYTES
+    return embeddings + pairs + batch
 
 
 def _device_type(gpu: bool) -> torch.device:
@@ -256,7 +330,7 @@ def memory_warnings(
                 f"matrices at {train} training cells: {_gb(train**2 * 24)}); run it on fewer "
                 "cells (a subsample, or dataset cell_types) or on a larger machine"
             )
-        if need.gpu and need.device_bytes > device_memory:
+        if need.gpu and need.device_bytes + CUDA_CONTEXT_BYTES > device_memory:
             warnings.append(
                 f"{job.dataset}/{job.method} needs about {_gb(need.device_bytes)} of GPU "
                 f"memory, more than the GPU's {_gb(device_memory)}; lower "
@@ -274,61 +348,40 @@ def describe_time(seconds: float) -> str:
 
 
 def this_machine(devices: list[str]) -> Machine:
-    """The cores this process may use, the host's memory, and the GPUs' memory."""
+    """The cores this process may use, the host's memory, and the GPUs' memory for the jobs."""
     gpus = {
         d: torch.cuda.get_device_properties(d).total_memory for d in devices if d.startswith("cuda")
     }
+    if gpus:  # the runner times jobs on the first GPU (calibrate) and keeps its context there
+        gpus[next(iter(gpus))] -= CUDA_CONTEXT_BYTES
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return Machine(cores=len(os.sched_getaffinity(0)), host_bytes=host, gpus=gpus)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The estimate of a run: each job's needs, the run's seconds on this machine from its
-    jobs' start to its end (`jobs_seconds` of them the jobs'), and the datasets' shapes they
-    come from."""
+    """The estimate of a run: each job's needs, the run's seconds on this machine, and the
+    datasets' shapes they come from."""
 
     needs: dict[Job, Needs]
-    seconds: float
+    seconds: float  # the jobs
     warnings: list[str]
     shapes: dict[str, Shape]
-    jobs_seconds: float = 0.0
+    export_seconds: float = 0.0  # the models export.after_run writes after them
+    report_seconds: float = 0.0  # the report after the jobs
 
+    @property
+    def total_seconds(self) -> float:
+        """From the jobs' start to the run's end: the jobs, the report and the export."""
+        return self.seconds + self.report_seconds + self.export_seconds
 
-def fixed_costs(
-    experiment: Experiment,
-    shapes: dict[str, Shape],
-    timings: dict[tuple[str, str], Timing],
-    reads: dict[str, float],
-    start: float,
-) -> float:
-    """Seconds of the report (its figures, two UMAPs of a dataset's cells) and of the exports
-    (`export.after_run`: each dataset read again, its expression space, each candidate's
-    classifiers refit), scaled by `start` (a worker's start here, see UMAP_FIRST)."""
-    methods = len(experiment.methods)
-    report = UMAP_FIRST * start if methods else 0.0
-    for shape in shapes.values():
-        umaps = 2 * UMAP_PER_CELL * shape.cells if methods else 0.0
-        report += (umaps + (3 + methods) * FIGURE) * start
-    export = 0.0
-    if experiment.export.after_run:
-        for name in shapes:
-            export += reads.get(name, 0.0) + EXPORT_SPACE * start
-            export += sum(_export_seconds(name, m, timings) for m in _exported(experiment))
-    return report + export
-
-
-def _exported(experiment: Experiment) -> list[str]:
-    """The methods whose models an export builds (all for "best"; the baselines are one job)."""
-    asked = experiment.export.method
-    if asked == "best":
-        return [BASELINE, *(method.name for method in experiment.methods)]
-    return [BASELINE if asked.startswith(f"{BASELINE}-") else asked]
-
-
-def _export_seconds(dataset: str, method: str, timings: dict[tuple[str, str], Timing]) -> float:
-    timing = timings.get((dataset, method), Timing())
-    return timing.job if method == BASELINE else timing.setup + EXPORT_STEPS * timing.step
+    def describe_seconds(self) -> str:
+        after = {"report": self.report_seconds, "export": self.export_seconds}
+        parts = [f"the {name} ~{describe_time(t)}" for name, t in after.items() if t]
+        if not parts:
+            return f"~{describe_time(self.seconds)}"
+        parts.insert(0, f"the jobs ~{describe_time(self.seconds)}")
+        return f"~{describe_time(self.total_seconds)} ({', '.join(parts)})"
 
 
 def plan(
@@ -338,24 +391,18 @@ def plan(
     cache: DatasetCache,
     machine: Machine,
     log: Callable[[str], None],
+    planned: dict[str, Shape] | None = None,
 ) -> Plan:
-    """Calibrate each dataset and method of `todo` here, then estimate every job and the run."""
+    """Calibrate each dataset and method of `todo` here, then estimate every job and the run.
+    `planned`: the shapes of datasets not read (timed on the stand-in, scaled to the shape)."""
     threads = experiment.compute.threads or max(1, machine.cores // min(machine.cores, len(todo)))
-    device = next(iter(machine.gpus), "cpu")
-    shapes, timings = {}, {}
-    for name in dict.fromkeys(job.dataset for job in todo):
-        adata = cache.get(next(d for d in experiment.datasets if d.name == name))
-        shapes[name] = Shape(
-            adata.n_obs, adata.n_vars, len(folds[name].scored_tasks), len(folds[name].train(0))
-        )
-    for dataset, method in dict.fromkeys((job.dataset, job.method) for job in todo):
-        log(f"estimate: timing {dataset}/{method} on {device}, threads per job: {threads}")
-        try:
-            timing = calibrate(experiment, dataset, folds[dataset], method, device, threads, cache)
-        except Exception as error:  # the jobs will report it, one clear line each
-            log(f"warning: could not time {dataset}/{method} ({type(error).__name__}: {error})")
-            timing = Timing()
-        timings[dataset, method] = timing
+    planned = planned or {}
+    shapes, first_folds = dict(planned), {}
+    for name in dict.fromkeys(job.dataset for job in todo if job.dataset not in planned):
+        spec = next(d for d in experiment.datasets if d.name == name)
+        first_folds[name] = fold_data(cache.get(spec), spec, folds[name], 0)
+        shapes[name] = _shape(first_folds[name])
+    timings = _timings(experiment, todo, first_folds, shapes, machine, threads, log)
     running = min(len(todo), max(1, machine.cores // threads))
     # a one-thread timing's share of its core is unambiguous: others' load, not parallelism
     alone = machine.gpus or threads > 1
@@ -365,14 +412,25 @@ def plan(
         log(f"estimate: other work keeps the cores busy; the jobs counted {busy:.2f}× as long")
     needs = {}
     for job in todo:
-        timing = timings[job.dataset, job.method].scaled(busy)
+        timing = timings[job.dataset, job.method].longer(busy)
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
     start = worker_start_seconds()  # workers start side by side: as busy as the jobs
-    starts = Starts(start * busy, {name: cache.seconds.get(name, 0.0) for name in shapes})
-    jobs_seconds = run_seconds(machine, needs, experiment.compute, threads, starts)
-    seconds = jobs_seconds + fixed_costs(experiment, shapes, timings, starts.reads, start)
+    reads = {name: cache.seconds.get(name, 0.0) for name in shapes}
+    seconds = run_seconds(machine, needs, experiment.compute, threads, Starts(start * busy, reads))
     warnings = memory_warnings(needs, shapes, machine)
-    return Plan(needs, seconds, warnings, shapes, jobs_seconds)
+    report = report_seconds(experiment, shapes, start)
+    return Plan(needs, seconds, warnings, shapes, export_seconds(experiment, timings), report)
+
+
+def report_seconds(experiment: Experiment, shapes: dict[str, Shape], start: float) -> float:
+    """The report after the jobs: its figures and two UMAPs of each dataset's cells (the first
+    paying numba's), in units of `start` (a worker's start here, see UMAP_FIRST)."""
+    methods = len(experiment.methods)
+    seconds = UMAP_FIRST if methods else 0.0
+    for shape in shapes.values():
+        umaps = 2 * UMAP_PER_CELL * shape.cells if methods else 0.0
+        seconds += umaps + (3 + methods) * FIGURE
+    return seconds * start
 
 
 def busy_factor(
@@ -396,6 +454,92 @@ def busy_factor(
 IDLE_SHARE = 0.95
 
 
+# A model's export ≈ this many baseline jobs: its fits are theirs (the SVMs' calibrations and
+# held-out refits on kernels, the multi-class models' searches on held-out batches) on every
+# cell, without their grid searches. Measured: `gsrcl reference --batch batch` on the three-donor
+# Baron human file, export 138 s against a baseline job's 103 s (mean of 5, same run)
+EXPORT_PER_BASELINE_JOB = 1.3
+
+
+def export_seconds(experiment: Experiment, timings: dict[tuple[str, str], Timing]) -> float:
+    """The export after the run (export.after_run), per dataset: its baselines' share from a
+    baseline job's timing, and one validation step of each contrastive method it judges (its
+    classifiers' calibration on the chosen encoders' embeddings)."""
+    if not experiment.export.after_run:
+        return 0.0
+    asked = experiment.export.method
+    exported = experiment.method_names if asked == "best" else [asked]
+    baselines = {b.baseline_name for b in experiment.evaluation.baselines}
+    seconds = 0.0
+    for (_, method), timing in timings.items():
+        if method == BASELINE and baselines & set(exported):
+            seconds += timing.job * EXPORT_PER_BASELINE_JOB
+        elif method in exported:
+            seconds += timing.step
+    return seconds
+
+
+def _shape(fold: FoldData) -> Shape:
+    return Shape(fold.adata.n_obs, fold.adata.n_vars, len(fold.tasks), len(fold.train))
+
+
+def _timings(
+    experiment: Experiment,
+    todo: list[Job],
+    first_folds: dict[str, FoldData],
+    shapes: dict[str, Shape],
+    machine: Machine,
+    threads: int,
+    log: Callable[[str], None],
+) -> dict[tuple[str, str], Timing]:
+    """Each dataset and method timed on the dataset's first fold; a dataset not read gets the
+    method's timing on the stand-in (timed once for all of them) carried to its shape."""
+    pairs = list(dict.fromkeys((job.dataset, job.method) for job in todo))
+    timings = {
+        (dataset, method): _timed(
+            experiment, first_folds[dataset], method, dataset, machine, threads, log
+        )
+        for dataset, method in pairs
+        if dataset in first_folds
+    }
+    unread = [(dataset, method) for dataset, method in pairs if dataset not in first_folds]
+    if unread:
+        fold = stand_in(experiment)
+        on_stand_in = {
+            method: _timed(experiment, fold, method, "a stand-in", machine, threads, log)
+            for method in dict.fromkeys(method for _, method in unread)
+        }
+        for dataset, method in unread:
+            spec = None if method == BASELINE else method_named(experiment, method)
+            timing = on_stand_in[method]
+            timings[dataset, method] = scaled(timing, _shape(fold), shapes[dataset], spec)
+    return timings
+
+
+def _timed(
+    experiment: Experiment,
+    fold: FoldData,
+    method: str,
+    where: str,
+    machine: Machine,
+    threads: int,
+    log: Callable[[str], None],
+) -> Timing:
+    device = timing_device(method, machine)
+    log(f"estimate: timing {where}/{method} on {device}, threads per job: {threads}")
+    try:
+        return calibrate(experiment, fold, method, device, threads)
+    except Exception as error:  # the jobs will report it, one clear line each
+        log(f"warning: could not time {where}/{method} ({type(error).__name__}: {error})")
+        return Timing()
+
+
+def timing_device(method: str, machine: Machine) -> str:
+    """Where a job of `method` runs, so where it is timed: baselines on the CPU (with libsvm,
+    as they run: the scheduler never gives them a GPU), contrastive jobs on the first GPU."""
+    return "cpu" if method == BASELINE else next(iter(machine.gpus), "cpu")
+
+
 def describe_plan(estimate: Plan, machine: Machine) -> list[str]:
     """Per dataset and method: its jobs' time and peak memory; then the run's total."""
     lines = []
@@ -414,6 +558,6 @@ def describe_plan(estimate: Plan, machine: Machine) -> list[str]:
         )
     gpus = f" and {len(machine.gpus)} GPUs" if machine.gpus else ""
     lines.append(
-        f"estimate: the run takes ~{describe_time(estimate.seconds)} on {machine.cores} cores{gpus}"
+        f"estimate: the run takes {estimate.describe_seconds()} on {machine.cores} cores{gpus}"
     )
     return lines + [f"warning: {w}" for w in estimate.warnings]

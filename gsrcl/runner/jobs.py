@@ -231,15 +231,19 @@ def run_baselines(
         x, classifier = baseline_classifier(fold, experiment, spec, device, seed, workers)
         prepared = classifier.prepare(x[fold.test])
         if spec.multiclass:  # one model; each task reads its class's column
-            models = [classifier.fit(y_train)] * len(fold.tasks)
+            (model,), (choice,) = classifier.fit_and_choices([y_train], [None])
+            models, choices = [model] * len(fold.tasks), [choice] * len(fold.tasks)
             positives = fold.tasks
         else:
             binary = [y_train == task for task in fold.tasks]
-            models = classifier.fit_many(binary, [None] * len(binary))
+            models, choices = classifier.fit_and_choices(binary, [None] * len(binary))
             positives = [True] * len(fold.tasks)
-        for task, model, positive in zip(fold.tasks, models, positives, strict=True):
+        for task, model, choice, positive in zip(
+            fold.tasks, models, choices, positives, strict=True
+        ):
             predicted, score = classifier.task_outputs(model, prepared, positive)
-            row, cells = _score_rows(fold, spec.baseline_name, task, predicted, score, {})
+            extra = {"params": choice}
+            row, cells = _score_rows(fold, spec.baseline_name, task, predicted, score, extra)
             rows.append(row)
             predictions += cells
     return JobOutput(rows, predictions)
@@ -256,12 +260,12 @@ def baseline_classifier(
     classifier = FoldClassifier(
         spec,
         x[fold.train],
-        evaluation.inner_folds,
-        evaluation.metric,
-        device,
-        seed,
-        workers,
-        evaluation.solver,
+        inner_folds=evaluation.inner_folds,
+        metric=evaluation.metric,
+        device=device,
+        seed=seed,
+        workers=workers,
+        solver=evaluation.solver,
     )
     return x, classifier
 
@@ -321,7 +325,7 @@ def _group_results(fold: FoldData, method: Method, tasks: list[str], result) -> 
     }
     for task in tasks:
         best = result.best[task]  # its classifier's test outputs were kept in validation
-        extra = {"epoch": best.epoch, "validation_score": best.score}
+        extra = {"epoch": best.epoch, "validation_score": best.score, "params": best.params}
         row, cells = _score_rows(fold, method.name, task, *best.test, extra)
         part["rows"].append(row)
         part["predictions"] += cells

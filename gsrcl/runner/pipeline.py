@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from gsrcl.config.settings import Dataset, Experiment
-from gsrcl.data import splits
+from gsrcl.data import collection, download, splits
+from gsrcl.data.collection import Entry
 from gsrcl.data.dataset import LABEL, DatasetCache
 from gsrcl.errors import UserError
 from gsrcl.evaluate.classifiers import estimator_for, resolve_solver
@@ -93,19 +94,29 @@ def describe_tasks(name: str, adata, folds: splits.Folds, log: Callable[[str], N
 
 def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     """`--check`: validate every dataset and print the plan and its estimate (from a short
-    timing of each dataset and method here), without running or writing."""
+    timing of each dataset and method here), without running or writing. A registered dataset
+    not downloaded yet is planned from its recorded shape, and nothing is downloaded."""
     check_executor(experiment)
     check_classifiers(experiment)
     datasets = DatasetCache()
     failed = 0
     folds: dict[str, splits.Folds] = {}
+    unread: dict[str, Entry] = {}
     for spec in experiment.datasets:
         try:
+            entry = collection.entry_of(spec)
+            if entry is not None and not download.is_fetched(entry):
+                unread[spec.name] = entry
+                describe_registered(spec, entry, log)
+                continue
             folds[spec.name] = dataset_folds(spec, experiment, datasets, None)
             describe_tasks(spec.name, datasets.get(spec), folds[spec.name], log)
         except UserError as error:
             log(f"error: {error}")
             failed += 1
+    for line in download.describe(list(unread.values())) if unread else []:
+        log(line)
+    shapes = {name: registered_shape(experiment, name, entry) for name, entry in unread.items()}
     planned = jobs.plan(experiment)
     log(f"methods: {', '.join(experiment.method_names)}")
     log(
@@ -115,14 +126,30 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     machine = estimate.this_machine(devices(experiment))
     log(_where_jobs_run(experiment, machine))
     log(f"{len(planned)} jobs planned; results in {RunFolder.of(experiment).path}")
-    readable = [job for job in planned if job.dataset in folds]
+    readable = [job for job in planned if job.dataset in folds or job.dataset in shapes]
     if readable:
-        plan = estimate.plan(experiment, readable, folds, datasets, machine, log)
+        plan = estimate.plan(experiment, readable, folds, datasets, machine, log, shapes)
         for line in estimate.describe_plan(plan, machine):
             log(line)
         at_once = min(machine.cores // (experiment.compute.threads or 1) or 1, len(planned))
         log(estimate.describe_disk(estimate.disk(experiment, plan.shapes), experiment, at_once))
     return 1 if failed else 0
+
+
+def describe_registered(spec: Dataset, entry: Entry, log: Callable[[str], None]) -> None:
+    tasks = spec.cell_types or ()
+    which = f"tasks: {', '.join(tasks)}" if tasks else "every cell type a task"
+    log(
+        f"{spec.name}: not downloaded yet, planned from the registry ({entry.description}): "
+        f"{entry.cells} cells × {entry.genes} genes, {entry.types} cell types; {which}"
+    )
+
+
+def registered_shape(experiment: Experiment, name: str, entry: Entry) -> estimate.Shape:
+    """A registered dataset's shape as the run will see it, from what the registry records."""
+    spec = next(d for d in experiment.datasets if d.name == name)
+    tasks = len(spec.cell_types) if spec.cell_types else entry.types
+    return estimate.planned_shape(entry.cells, entry.genes, tasks, experiment.split)
 
 
 def environment_record(experiment: Experiment) -> dict:
@@ -210,10 +237,10 @@ def execute_experiment(
         summary = write_summary(experiment, run, states)
         log("\n" + mcc_table(summary))
         page = write_report(experiment, run, states, datasets, log)
-        exported = not experiment.export.after_run or export_models(experiment, list(ready), log)
+        exported = not experiment.export.after_run or _export(experiment, list(ready), plan, log)
         took = wall + time.perf_counter() - after_jobs
-        if plan and plan.seconds > 0:
-            log(_against_estimate(took, wall, plan.seconds))
+        if plan and plan.total_seconds > 0:
+            log(_against_estimate(took, wall, plan))
     log(f"\nresults in {run.path}")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -223,16 +250,17 @@ def execute_experiment(
     if unread:
         log(f"\n{unread} dataset(s) could not be read; see the errors above")
     status = 1 if failed or unread or not exported else 0
-    estimated = plan.seconds if plan else None
+    estimated = plan.total_seconds if plan else None
     return RunResult(status, run.path, summary, outcomes, page, took, estimated, wall)
 
 
-def _against_estimate(took: float, jobs: float, estimated: float) -> str:
+def _against_estimate(took: float, jobs: float, plan: estimate.Plan) -> str:
     """The run's last line on its time: what the estimate covered, against it."""
     return (
         f"\nthe run took {estimate.describe_time(took)} from its jobs' start (the jobs "
-        f"{estimate.describe_time(jobs)}, then summary, report and exports); estimated "
-        f"{estimate.describe_time(estimated)} ({took / estimated - 1:+.0%})"
+        f"{estimate.describe_time(jobs)} against ~{estimate.describe_time(plan.seconds)}, then "
+        f"summary, report and export); estimated {estimate.describe_time(plan.total_seconds)} "
+        f"({took / plan.total_seconds - 1:+.0%})"
     )
 
 
@@ -250,10 +278,7 @@ def _estimate_and_run(
         return None, [], 0.0
     machine = estimate.this_machine(devices(experiment))
     plan = estimate.plan(experiment, todo, folds, datasets, machine, log)
-    log(
-        f"estimate: ~{estimate.describe_time(plan.seconds)} on this machine (the jobs "
-        f"~{estimate.describe_time(plan.jobs_seconds)}, then the report and exports)"
-    )
+    log(f"estimate: {plan.describe_seconds()} on this machine")
     for warning in plan.warnings:
         log(f"warning: {warning}")
     start = time.perf_counter()
@@ -304,12 +329,28 @@ def _refuse_stale(run: RunFolder, states: dict[jobs.Job, JobState], what: str) -
         )
 
 
+def _export(experiment: Experiment, datasets: list[str], plan: estimate.Plan | None, log) -> bool:
+    """`export_models`, and how long it took against its estimate."""
+    start = time.perf_counter()
+    made = export_models(experiment, datasets, log)
+    took = time.perf_counter() - start
+    if plan and plan.export_seconds > 0:
+        log(
+            f"the export took {estimate.describe_time(took)}; estimated "
+            f"{estimate.describe_time(plan.export_seconds)} ({took / plan.export_seconds - 1:+.0%})"
+        )
+    return made
+
+
 def export_models(experiment: Experiment, datasets: list[str], log: Callable[[str], None]) -> bool:
     """`export.after_run`: a reference model per dataset; False when one could not be made."""
-    made = True
+    made, settings = True, experiment.export
+    out = Path(settings.out) if settings.out else None
     for name in datasets:
         try:
-            export_model(experiment, name, log=log)
+            export_model(
+                experiment, name, out=out, log=log, keep_candidates=settings.keep_candidates
+            )
         except UserError as error:
             log(f"error: export of {name}: {error}")
             made = False

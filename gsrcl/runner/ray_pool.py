@@ -23,7 +23,7 @@ from gsrcl.errors import UserError
 from gsrcl.runner import dispatch
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.run_folder import RunFolder
-from gsrcl.runner.schedule import MEMORY_USE, Machine, Needs
+from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, MEMORY_USE, Machine, Needs
 
 INSTALL = "pip install 'ray[default]==2.60.0'"
 
@@ -83,15 +83,16 @@ class RayPool:
         self.gpus = gpus and self.ray.cluster_resources().get("GPU", 0) > 0
 
     def options(self, needs: Needs) -> dict:
-        """A GPU job asks for the share of a GPU its memory needs (or 1 / workers_per_device)
-        and one core; a CPU job for `ray_cpus_per_job` cores."""
+        """A GPU job asks for the share of a GPU its memory needs, its process's CUDA context
+        included (or 1 / workers_per_device), and one core; a CPU job for `ray_cpus_per_job`
+        cores."""
         if not (self.gpus and needs.gpu):
             return {"num_gpus": 0, "num_cpus": self.threads}
         per_device = self.experiment.compute.workers_per_device
         if per_device != "auto":
             return {"num_gpus": 1 / per_device, "num_cpus": 1}
         memory = min(self.machine.gpus.values(), default=0)
-        share = needs.device_bytes / (MEMORY_USE * memory) if memory else 1.0
+        share = (needs.device_bytes + CUDA_CONTEXT_BYTES) / (MEMORY_USE * memory) if memory else 1.0
         return {"num_gpus": min(1.0, max(share, 0.01)), "num_cpus": 1}
 
     def run(

@@ -73,27 +73,29 @@ def check(
         scores = {fold: folder.validation_scores() for fold, folder in folders.items()}
         best = best_folds(scores) if complete else {}
         for fold, folder in folders.items():
-            reason = _missing(experiment, folder.pruned_tasks(), best, fold)
-            if reason:
-                checked[group[fold]] = JobState("incomplete", reason)
+            missing = _missing(experiment, folder.pruned_tasks(), best, fold)
+            if missing is not None:
+                checked[group[fold]] = missing
     return checked
 
 
-def _missing(experiment: Experiment, pruned: list[str], best: dict[str, int], fold: int) -> str:
+def _missing(
+    experiment: Experiment, pruned: list[str], best: dict[str, int], fold: int
+) -> JobState | None:
+    """The state of a done job whose removed encoders are wanted again, or None."""
     if pruned and experiment.storage.keep_encoders == "all":
-        return "its encoders were removed (keep_encoders='chosen'); runs again to keep all"
+        reason = "its encoders were removed (keep_encoders='chosen'); runs again to keep all"
+        return JobState("incomplete", reason)
     needed = [task for task in pruned if best.get(task) == fold]
     if needed:
-        return f"the encoder export needs for {needed[0]!r} {REMOVED}"
-    return ""
-
-
-REMOVED = "was removed; runs again to remake it"
+        reason = f"the encoder export needs for {needed[0]!r} was removed; runs again to remake it"
+        return JobState("incomplete", reason, remake=True)
+    return None
 
 
 def to_remake(states: dict[Job, JobState]) -> list[Job]:
     """The jobs `check` found holding no longer an encoder export needs."""
-    return [job for job, state in states.items() if state.reason.endswith(REMOVED)]
+    return [job for job, state in states.items() if state.remake]
 
 
 def _done_folds(

@@ -69,6 +69,7 @@ class JobState:
     reason: str = ""  # what is wrong, for stale / corrupt / failed / incomplete
     device: str = ""  # done: where it ran
     seconds: float = 0.0  # done: how long it took
+    remake: bool = False  # incomplete: an encoder export needs was removed; rerun to remake it
 
 
 class JobFolder:

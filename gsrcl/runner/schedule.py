@@ -5,7 +5,10 @@ estimated durations to say how long a run will take. Jobs go longest first (by t
 A GPU job goes to the GPU with the fewest jobs whose memory still holds it (`workers_per_device`
 caps the count; "auto": memory and cores decide), a CPU job to the cores; every running job
 holds at least one core, so no more jobs run than there are cores, and the cores are shared out
-among the running jobs again whenever one starts or finishes.
+among the running jobs again whenever one starts or finishes. A GPU's memory holds its running
+jobs and a CUDA context for every worker process on it, running or idle: the scheduler keeps
+the count of those as the pool does (a job takes an idle worker of its device, else a new one
+starts; the pool says when one dies).
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from gsrcl.config.settings import Compute
 from gsrcl.runner.jobs import Job
 
 MEMORY_USE = 0.9  # of a GPU's or the host's memory, the most the scheduler plans to fill
+# What a process holds on a GPU it has used, beyond its tensors: its CUDA context (torch's
+# kernels, loaded lazily) and cuBLAS workspaces; a worker keeps it while idle, after its jobs
+# gave their cached blocks back (`devices.release`). Not measured apart yet: docs/gpu.md's H200
+# process held 4.2 GiB with 2.3 GiB allocated at most, and this with estimate.ALLOCATOR_SLACK
+# accounts for that; bench/gpu_check.py records both again.
+CUDA_CONTEXT_BYTES = 768 * 2**20
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,7 @@ class Scheduler:
         self.machine, self.needs, self.compute = machine, needs, compute
         self.pending = sorted(needs, key=lambda job: -needs[job].seconds)  # stable: plan order
         self.running: dict[Job, str] = {}
+        self.processes: dict[str, int] = {}  # worker processes per device, running or idle
 
     def place(self) -> list[tuple[Job, str]]:
         placed = []
@@ -51,13 +61,29 @@ class Scheduler:
                 break
             device = self._where(job)
             if device is not None:
+                if not self._idle_worker(device):
+                    self.processes[device] = self.processes.get(device, 0) + 1
                 self.pending.remove(job)
                 self.running[job] = device
                 placed.append((job, device))
         return placed
 
     def finish(self, job: Job) -> None:
+        """The job is done; its worker stays, idle, for the next job on its device."""
         self.running.pop(job)
+
+    def worker_gone(self, device: str) -> None:
+        """A worker process on `device` has ended (died, or never started)."""
+        self.processes[device] = max(0, self.processes.get(device, 0) - 1)
+
+    def device_use(self, gpu: str) -> int:
+        """Bytes planned on `gpu` now: its running jobs' and a context per worker there."""
+        jobs = sum(self.needs[j].device_bytes for j, d in self.running.items() if d == gpu)
+        return jobs + self.processes.get(gpu, 0) * CUDA_CONTEXT_BYTES
+
+    def _idle_worker(self, device: str) -> bool:
+        running = sum(d == device for d in self.running.values())
+        return self.processes.get(device, 0) > running
 
     def requeue(self, job: Job) -> None:
         """A job whose worker never started goes back, to be placed again."""
@@ -94,10 +120,11 @@ class Scheduler:
         fits = []
         for gpu, memory in self.machine.gpus.items():
             jobs = [j for j, device in self.running.items() if device == gpu]
-            used = sum(self.needs[j].device_bytes for j in jobs)
             if limit != "auto" and len(jobs) >= limit:
                 continue
-            if not jobs or used + needs.device_bytes <= MEMORY_USE * memory:
+            used = self.device_use(gpu)
+            context = 0 if self._idle_worker(gpu) else CUDA_CONTEXT_BYTES  # a new worker's
+            if not jobs or used + context + needs.device_bytes <= MEMORY_USE * memory:
                 fits.append((len(jobs), used, gpu))
         return min(fits)[2] if fits else None
 
