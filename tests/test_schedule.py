@@ -8,7 +8,15 @@ from pathlib import Path
 from gsrcl.api import load_config
 from gsrcl.config.settings import Compute
 from gsrcl.runner.calibrate import Timing
-from gsrcl.runner.estimate import ALLOCATOR_SLACK, Shape, job_needs, memory_warnings, run_seconds
+from gsrcl.runner.estimate import (
+    ALLOCATOR_SLACK,
+    Shape,
+    Starts,
+    busy_factor,
+    job_needs,
+    memory_warnings,
+    run_seconds,
+)
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, Machine, Needs, Scheduler
 
@@ -98,6 +106,30 @@ def test_the_run_estimate_replays_the_schedule():
     odd = {**needs, Job("d", "m", 4): Needs(False, 60.0, GB)}
     # the fifth job runs alone on both cores: 60 s of one-thread work at 2 ** 0.75 the speed
     assert abs(run_seconds(laptop, odd, Compute(), threads=1) - (120 + 60 / 2**0.75)) < 1e-6
+
+
+def test_the_replay_charges_a_new_worker_its_start_and_each_worker_its_first_reads():
+    """What a run of seconds is mostly made of: two workers start (5 s each) and read "d" (2 s)
+    once, then "e" once each; their later jobs pay nothing more."""
+    laptop = Machine(cores=2, host_bytes=10 * GB, gpus={})
+    needs = {
+        Job(d, "m", k): Needs(False, 60.0, GB) for d, n in (("d", 4), ("e", 2)) for k in range(n)
+    }
+    starts = Starts(worker=5.0, reads={"d": 2.0, "e": 2.0})
+    assert run_seconds(laptop, needs, Compute(), threads=1, starts=starts) == 5 + 2 + 3 * 60 + 2
+    assert run_seconds(laptop, needs, Compute(), threads=1) == 3 * 60
+
+
+def test_a_busy_machine_slows_the_run_s_jobs_more_than_the_timing():
+    """Timed alone, a one-thread job had 2/3 of a core: two other threads want the 2 cores.
+    Two jobs at once then get half a core each: 4/3 as long; an idle machine changes nothing."""
+    laptop = Machine(cores=2, host_bytes=10 * GB, gpus={})
+    busy = [Timing(epoch=1.0, cpu_share=2 / 3)]
+    assert abs(busy_factor(busy, laptop, threads=1, running=2, load=3.0) - 4 / 3) < 1e-9
+    assert busy_factor(busy, laptop, threads=1, running=1, load=3.0) == 1.0  # as it was timed
+    assert busy_factor([Timing(epoch=1.0)], laptop, threads=1, running=2, load=3.0) == 1.0
+    # a burst during the timing, on a machine idle the minute before: not lasting load
+    assert busy_factor(busy, laptop, threads=1, running=2, load=0.1) < 1.06
 
 
 def test_a_job_that_cannot_fit_in_memory_is_named_with_what_to_change():

@@ -73,8 +73,9 @@ LOGISTIC = Classifier(
 # cells, while within one batch it finds rare types best (docs/class-weights.md). The floor is
 # searched with C: 20 and 50 are the weightings the held-out donors of the Baron human references
 # favour, each on a different reference, so each reference chooses (by leave-one-batch-out when
-# it has a batch column). With the plain-balanced `logreg` beside it, export's "best" judges both
-# on the reference's held-out cells.
+# it has a batch column). Chosen on the references alone (docs/constants.md): a floor of 10 has a
+# mean as high, but not on every reference. With the plain-balanced `logreg` beside it, export's
+# "best" judges both on the reference's held-out cells.
 SCALED_LOGISTIC = replace(
     LOGISTIC,
     name="logreg-scaled",

@@ -9,11 +9,11 @@ components — and compared with the reference cells of its predicted type: its 
 to its k-th nearest such cell, over the type's radius (the median of that distance among the
 type's own cells: steadier than a high percentile for a small type), is its `distance ratio`;
 above the model's multiplier it lies outside.
-50 components, not 20: a donor's shift lies in the leading components, so with 20 it is a large
-share of the distance (Baron human, two donors as reference: 2.6-15 % of the third donor's
-cells beyond 3 radii with 20, 0.4-1.9 % with 50; Baron mouse 1 → 2: 4.0 % and 0.5 %), while a
-type the reference never saw stays far (Tabula Muris granulocytes: 100 % / 99 % beyond 3 radii).
-With 100 everything crowds together (granulocytes 93 % beyond 3, none beyond 4).
+50 components, chosen on the references alone (bench/constants.py, docs/constants.md: each
+Baron human reference's donors held out in turn): a donor's shift lies in the leading
+components, so with 20 it is a large share of the distance (1.9-4.1 % of the held-out donor's
+cells of known types beyond 3 radii, beyond the 2 % budget; 0.4-0.8 % with 50), while with 100
+a type the reference lacks crowds in with the others (fewer of its cells caught than with 50).
 The multiplier is chosen at export (`gsrcl.reference.rule`). Plain arrays (`.npz`, loaded with
 allow_pickle=False).
 """
@@ -47,9 +47,9 @@ class Space:
     coordinates: np.ndarray  # the reference's cells, in its order
 
 
-def fit_space(adata: ad.AnnData, values: str) -> Space:
-    """Normalise and log, the VARIABLE_GENES most variable genes scaled, COMPONENTS principal
-    components of the reference's cells."""
+def fit_space(adata: ad.AnnData, values: str, components: int = COMPONENTS) -> Space:
+    """Normalise and log, the VARIABLE_GENES most variable genes scaled, `components` principal
+    components of the reference's cells (bench/constants.py scores other numbers)."""
     lognorm = fit_lognorm(adata, values)
     x = lognorm.transform(adata)
     genes = np.sort(np.argsort(-x.var(axis=0), kind="stable")[:VARIABLE_GENES])
@@ -57,7 +57,8 @@ def fit_space(adata: ad.AnnData, values: str) -> Space:
     std = x[:, genes].std(axis=0)
     std = np.where(std > 0, std, 1).astype(np.float32)
     scaled = _scale(x[:, genes], mean, std)
-    pca = PCA(min(COMPONENTS, *scaled.shape), svd_solver="randomized", random_state=0).fit(scaled)
+    pca = PCA(min(components, *scaled.shape), svd_solver="randomized", random_state=0)
+    pca.fit(scaled)
     arrays = {
         "target_sum": np.array(np.nan if lognorm.target_sum is None else lognorm.target_sum),
         "genes": genes,

@@ -138,6 +138,14 @@ def precision_recall(predictions: pd.DataFrame, tasks: list[str], methods: list[
     return fig
 
 
+_umaps_made = [0]  # in this process: the first pays numba's compilation (the estimate counts it)
+
+
+def umap_compiled() -> bool:
+    """Whether this process has made a UMAP already (numba's functions are compiled)."""
+    return _umaps_made[0] > 0
+
+
 def umap_coordinates(x: np.ndarray) -> np.ndarray:
     """2-D UMAP of the rows of `x` after PCA to at most 50 components, with scanpy's defaults
     (15 neighbours, min_dist 0.5). umap-learn directly: scanpy 1.11's neighbour graph breaks on
@@ -146,7 +154,9 @@ def umap_coordinates(x: np.ndarray) -> np.ndarray:
     pcs = PCA(n_components=min(50, min(x.shape) - 1), random_state=0).fit_transform(x)
     with warnings.catch_warnings():  # a fixed random_state makes umap-learn single-threaded
         warnings.simplefilter("ignore")
-        return UMAP(n_neighbors=15, min_dist=0.5, random_state=0).fit_transform(pcs)
+        xy = UMAP(n_neighbors=15, min_dist=0.5, random_state=0).fit_transform(pcs)
+    _umaps_made[0] += 1
+    return xy
 
 
 def _scatter_types(ax, xy: np.ndarray, labels: np.ndarray, colours: dict) -> None:

@@ -41,12 +41,26 @@ STAND_IN_GENES = 2000  # beside the most a masking method selects
 class Timing:
     """Seconds measured here: a training epoch and a validation step of a contrastive method
     (`embed`: the step's embedding of the cells, the rest is scoring), or a whole job of the
-    baselines (`job`)."""
+    baselines (`job`, its features included); and what a contrastive job pays whatever its
+    length (`setup`: its features, network and scorer made ready)."""
 
     epoch: float = 0.0
     step: float = 0.0
     job: float = 0.0
     embed: float = 0.0
+    setup: float = 0.0
+    cpu_share: float = 1.0  # of its threads' time the timing was on a core (others' load)
+
+    def longer(self, factor: float) -> Timing:
+        """The durations `factor` times longer (a busy machine: `estimate.busy_factor`)."""
+        return replace(
+            self,
+            epoch=self.epoch * factor,
+            step=self.step * factor,
+            job=self.job * factor,
+            embed=self.embed * factor,
+            setup=self.setup * factor,
+        )
 
 
 def calibrate(
@@ -56,17 +70,20 @@ def calibrate(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     logging.disable(logging.INFO)  # the short training's epochs and steps are not the run's
+    wall, cpu = time.perf_counter(), time.process_time()
     try:
         with Workers(threads) as workers:
             if method == BASELINE:
-                return _baselines(experiment, fold, device, workers)
-            return _contrastive(
-                experiment, fold, jobs.method_named(experiment, method), device, workers
-            )
+                timing = _baselines(experiment, fold, device, workers)
+            else:
+                named = jobs.method_named(experiment, method)
+                timing = _contrastive(experiment, fold, named, device, workers)
     finally:
         logging.disable(logging.NOTSET)
         torch.set_num_threads(previous)
         devices.release(device)  # the runner's process keeps only its context on the GPU
+    on_core = (time.process_time() - cpu) / max((time.perf_counter() - wall) * threads, 1e-9)
+    return replace(timing, cpu_share=min(1.0, on_core))
 
 
 def _baselines(
@@ -95,11 +112,13 @@ def _baselines(
 def _contrastive(
     experiment: Experiment, fold: jobs.FoldData, method: Method, device: str, workers: Workers
 ) -> Timing:
+    start = time.perf_counter()  # a job's setup: features, network and scorer made ready
     x = torch.as_tensor(jobs.method_features(fold, method).transform(fold.adata), device=device)
     seed = experiment.seed
     generator = torch.Generator(device=device).manual_seed(seed)
     model = jobs.contrastive_model(experiment, method, x, fold)
     scorer = jobs.validation_scorer(experiment, fold, x, fold.tasks, seed, workers)
+    setup = time.perf_counter() - start
     start = time.perf_counter()
     embedded = scorer.embed(model.encoder)
     embed = time.perf_counter() - start
@@ -114,7 +133,8 @@ def _contrastive(
     result = train.train(
         model, x[fold.train], augment, settings, CALIBRATION_EPOCHS, no_tasks, generator, labels
     )
-    return Timing(epoch=result.seconds["training"] / CALIBRATION_EPOCHS, step=step, embed=embed)
+    epoch = result.seconds["training"] / CALIBRATION_EPOCHS
+    return Timing(epoch=epoch, step=step, embed=embed, setup=setup)
 
 
 def stand_in(experiment: Experiment) -> jobs.FoldData:

@@ -1,10 +1,13 @@
 """What a run will need before it starts: each job's time and peak memory, the run's time on
 this machine, and the disk its results take (`--check` prints them; the pool places jobs by them).
 
-Time: a contrastive job is its trainings' epochs times the epoch measured here, plus its
-validation steps times the step measured here (`calibrate`), each timed where it will run (a
+Time: a contrastive job is its setup, its trainings' epochs times the epoch measured here, plus
+its validation steps times the step measured here (`calibrate`), each timed where it will run (a
 baseline on the CPU with libsvm, a contrastive job on the first GPU if there is one); a baseline
-job is the one measured. The run's time replays the scheduler on those durations. A dataset not
+job is the one measured. The run's time replays the scheduler on those durations, each new
+worker paying its start (`startup`: the imports, timed here) and each worker its first read of a
+dataset (timed here), on a machine as busy as the timing found it (`busy_factor`); the report
+(`report_seconds`) and the export follow: what a run of seconds is mostly made of. A dataset not
 downloaded yet is planned from its recorded shape: each method is timed once on a stand-in and
 the timing carried to the shape (`scaled`). Memory and disk come from the shapes: the cells ×
 genes matrix, the network's weights (with gradients and Adam's two moments), its activations on
@@ -24,6 +27,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from sklearn.model_selection import ParameterGrid
 
@@ -36,6 +40,7 @@ from gsrcl.model.train import overlap_validation, validation_epochs
 from gsrcl.runner.calibrate import Timing, calibrate, stand_in
 from gsrcl.runner.jobs import FoldData, Job, fold_data, method_named
 from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, Machine, Needs, Scheduler
+from gsrcl.runner.startup import worker_start_seconds
 
 BYTES = {"float32": 4, "float16": 2}
 WORKER_BYTES = 450 * 2**20  # a worker's resident memory before its first job (measured, CPU)
@@ -54,6 +59,13 @@ PROBLEM_CELL_BYTES = 2 * 50 + 70 + 8
 # allocated at most: 1.5 × that plus schedule.CUDA_CONTEXT_BYTES. bench/gpu_check.py records
 # the peak allocated, reserved and in use against this estimate again.
 ALLOCATOR_SLACK = 1.5
+# The report's work, in units of a worker's start (imports: single-threaded work that a busy
+# machine slows alike), measured on 2 CPU cores idle and busy (bench/schedule.py,
+# docs/scheduling.md): UMAP's first call in a process (numba compiles or loads its functions),
+# a UMAP per cell, a figure saved.
+UMAP_FIRST = 3.3
+UMAP_PER_CELL = 0.0012
+FIGURE = 0.1
 
 
 @dataclass(frozen=True)
@@ -90,12 +102,13 @@ def scaled(timing: Timing, measured: Shape, target: Shape, method: Method | None
     the tasks times the training cells squared (a kernel SVM's fits; genes are left out)."""
     fits = target.tasks / measured.tasks * (target.train / measured.train) ** 2
     if method is None:  # the baselines
-        return Timing(job=timing.job * fits)
+        return Timing(job=timing.job * fits, cpu_share=timing.cpu_share)
     model, seen = (_network(_inputs(method, s.genes), method) for s in (target, measured))
     epoch = timing.epoch * target.train / measured.train * parameters(model) / parameters(seen)
     cells = target.cells / measured.cells
     embed = timing.embed * cells * parameters(model.encoder) / parameters(seen.encoder)
-    return Timing(epoch=epoch, step=embed + (timing.step - timing.embed) * fits, embed=embed)
+    step = embed + (timing.step - timing.embed) * fits
+    return Timing(epoch, step, embed=embed, setup=timing.setup, cpu_share=timing.cpu_share)
 
 
 def parameters(module: torch.nn.Module) -> int:
@@ -188,7 +201,7 @@ def job_needs(
     scoring = steps * timing.step  # SupCon scores one task per training: all tasks once a step
     gpu = bool(machine.gpus)
     overlapped = overlap_validation(contrastive.overlap_validation, _device_type(gpu))
-    seconds = max(training, scoring) if overlapped else training + scoring
+    seconds = timing.setup + (max(training, scoring) if overlapped else training + scoring)
     model = _network(inputs, method)
     batch = min(shape.train, contrastive.batch_size)
     network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
@@ -233,13 +246,22 @@ def _device_type(gpu: bool) -> torch.device:
     return torch.device("cuda" if gpu else "cpu")
 
 
-def run_seconds(machine: Machine, needs: dict[Job, Needs], compute: Compute, threads: int) -> float:
-    """The run's wall time: the scheduler replayed on the estimated durations (measured at
-    `threads` threads a job; a job given k times the threads runs k ** SPEEDUP times faster)."""
+def run_seconds(
+    machine: Machine,
+    needs: dict[Job, Needs],
+    compute: Compute,
+    threads: int,
+    starts: Starts | None = None,
+) -> float:
+    """The jobs' wall time: the scheduler replayed on the estimated durations (measured at
+    `threads` threads a job; a job given k times the threads runs k ** SPEEDUP times faster),
+    each job on a worker as the pool gives it, paying the `starts` a new worker pays."""
     scheduler = Scheduler(machine, needs, compute)
+    workers = _Workers(starts or Starts(0.0, {}))
     left = {job: n.seconds for job, n in needs.items()}
     now = 0.0
-    scheduler.place()
+    for job, device in scheduler.place():
+        left[job] += workers.take(job, device)
     while scheduler.running:
         shares = scheduler.shares()
         speed = {job: (shares[job] / threads) ** SPEEDUP for job in scheduler.running}
@@ -249,8 +271,43 @@ def run_seconds(machine: Machine, needs: dict[Job, Needs], compute: Compute, thr
         for job in scheduler.running:
             left[job] -= elapsed * speed[job]
         scheduler.finish(first)
-        scheduler.place()
+        workers.free(first)
+        for job, device in scheduler.place():
+            left[job] += workers.take(job, device)
     return now
+
+
+@dataclass(frozen=True)
+class Starts:
+    """What a worker pays before its jobs: its start, and its first read of each dataset."""
+
+    worker: float
+    reads: dict[str, float]
+
+
+class _Workers:
+    """The pool's workers in the replay: a job takes an idle worker of its device, else a new
+    one (`dispatch.Pool`), and pays what that worker has not done yet."""
+
+    def __init__(self, starts: Starts) -> None:
+        self.starts = starts
+        self.idle: dict[str, list[set[str]]] = {}  # device → each idle worker's datasets read
+        self.busy: dict[Job, tuple[str, set[str]]] = {}
+
+    def take(self, job: Job, device: str) -> float:
+        pool = self.idle.setdefault(device, [])
+        read = pool.pop() if pool else None
+        cost = self.starts.worker if read is None else 0.0
+        read = set() if read is None else read
+        if job.dataset not in read:
+            cost += self.starts.reads.get(job.dataset, 0.0)
+            read.add(job.dataset)
+        self.busy[job] = device, read
+        return cost
+
+    def free(self, job: Job) -> None:
+        device, read = self.busy.pop(job)
+        self.idle[device].append(read)
 
 
 SPEEDUP = 0.75  # threads ** SPEEDUP: libsvm and torch measured 1.67x on two cores
@@ -311,13 +368,20 @@ class Plan:
     warnings: list[str]
     shapes: dict[str, Shape]
     export_seconds: float = 0.0  # the models export.after_run writes after them
+    report_seconds: float = 0.0  # the report after the jobs
+
+    @property
+    def total_seconds(self) -> float:
+        """From the jobs' start to the run's end: the jobs, the report and the export."""
+        return self.seconds + self.report_seconds + self.export_seconds
 
     def describe_seconds(self) -> str:
-        jobs = describe_time(self.seconds)
-        if not self.export_seconds:
-            return f"~{jobs}"
-        total = describe_time(self.seconds + self.export_seconds)
-        return f"~{total} (the jobs ~{jobs}, the export ~{describe_time(self.export_seconds)})"
+        after = {"report": self.report_seconds, "export": self.export_seconds}
+        parts = [f"the {name} ~{describe_time(t)}" for name, t in after.items() if t]
+        if not parts:
+            return f"~{describe_time(self.seconds)}"
+        parts.insert(0, f"the jobs ~{describe_time(self.seconds)}")
+        return f"~{describe_time(self.total_seconds)} ({', '.join(parts)})"
 
 
 def plan(
@@ -339,13 +403,57 @@ def plan(
         first_folds[name] = fold_data(cache.get(spec), spec, folds[name], 0)
         shapes[name] = _shape(first_folds[name])
     timings = _timings(experiment, todo, first_folds, shapes, machine, threads, log)
+    running = min(len(todo), max(1, machine.cores // threads))
+    # a one-thread timing's share of its core is unambiguous: others' load, not parallelism
+    alone = machine.gpus or threads > 1
+    load = os.getloadavg()[0]
+    busy = 1.0 if alone else busy_factor(list(timings.values()), machine, threads, running, load)
+    if busy > 1:
+        log(f"estimate: other work keeps the cores busy; the jobs counted {busy:.2f}× as long")
     needs = {}
     for job in todo:
-        timing = timings[job.dataset, job.method]
+        timing = timings[job.dataset, job.method].longer(busy)
         needs[job] = job_needs(experiment, job, shapes[job.dataset], timing, machine)
-    seconds = run_seconds(machine, needs, experiment.compute, threads)
+    start = worker_start_seconds()  # workers start side by side: as busy as the jobs
+    reads = {name: cache.seconds.get(name, 0.0) for name in shapes}
+    seconds = run_seconds(machine, needs, experiment.compute, threads, Starts(start * busy, reads))
     warnings = memory_warnings(needs, shapes, machine)
-    return Plan(needs, seconds, warnings, shapes, export_seconds(experiment, timings))
+    report = report_seconds(experiment, shapes, start)
+    return Plan(needs, seconds, warnings, shapes, export_seconds(experiment, timings), report)
+
+
+def report_seconds(experiment: Experiment, shapes: dict[str, Shape], start: float) -> float:
+    """The report after the jobs: its figures and two UMAPs of each dataset's cells (the first
+    of this process paying numba's), in units of `start` (a worker's start here, UMAP_FIRST)."""
+    from gsrcl.report.figures import umap_compiled  # umap-learn: only where a report is made
+
+    methods = len(experiment.methods)
+    seconds = UMAP_FIRST if methods and not umap_compiled() else 0.0
+    for shape in shapes.values():
+        umaps = 2 * UMAP_PER_CELL * shape.cells if methods else 0.0
+        seconds += umaps + (3 + methods) * FIGURE
+    return seconds * start
+
+
+def busy_factor(
+    timings: list[Timing], machine: Machine, threads: int, running: int, load: float
+) -> float:
+    """How much slower a job runs beside the run's other jobs than it did alone in its timing,
+    on cores that other work keeps busy. Other threads that want the cores, E: the timing's share
+    of its threads' time on a core says cores / share - threads; the 1-minute load average
+    (`load`, ours included) bounds it, so a burst during a short timing is not taken for lasting
+    load. Timed with min(1, cores / (threads + E)) of a core per thread, each of `running` jobs'
+    threads gets min(1, cores / (running × threads + E)) during the run. 1 on an idle machine."""
+    share = float(np.median([t.cpu_share for t in timings])) if timings else 1.0
+    if share >= IDLE_SHARE:
+        return 1.0
+    others = min(machine.cores / share - threads, load)
+    timed = min(1.0, machine.cores / (threads + others))
+    in_run = min(1.0, machine.cores / (running * threads + others))
+    return max(1.0, timed / in_run)
+
+
+IDLE_SHARE = 0.95
 
 
 # A model's export ≈ this many baseline jobs: its fits are theirs (the SVMs' calibrations and
