@@ -27,3 +27,20 @@ def test_gene_masking_drops_a_fraction_p_and_rescales_survivors_like_dropout():
     assert torch.allclose(out[kept], torch.tensor(10.0))
     # expected value preserved, as with torch.nn.Dropout
     assert abs(out.mean().item() - 1.0) < 0.05
+
+
+def test_two_views_in_a_reused_buffer_equal_the_plain_formulas_bit_for_bit():
+    """The in-place views draw the same numbers as `x + sigma * randn` and `x * (rand >= p) /
+    (1 - p)`, view after view, whatever the buffer held before."""
+    from gsrcl.model.augment import two_views
+
+    x = torch.rand(30, 40) * (torch.rand(30, 40) < 0.3)
+    plain, in_place = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    buffer = torch.full((60, 40), 7.0)
+    noise = two_views(lambda v, out: gaussian_noise(v, 0.5, in_place, out), x, buffer)
+    assert noise is buffer
+    views = [x + 0.5 * torch.randn(x.shape, generator=plain) for _ in range(2)]
+    assert torch.equal(noise, torch.cat(views))
+    masked = two_views(lambda v, out: gene_masking(v, 0.4, in_place, out), x, buffer)
+    views = [x * (torch.rand(x.shape, generator=plain) >= 0.4) / 0.6 for _ in range(2)]
+    assert torch.equal(masked, torch.cat(views))

@@ -72,7 +72,7 @@ def test_a_training_state_saved_on_cuda_resumes_on_the_cpu():
         scorer = ValidationScorer(xd[:60], xd[60:75], xd[75:], tasks, svm(), 3, "mcc")
         model = ContrastiveModel(20, (16,), (8,), batchnorm=False, init_std=0.02).to(device)
         generator = torch.Generator(device=device).manual_seed(1)
-        augment = lambda v: gaussian_noise(v, 1.0, generator)  # noqa: E731
+        augment = lambda v, out: gaussian_noise(v, 1.0, generator, out)  # noqa: E731
         return train(model, xd[:60], augment, settings, 6, scorer, generator, None, state)
 
     with pytest.raises(_Killed):

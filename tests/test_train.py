@@ -31,7 +31,7 @@ def _train(settings: Contrastive, x, scorer, keep=False):
         30, (32, 16), (16, 8), batchnorm=len(x) > settings.batch_size, init_std=0.02
     )
     generator = torch.Generator().manual_seed(1)
-    augment = lambda v: gaussian_noise(v, 1.0, generator)  # noqa: E731
+    augment = lambda v, out: gaussian_noise(v, 1.0, generator, out)  # noqa: E731
     result = train(model, x, augment, settings, settings.epochs["simclr"], scorer, generator)
     return (model, result) if keep else result
 
@@ -186,7 +186,7 @@ def _train_with(settings, x, scorer, state, init_seed=0):
     torch.manual_seed(init_seed)
     model = ContrastiveModel(30, (32, 16), (16, 8), batchnorm=False, init_std=0.02)
     generator = torch.Generator().manual_seed(1)
-    augment = lambda v: gaussian_noise(v, 1.0, generator)  # noqa: E731
+    augment = lambda v, out: gaussian_noise(v, 1.0, generator, out)  # noqa: E731
     return train(
         model, x, augment, settings, settings.epochs["simclr"], scorer, generator, None, state
     )

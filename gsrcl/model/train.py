@@ -26,7 +26,7 @@ import torch
 from gsrcl.config.settings import Classifier, Contrastive
 from gsrcl.evaluate.classifiers import FoldClassifier, inner_splits
 from gsrcl.evaluate.workers import SERIAL, Workers
-from gsrcl.model.augment import Augment
+from gsrcl.model.augment import Augment, two_views
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.losses import nt_xent, supcon
 
@@ -259,12 +259,14 @@ def train(
     saved = state.load() if state is not None else None
     first = _restore(saved, model, optimizer, generator, selector, epoch_losses) if saved else 0
     selector.offer(first, model.encoder)
+    views = None
     for epoch in range(first + 1, epochs + 1):
         model.train()
         for batch in minibatches(len(x), settings.batch_size, generator, x.device):
-            xb = x[batch]
+            cells = x if len(batch) == len(x) else x[batch]  # the whole set: no copy
+            views = two_views(augment, cells, views)
             with _precision(settings.precision, x.device):
-                z = step(torch.cat([augment(xb), augment(xb)]))
+                z = step(views)
             z1, z2 = z.float().chunk(2)  # the loss in fp32 whatever the forward pass used
             if labels is None:
                 loss = nt_xent(z1, z2, settings.temperature)
