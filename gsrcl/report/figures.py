@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score, precision_recall_curve
+from sklearn.neighbors import NearestNeighbors
 from umap import UMAP
 
 from gsrcl.data.labels import ordered
@@ -154,9 +155,23 @@ def umap_coordinates(x: np.ndarray) -> np.ndarray:
     pcs = PCA(n_components=min(50, min(x.shape) - 1), random_state=0).fit_transform(x)
     with warnings.catch_warnings():  # a fixed random_state makes umap-learn single-threaded
         warnings.simplefilter("ignore")
-        xy = UMAP(n_neighbors=15, min_dist=0.5, random_state=0).fit_transform(pcs)
+        umap = UMAP(n_neighbors=15, min_dist=0.5, random_state=0, precomputed_knn=_knn(pcs, 15))
+        xy = umap.fit_transform(pcs)
     _umaps_made[0] += 1
     return xy
+
+
+EXACT_KNN_CELLS = 4096  # umap-learn's own limit for exact neighbours (pynndescent above it)
+
+
+def _knn(pcs: np.ndarray, k: int) -> tuple:
+    """The exact neighbours umap-learn finds itself below `EXACT_KNN_CELLS` cells, by
+    scikit-learn: umap-learn's own search is numba code compiled in every process (about 6 of a
+    small UMAP's 12 s); above it, none (umap-learn's approximate search)."""
+    if len(pcs) >= EXACT_KNN_CELLS or len(pcs) <= k:
+        return (None, None, None)
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(pcs).kneighbors(pcs)
+    return indices, distances.astype(np.float32), None
 
 
 def _scatter_types(ax, xy: np.ndarray, labels: np.ndarray, colours: dict) -> None:

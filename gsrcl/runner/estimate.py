@@ -62,8 +62,9 @@ ALLOCATOR_SLACK = 1.5
 # The report's work, in units of a worker's start (imports: single-threaded work that a busy
 # machine slows alike), measured on 2 CPU cores idle and busy (bench/schedule.py,
 # docs/scheduling.md): UMAP's first call in a process (numba compiles or loads its functions),
-# a UMAP per cell, a figure saved.
-UMAP_FIRST = 3.3
+# a UMAP per cell, a figure saved. UMAP_FIRST was 3.3 before the report found small data's
+# neighbours with scikit-learn (figures._knn): the first UMAP 12.8 → 6.4 s, so half.
+UMAP_FIRST = 1.65
 UMAP_PER_CELL = 0.0012
 FIGURE = 0.1
 
