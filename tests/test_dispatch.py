@@ -87,31 +87,3 @@ def test_one_and_two_workers_give_the_same_summary(tmp_path):
     assert _run(one)[0] == 0 and _run(two)[0] == 0
     summary = "results/tiny/summary.csv"
     assert (tmp_path / "one" / summary).read_text() == (tmp_path / "two" / summary).read_text()
-
-
-CONFIG = """
-from gsrcl.config.settings import *
-from tests.conftest import tiny_experiment
-from tests.helpers import failing_baseline
-from pathlib import Path
-EXPERIMENT = tiny_experiment(Path({root!r}), methods=tiny_experiment(Path({root!r})).methods[:1],
-                             compute=Compute(devices="cpu", cpu_workers=1))
-"""
-
-
-def test_a_runner_killed_mid_way_resumes_to_the_same_results(tmp_path):
-    from tests.helpers import kill_runner_when, run_runner
-
-    for name in ("killed", "whole"):
-        (tmp_path / f"{name}.py").write_text(CONFIG.format(root=str(tmp_path / name)))
-    jobs_dir = tmp_path / "killed" / "results" / "tiny" / "jobs"
-    kill_runner_when(tmp_path / "killed.py", lambda: list(jobs_dir.glob("*/*/*/DONE")), 120)
-    finished = len(list(jobs_dir.glob("*/*/*/DONE")))
-    assert 1 <= finished < 6
-    resumed = run_runner(tmp_path / "killed.py")
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"{finished} skipped" in resumed.stdout or f"{finished + 1} skipped" in resumed.stdout
-    whole = run_runner(tmp_path / "whole.py")
-    assert whole.returncode == 0, whole.stderr
-    summary = "results/tiny/summary.csv"
-    assert (tmp_path / "killed" / summary).read_text() == (tmp_path / "whole" / summary).read_text()

@@ -97,17 +97,25 @@ EXPERIMENT = tiny_experiment(
 
 
 def test_a_runner_killed_during_training_resumes_to_the_same_summary(tmp_path):
+    """SIGKILL with one job done and another mid-training: the rerun skips the done job,
+    resumes the other from its saved state, and ends where an uninterrupted run ends."""
     from tests.helpers import kill_runner_when, run_runner
 
     for name in ("killed", "whole"):
         (tmp_path / f"{name}.py").write_text(CONFIG.format(root=str(tmp_path / name)))
-    progress = tmp_path / "killed" / "results" / "tiny" / "jobs"
-    caught = lambda: list(progress.glob("*/*/*/" + PROGRESS))  # noqa: E731
+    jobs = tmp_path / "killed" / "results" / "tiny" / "jobs"
+    done_jobs = lambda: list(jobs.glob("*/*/*/DONE"))  # noqa: E731
+    caught = lambda: list(jobs.glob("*/*/*/" + PROGRESS)) and done_jobs()  # noqa: E731
     kill_runner_when(tmp_path / "killed.py", caught)
-    assert caught(), "no job was caught during training"
+    assert caught(), "no job was caught during training after another was done"
+    finished = len(done_jobs())
     for name in ("killed", "whole"):
         done = run_runner(tmp_path / f"{name}.py")
         assert done.returncode == 0, done.stderr
+        if name == "killed":  # or one more, where the killed job's marker was being written
+            assert any(f"{n} skipped" in done.stdout for n in (finished, finished + 1))
+            logs = (tmp_path / "killed" / "results" / "tiny" / "logs").glob("worker-*.log")
+            assert any("resuming" in log.read_text() for log in logs)
     summary = "results/tiny/summary.csv"
     assert (tmp_path / "killed" / summary).read_text() == (tmp_path / "whole" / summary).read_text()
     for metrics in (tmp_path / "whole" / "results/tiny/jobs").glob("*/*/*/metrics.json"):
