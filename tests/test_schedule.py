@@ -238,3 +238,49 @@ def test_the_estimate_counts_the_export_a_run_ends_with(tmp_path):
     plan = estimate.Plan({}, 600.0, [], {}, export_seconds=60.0)
     assert plan.describe_seconds() == "~11.0 min (the jobs ~10.0 min, the export ~60 s)"
     assert estimate.Plan({}, 600.0, [], {}).describe_seconds() == "~10.0 min"
+
+
+def test_a_large_dataset_is_timed_on_a_sample_and_carried_to_its_size(tmp_path, monkeypatch):
+    """Above `TIMING_CELLS` training cells the timing runs on a sample of the first fold (each
+    part and type in proportion, the same cells and labels) and the estimate scales it up by
+    the cost model: a baseline job by the training cells squared."""
+    import numpy as np
+
+    from gsrcl.data.dataset import DatasetCache
+    from gsrcl.runner import estimate
+    from gsrcl.runner.calibrate import Timing as Measured
+    from gsrcl.runner.jobs import fold_data, plan
+    from gsrcl.runner.pipeline import dataset_folds
+    from tests.conftest import tiny_experiment
+
+    experiment = tiny_experiment(tmp_path, methods=())
+    cache = DatasetCache()
+    spec = experiment.datasets[0]
+    folds = {spec.name: dataset_folds(spec, experiment, cache, None)}
+    full = fold_data(cache.get(spec), spec, folds[spec.name], 0)
+    timed = []
+
+    def calibrate(experiment, fold, method, device, threads):
+        timed.append(fold)
+        return Measured(job=1.0)
+
+    monkeypatch.setattr(estimate, "calibrate", calibrate)
+    monkeypatch.setattr(estimate, "TIMING_CELLS", 60)
+    lines = []
+    machine = Machine(cores=2, host_bytes=8 * GB, gpus={})
+    made = estimate.plan(experiment, plan(experiment), folds, cache, machine, lines.append)
+    (sample,) = timed
+    assert any("timing a sample of pbmc68k_reduced/baseline" in line for line in lines)
+    assert 55 <= len(sample.train) <= 70 < len(full.train)
+    for part in ("train", "validation", "test"):
+        rows, whole = getattr(sample, part), getattr(full, part)
+        names = sample.adata.obs_names[rows]
+        assert set(names) <= set(full.adata.obs_names[whole])  # cells of the same part
+        assert (sample.labels[rows] == full.adata.obs.loc[names, "label"].to_numpy()).all()
+        for task in full.tasks:  # every type, about in proportion
+            share = (full.labels[whole] == task).mean()
+            assert (sample.labels[rows] == task).any()
+            assert abs((sample.labels[rows] == task).mean() - share) < 0.15
+    job = next(job for job in made.needs if job.method == "baseline")
+    ratio = (len(full.train) / len(sample.train)) ** 2
+    assert np.isclose(made.needs[job].seconds, ratio, rtol=0.3)

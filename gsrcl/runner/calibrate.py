@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.model_selection import ParameterGrid
 
 from gsrcl.config.settings import BASELINE, Dataset, Experiment, Method
 from gsrcl.data import splits
 from gsrcl.data.dataset import LABEL
+from gsrcl.evaluate.classifiers import estimator_for
 from gsrcl.evaluate.workers import Workers
 from gsrcl.model import train
 from gsrcl.model.augment import augmentation
@@ -35,6 +38,13 @@ CALIBRATION_EPOCHS = 2
 STAND_IN_CELLS = 1000
 STAND_IN_TYPES = 5
 STAND_IN_GENES = 2000  # beside the most a masking method selects
+# A larger dataset is timed on this many of its first fold's training cells (its other parts in
+# proportion) and `TIMING_TASKS` of its cell types, with each multi-class baseline fitted once
+# (not its whole grid search), and the timing carried to its size by `estimate.scaled`: the
+# estimate then costs seconds and a bounded memory whatever the size (a kernel SVM on 40 000
+# training cells holds 13 GB of kernel), at the price of the cost model's exponents.
+TIMING_CELLS = 1000
+TIMING_TASKS = 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Timing:
     epoch: float = 0.0
     step: float = 0.0
     job: float = 0.0
+    linear: float = 0.0  # of `job`, the multi-class models: they grow with the cells, not squared
     embed: float = 0.0
     setup: float = 0.0
     cpu_share: float = 1.0  # of its threads' time the timing was on a core (others' load)
@@ -58,6 +69,7 @@ class Timing:
             epoch=self.epoch * factor,
             step=self.step * factor,
             job=self.job * factor,
+            linear=self.linear * factor,
             embed=self.embed * factor,
             setup=self.setup * factor,
         )
@@ -66,7 +78,7 @@ class Timing:
 def calibrate(
     experiment: Experiment, fold: jobs.FoldData, method: str, device: str, threads: int
 ) -> Timing:
-    """`method` timed on `fold` (a dataset's first fold, or the stand-in's)."""
+    """`method` timed on `fold` (a dataset's first fold, a sample of it, or the stand-in's)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     logging.disable(logging.INFO)  # the short training's epochs and steps are not the run's
@@ -89,9 +101,11 @@ def calibrate(
 def _baselines(
     experiment: Experiment, fold: jobs.FoldData, device: str, workers: Workers
 ) -> Timing:
-    """Each baseline's grid search on the task of median size (a multi-class one's on all),
-    times the tasks it fits in a job; predictions are left out (a small share of a job)."""
-    seconds = 0.0
+    """Each one-vs-rest baseline's grid search on the task of median size, times the tasks a
+    job fits it for; each multi-class one's search on all (on a sample: one fit of the grid's
+    middle setting on an inner split's cells, times the fits the search makes). Predictions are
+    left out (a small share of a job)."""
+    kernel = linear = 0.0
     y_train = fold.labels[fold.train]
     by_size = sorted(fold.tasks, key=lambda task: (y_train == task).sum())
     typical = by_size[len(by_size) // 2]  # large types cost libsvm more, rare ones less
@@ -100,13 +114,29 @@ def _baselines(
         _, classifier = jobs.baseline_classifier(
             fold, experiment, spec, device, experiment.seed, workers
         )
-        if spec.multiclass:
-            classifier.fit(y_train)
-            seconds += time.perf_counter() - start
-        else:
+        if not spec.multiclass:
             classifier.fit_many([y_train == typical], [None])
-            seconds += (time.perf_counter() - start) * len(fold.tasks)
-    return Timing(job=seconds)
+            kernel += (time.perf_counter() - start) * len(fold.tasks)
+        elif fold.sampled:
+            linear += _one_fit(classifier, y_train) + time.perf_counter() - start
+        else:
+            classifier.fit(y_train)
+            linear += time.perf_counter() - start
+    return Timing(job=kernel + linear, linear=linear)
+
+
+def _one_fit(classifier, y: np.ndarray) -> float:
+    """Seconds of a multi-class grid search, from one fit of its middle setting on the cells
+    of one inner split: times the search's fits (each setting on each split, and the refit)."""
+    grid = list(ParameterGrid(classifier.spec.grid))
+    splits = classifier.inner_splits(y)
+    train, _ = splits[0]
+    estimator = estimator_for(classifier.spec).set_params(**grid[len(grid) // 2])
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator.fit(classifier.x_train[train], y[train])
+    return (time.perf_counter() - start) * (len(grid) * len(splits) + 1)
 
 
 def _contrastive(
@@ -135,6 +165,42 @@ def _contrastive(
     )
     epoch = result.seconds["training"] / CALIBRATION_EPOCHS
     return Timing(epoch=epoch, step=step, embed=embed, setup=setup)
+
+
+def sample_of(fold: jobs.FoldData, cells: int, tasks: int, seed: int) -> jobs.FoldData:
+    """`fold` cut to about `cells` training cells, each part and each cell type in proportion
+    (a type keeps at least 3 cells of a part where it has them), scoring `tasks` of its tasks
+    (spread over their sizes); `fold` itself when it has no more training cells."""
+    share = cells / len(fold.train)
+    if share >= 1:
+        return fold
+    rng = np.random.default_rng(seed)
+
+    def part(rows: np.ndarray) -> np.ndarray:
+        kept = []
+        for label in np.unique(fold.labels[rows]):
+            members = rows[fold.labels[rows] == label]
+            n = min(len(members), max(3, round(share * len(members))))
+            kept.append(rng.choice(members, n, replace=False))
+        return np.sort(np.concatenate(kept))
+
+    train, validation, test = part(fold.train), part(fold.validation), part(fold.test)
+    rows = np.concatenate([train, validation, test])
+    position = {row: i for i, row in enumerate(rows)}  # old row → row of the sample
+    renumber = np.vectorize(position.__getitem__, otypes=[int])
+    y_train = fold.labels[fold.train]
+    by_size = sorted(fold.tasks, key=lambda task: (y_train == task).sum())
+    spread = sorted({round(i * (len(by_size) - 1) / max(1, tasks - 1)) for i in range(tasks)})
+    return replace(
+        fold,
+        adata=fold.adata[rows].copy(),
+        labels=fold.labels[rows],
+        train=renumber(train),
+        validation=renumber(validation),
+        test=renumber(test),
+        tasks=[by_size[i] for i in spread] if len(by_size) > tasks else fold.tasks,
+        sampled=True,
+    )
 
 
 def stand_in(experiment: Experiment) -> jobs.FoldData:

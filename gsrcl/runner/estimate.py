@@ -37,7 +37,14 @@ from gsrcl.data.splits import Folds
 from gsrcl.evaluate.classifiers import resolve_solver, uses_precomputed_kernel
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.train import overlap_validation, validation_epochs
-from gsrcl.runner.calibrate import Timing, calibrate, stand_in
+from gsrcl.runner.calibrate import (
+    TIMING_CELLS,
+    TIMING_TASKS,
+    Timing,
+    calibrate,
+    sample_of,
+    stand_in,
+)
 from gsrcl.runner.jobs import FoldData, Job, fold_data, method_named
 from gsrcl.runner.schedule import CUDA_CONTEXT_BYTES, Machine, Needs, Scheduler
 from gsrcl.runner.startup import worker_start_seconds
@@ -100,10 +107,14 @@ def scaled(timing: Timing, measured: Shape, target: Shape, method: Method | None
     """A timing measured on one shape carried to another. A training epoch grows with the
     training cells times the network's weights (its matmuls), a validation step's embedding
     with the cells times the encoder's weights; the step's scoring and a baseline job grow with
-    the tasks times the training cells squared (a kernel SVM's fits; genes are left out)."""
-    fits = target.tasks / measured.tasks * (target.train / measured.train) ** 2
+    the tasks times the training cells squared (a kernel SVM's fits; genes are left out), a
+    multi-class baseline with the training cells."""
+    cells_ratio = target.train / measured.train
+    fits = target.tasks / measured.tasks * cells_ratio**2
     if method is None:  # the baselines
-        return Timing(job=timing.job * fits, cpu_share=timing.cpu_share)
+        linear = timing.linear * cells_ratio
+        job = (timing.job - timing.linear) * fits + linear
+        return Timing(job=job, linear=linear, cpu_share=timing.cpu_share)
     model, seen = (_network(_inputs(method, s.genes), method) for s in (target, measured))
     epoch = timing.epoch * target.train / measured.train * parameters(model) / parameters(seen)
     cells = target.cells / measured.cells
@@ -401,8 +412,9 @@ def plan(
     shapes, first_folds = dict(planned), {}
     for name in dict.fromkeys(job.dataset for job in todo if job.dataset not in planned):
         spec = next(d for d in experiment.datasets if d.name == name)
-        first_folds[name] = fold_data(cache.get(spec), spec, folds[name], 0)
-        shapes[name] = _shape(first_folds[name])
+        first = fold_data(cache.get(spec), spec, folds[name], 0)
+        shapes[name] = _shape(first)
+        first_folds[name] = sample_of(first, TIMING_CELLS, TIMING_TASKS, experiment.seed)
     timings = _timings(experiment, todo, first_folds, shapes, machine, threads, log)
     running = min(len(todo), max(1, machine.cores // threads))
     # a one-thread timing's share of its core is unambiguous: others' load, not parallelism
@@ -489,33 +501,32 @@ def _shape(fold: FoldData) -> Shape:
 def _timings(
     experiment: Experiment,
     todo: list[Job],
-    first_folds: dict[str, FoldData],
+    timed_folds: dict[str, FoldData],
     shapes: dict[str, Shape],
     machine: Machine,
     threads: int,
     log: Callable[[str], None],
 ) -> dict[tuple[str, str], Timing]:
-    """Each dataset and method timed on the dataset's first fold; a dataset not read gets the
-    method's timing on the stand-in (timed once for all of them) carried to its shape."""
+    """Each dataset and method timed on `timed_folds[dataset]` (its first fold, or a sample of
+    it), or on the stand-in (timed once for all the datasets not read), and carried to the
+    dataset's shape."""
     pairs = list(dict.fromkeys((job.dataset, job.method) for job in todo))
-    timings = {
-        (dataset, method): _timed(
-            experiment, first_folds[dataset], method, dataset, machine, threads, log
+    unread = any(dataset not in timed_folds for dataset, _ in pairs)
+    substitute = stand_in(experiment) if unread else None
+    measured: dict[tuple[int, str], Timing] = {}  # by fold: the stand-in is timed once
+    timings = {}
+    for dataset, method in pairs:
+        fold = timed_folds.get(dataset, substitute)
+        if (id(fold), method) not in measured:
+            where = dataset if shapes[dataset] == _shape(fold) else f"a sample of {dataset}"
+            where = "a stand-in" if fold is substitute else where
+            measured[id(fold), method] = _timed(
+                experiment, fold, method, where, machine, threads, log
+            )
+        spec = None if method == BASELINE else method_named(experiment, method)
+        timings[dataset, method] = scaled(
+            measured[id(fold), method], _shape(fold), shapes[dataset], spec
         )
-        for dataset, method in pairs
-        if dataset in first_folds
-    }
-    unread = [(dataset, method) for dataset, method in pairs if dataset not in first_folds]
-    if unread:
-        fold = stand_in(experiment)
-        on_stand_in = {
-            method: _timed(experiment, fold, method, "a stand-in", machine, threads, log)
-            for method in dict.fromkeys(method for _, method in unread)
-        }
-        for dataset, method in unread:
-            spec = None if method == BASELINE else method_named(experiment, method)
-            timing = on_stand_in[method]
-            timings[dataset, method] = scaled(timing, _shape(fold), shapes[dataset], spec)
     return timings
 
 

@@ -138,6 +138,7 @@ class FoldData:
     validation: np.ndarray
     test: np.ndarray
     tasks: list[str]
+    sampled: bool = False  # a sample of a fold, for the estimate's timing (`calibrate.sample_of`)
 
 
 def run_job(
