@@ -79,6 +79,35 @@ def test_precomputed_kernel_search_equals_gridsearchcv_on_baron_mouse():
         _assert_same_as_grid_search(x, labels, task, PAPER.evaluation.classifier)
 
 
+def test_svms_on_the_same_features_share_kernels_and_fit_only_new_settings(monkeypatch):
+    """The SVM's grid within the class-balanced SVM's: with a shared solver the second search
+    fits only the balanced settings, and both choose what each chooses alone."""
+    from gsrcl.evaluate.kernel_svm import PrecomputedRBF
+
+    adata = sc.datasets.pbmc68k_reduced().raw.to_adata()
+    x = np.asarray(adata.X.todense() if hasattr(adata.X, "todense") else adata.X, dtype=np.float64)
+    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
+    tasks = [labels == t for t in ("CD56+ NK", "CD34+", "Dendritic")]
+    fits = []
+    fit = PrecomputedRBF._fit
+    counted = staticmethod(lambda *a: fits.append(a[3]) or fit(*a))  # a: kernel, y, gamma, params
+    monkeypatch.setattr(PrecomputedRBF, "_fit", counted)
+
+    def searched(spec, shared=None):
+        fold = FoldClassifier(spec, x, inner_folds=3, metric="mcc", shared=shared)
+        return fold.fit_and_choices(tasks, [None] * len(tasks))[1], len(fits)
+
+    alone = [searched(spec)[0] for spec in (svm(), svm(balanced=True))]
+    fits.clear()
+    shared: dict = {}
+    plain, plain_fits = searched(svm(), shared)
+    balanced, all_fits = searched(svm(balanced=True), shared)
+    assert len(shared) == 1 and [plain, balanced] == alone
+    # the balanced half only (as many settings as the plain grid) and the refits; alone 2x
+    assert all_fits - plain_fits == plain_fits
+    assert all(c.get("class_weight") == "balanced" for c in fits[plain_fits : -len(tasks)])
+
+
 def test_multiclass_baseline_scores_each_type_one_vs_rest():
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 3, size=(3, 20))

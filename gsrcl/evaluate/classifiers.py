@@ -132,16 +132,26 @@ class FoldClassifier:
         seed: int = 0,
         workers: Workers = SERIAL,
         solver: str = "auto",
+        shared: dict[tuple[str, str], RBFSolver] | None = None,
     ) -> None:
+        """`shared`: RBF solvers by (features, solver) of other classifiers on the same
+        training cells; an RBF SVC takes its solver from there (its kernels and fits), or puts
+        the one it makes there."""
         self.spec, self.inner_folds, self.metric, self.seed = spec, inner_folds, metric, seed
         self.workers = workers
         self.rbf_solver: RBFSolver | None = None  # who fits an RBF SVC on this fold's kernel
         if not uses_precomputed_kernel(spec):
             self.x_train = sparse_if_worth_it(estimator_for(spec), x_train)
-        elif resolve_solver(solver, spec, device) == "device":
+            return
+        key = (spec.features, resolve_solver(solver, spec, device))
+        if shared is not None and key in shared:
+            self.rbf_solver = shared[key]
+        elif key[1] == "device":
             self.rbf_solver = DeviceRBF(x_train, device)
         else:
             self.rbf_solver = PrecomputedRBF(x_train, device, workers)
+        if shared is not None:
+            shared[key] = self.rbf_solver
 
     def prepare(self, x: np.ndarray) -> Prepared:
         return Prepared(self.rbf_solver.distances(x) if self.rbf_solver else x)

@@ -151,6 +151,9 @@ class PrecomputedRBF(RBFSolver):
         self.x_np = self.x.cpu().numpy()
         self.train_distances = squared_distances(self.x, self.x).cpu().numpy()
         np.fill_diagonal(self.train_distances, 0.0)
+        # each (labels, inner splits, metric) problem's scores per candidate setting: a second
+        # grid on these cells (the SVM's within the class-balanced SVM's) fits only what is new
+        self.scores: dict[tuple[tuple, str], np.ndarray] = {}
 
     def distances(self, x: np.ndarray) -> np.ndarray:
         """Squared distances from other cells (rows) to the training cells (columns)."""
@@ -164,12 +167,32 @@ class PrecomputedRBF(RBFSolver):
         self, labels: list[np.ndarray], splits: list[Splits], candidates: list[dict], metric: str
     ) -> Search:
         problems = list(zip(labels, splits, strict=True))
-        scores = self._score_tables(problems, candidates, partial(_inner_score, metric))
+        scores = self._known_score_tables(problems, candidates, metric)
         chosen = best_candidates(scores)
         models = self.workers.map(
             lambda i: self.fit(labels[i], candidates[chosen[i]]), range(len(labels))
         )
         return Search(models, scores, candidates, chosen)
+
+    def _known_score_tables(
+        self, problems: list[tuple[np.ndarray, Splits]], candidates: list[dict], metric: str
+    ) -> list[np.ndarray]:
+        """`_score_tables`, fitting only the candidates some problem has not been scored on
+        (the same settings, labels and splits give the same fits, so the same scores)."""
+        keys = [(y.tobytes(), *(test.tobytes() for _, test in s), metric) for y, s in problems]
+        names = [
+            repr(sorted(svc_on_kernel(c).get_params().items()) + [c.get("gamma")])
+            for c in candidates
+        ]
+        new = [i for i, name in enumerate(names) if any((k, name) not in self.scores for k in keys)]
+        if new:
+            tables = self._score_tables(
+                problems, [candidates[i] for i in new], partial(_inner_score, metric)
+            )
+            for key, table in zip(keys, tables, strict=True):
+                for row, i in zip(table, new, strict=True):
+                    self.scores[key, names[i]] = row
+        return [np.array([self.scores[key, name] for name in names]) for key in keys]
 
     def _score_tables(
         self, problems: list[tuple[np.ndarray, Splits]], candidates: list[dict], score

@@ -109,10 +109,11 @@ def _baselines(
     y_train = fold.labels[fold.train]
     by_size = sorted(fold.tasks, key=lambda task: (y_train == task).sum())
     typical = by_size[len(by_size) // 2]  # large types cost libsvm more, rare ones less
+    solvers: dict = {}  # shared as a job shares them
     for spec in experiment.evaluation.baselines:
         start = time.perf_counter()
         _, classifier = jobs.baseline_classifier(
-            fold, experiment, spec, device, experiment.seed, workers
+            fold, experiment, spec, device, experiment.seed, workers, solvers
         )
         if not spec.multiclass:
             classifier.fit_many([y_train == typical], [None])

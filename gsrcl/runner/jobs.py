@@ -227,9 +227,10 @@ def run_baselines(
     rows, predictions = [], []
     evaluation = experiment.evaluation
     y_train = fold.labels[fold.train]
+    solvers: dict = {}  # the SVMs on the same features share kernels and fits
     for spec in evaluation.baselines:
         workers.refresh()
-        x, classifier = baseline_classifier(fold, experiment, spec, device, seed, workers)
+        x, classifier = baseline_classifier(fold, experiment, spec, device, seed, workers, solvers)
         prepared = classifier.prepare(x[fold.test])
         if spec.multiclass:  # one model; each task reads its class's column
             (model,), (choice,) = classifier.fit_and_choices([y_train], [None])
@@ -251,9 +252,16 @@ def run_baselines(
 
 
 def baseline_classifier(
-    fold: FoldData, experiment: Experiment, spec: Classifier, device: str, seed: int, workers
+    fold: FoldData,
+    experiment: Experiment,
+    spec: Classifier,
+    device: str,
+    seed: int,
+    workers: Workers,
+    solvers: dict | None = None,
 ) -> tuple[np.ndarray, FoldClassifier]:
-    """A baseline's features of every cell, and its classifier on the fold's training cells."""
+    """A baseline's features of every cell, and its classifier on the fold's training cells
+    (`solvers`: the job's RBF solvers so far, shared by features: `FoldClassifier`)."""
     evaluation = experiment.evaluation
     x = preprocess.fit_features(spec.features, fold.adata[fold.train], fold.values).transform(
         fold.adata
@@ -267,6 +275,7 @@ def baseline_classifier(
         seed=seed,
         workers=workers,
         solver=evaluation.solver,
+        shared=solvers,
     )
     return x, classifier
 
