@@ -70,8 +70,9 @@ def run_reference(name: str, data: Path) -> dict:
     folder = FOLDER / name
     subprocess.run(["rm", "-rf", str(folder)], check=True)
     folder.mkdir(parents=True)
+    # -u: each line arrives as it is printed, for the phases' times
     command = [
-        sys.executable, "-m", "gsrcl", "reference", "--data", str(data), "--labels",
+        sys.executable, "-u", "-m", "gsrcl", "reference", "--data", str(data), "--labels",
         "cell_type", "--batch", "batch", "--method", "best",
         "--out", str(folder / "model"), "--results", str(folder / "results"),
     ]  # fmt: skip
