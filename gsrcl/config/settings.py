@@ -22,16 +22,18 @@ METRICS = ("mcc", "f1", "ap")
 BASELINE = "baseline"  # the method of the jobs that score the baselines
 
 # The exact RBF SVM (kernel_svm) holds a fold's training cells' squared distances (float64, n²)
-# and, per fit thread, an inner split's kernel with its distances slice: measured 25 bytes per
-# n² with one fit thread (+13 per further thread), so a 2 GiB budget holds n = √(2 GiB / 25 B)
-# = 9268 training cells; rounded down. The paper's largest dataset (Baron Human, 8569 cells) is
-# under it even when export fits on every cell, so its protocol stays exact everywhere.
+# and, per fit thread, an inner split's kernel with its distances slice: measured at 7000 cells,
+# 25 bytes per n² with one fit thread (+13 per further thread), so a 2 GiB budget holds
+# n = √(2 GiB / 25 B) = 9268 training cells; rounded down. The largest registered dataset of
+# the paper (Baron Human, 8569 cells) is under it even when export fits on every cell.
 EXACT_MAX_CELLS = 9000
-# Nystroem components (landmark cells) of the approximation past it. Its memory and time grow
-# as cells × m (liblinear copies each fit's rows as 16-byte nodes: ~22 bytes per cell × m per
-# fit thread, 1.1 GB at 100 000 cells); bench/approximate_svm.py measures its agreement with
-# the exact SVM at this m (docs/approximate-svm.md).
-NYSTROEM_COMPONENTS = 500
+# Nystroem components (landmark cells) of the approximation past it. Its memory grows as cells
+# × m (features 4 B, and per fit thread liblinear's copy of the rows, ~22 B: 0.5 GB at 100 000
+# cells) and its time faster: on 6786 tiled Baron Mouse cells m = 500 searched 2.8× slower than
+# m = 200 for test MCCs as close to the exact SVM's (4 types). bench/approximate_svm.py
+# measures the agreement at this m (docs/approximate-svm.md); a reference with many rare types
+# may want more (landmarks are drawn uniformly, so a rare type may have none).
+NYSTROEM_COMPONENTS = 200
 
 
 @dataclass(frozen=True)

@@ -237,11 +237,12 @@ class NystroemRBF(RBFSolver):
             fits = self.workers.map(
                 lambda t, x=x: self._fit(x, labels[t], candidates[chosen[t]]), tasks[gamma]
             )
+            nystroem = self.nystroem(gamma)
+            weights = landmark_weights(nystroem)
             for t, svm in zip(tasks[gamma], fits, strict=True):
                 if svm is None:
                     raise ValueError("the training cells hold a single class")
-                nystroem = self.nystroem(gamma)
-                models[t] = NystroemSVM(svm, nystroem, landmark_weights(nystroem))
+                models[t] = NystroemSVM(svm, nystroem, weights)
         return models
 
     def _fit(self, x: np.ndarray, y: np.ndarray, params: dict) -> LinearSVC | None:
