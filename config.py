@@ -33,6 +33,8 @@ EXPERIMENT = Experiment(
     contrastive=replace(
         PAPER.contrastive, epochs={"simclr": 100, "supcon": 50}, validate_every=25, lr=1e-3
     ),
+    # an SVM on more than evaluation.exact_max_cells (9000) training cells is fitted
+    # approximately (Nystroem features, evaluation.nystroem_components = 200; the results say so)
     evaluation=STRONG_EVALUATION,
     # every visible GPU, else the CPU; jobs are placed by what they need, one per core at most
     compute=Compute(devices="auto"),

@@ -21,6 +21,20 @@ METRICS = ("mcc", "f1", "ap")
 
 BASELINE = "baseline"  # the method of the jobs that score the baselines
 
+# The exact RBF SVM (kernel_svm) holds a fold's training cells' squared distances (float64, n²)
+# and, per fit thread, an inner split's kernel with its distances slice: measured at 7000 cells,
+# 25 bytes per n² with one fit thread (+13 per further thread), so a 2 GiB budget holds
+# n = √(2 GiB / 25 B) = 9268 training cells; rounded down. The largest registered dataset of
+# the paper (Baron Human, 8569 cells) is under it even when export fits on every cell.
+EXACT_MAX_CELLS = 9000
+# Nystroem components (landmark cells) of the approximation past it. Its memory grows as cells
+# × m (features 4 B, and per fit thread liblinear's copy of the rows, ~22 B: 0.5 GB at 100 000
+# cells) and its time faster: on 6786 tiled Baron Mouse cells m = 500 searched 2.8× slower than
+# m = 200 for test MCCs as close to the exact SVM's (4 types). bench/approximate_svm.py
+# measures the agreement at this m (docs/approximate-svm.md); a reference with many rare types
+# may want more (landmarks are drawn uniformly, so a rare type may have none).
+NYSTROEM_COMPONENTS = 200
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -186,20 +200,33 @@ def _paper_svm() -> Classifier:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """How embeddings and baselines are classified and scored."""
+    """How embeddings and baselines are classified and scored. An RBF SVC's grid is searched
+    exactly on cell × cell kernels up to `exact_max_cells` training cells, and past it on the
+    Nystroem approximation (`nystroem_components` landmark cells) with a linear SVM."""
 
     classifier: Classifier = field(default_factory=_paper_svm)  # on the learnt embeddings
     baselines: tuple[Classifier, ...] = field(default_factory=lambda: (_paper_svm(),))
     metric: Literal["mcc", "f1", "ap"] = "mcc"  # inner CV and checkpoint selection
     inner_folds: int = 5
     # who solves an RBF SVC's grid: "libsvm" (CPU), "device" (libsvm's algorithm batched on the
-    # job's torch device, GPU or CPU), "auto" (the device on a GPU, libsvm elsewhere)
-    solver: Literal["auto", "libsvm", "device"] = "auto"
+    # job's torch device, GPU or CPU), "auto" (the device on a GPU, libsvm elsewhere), or
+    # "nystroem" (always the approximation below)
+    solver: Literal["auto", "libsvm", "device", "nystroem"] = "auto"
+    # an RBF SVC whose training cells exceed this is fitted on the same grid approximately
+    # (Nystroem features + a linear SVM, gsrcl.evaluate.nystroem_svm: memory linear in the
+    # cells) instead of on cell × cell kernels; None: always exact. The default fits the exact
+    # search in about 2 GiB (EXACT_MAX_CELLS above); results say which tasks were approximate.
+    exact_max_cells: int | None = EXACT_MAX_CELLS
+    nystroem_components: int = NYSTROEM_COMPONENTS  # the approximation's m (landmark cells)
 
     def check(self) -> list[str]:
         problems = []
         if self.inner_folds < 2:
             problems.append("inner_folds must be at least 2")
+        if self.exact_max_cells is not None and self.exact_max_cells < 1:
+            problems.append("exact_max_cells must be at least 1, or None (always exact)")
+        if self.nystroem_components < 2:
+            problems.append("nystroem_components must be at least 2")
         if self.classifier.multiclass:
             problems.append("classifier.multiclass applies to baselines only")
         names = [b.name for b in self.baselines]

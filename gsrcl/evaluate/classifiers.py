@@ -3,8 +3,10 @@
 An RBF `SVC` is searched on precomputed kernels, which gives the same model as `GridSearchCV` in
 a fraction of the time, by one of two solvers (`evaluation.solver`): libsvm on the CPU
 (`gsrcl.evaluate.kernel_svm`) or libsvm's algorithm batched on a torch device
-(`gsrcl.evaluate.device_svm`; "auto" picks it on a GPU). Every other estimator goes through
-`GridSearchCV`.
+(`gsrcl.evaluate.device_svm`; "auto" picks it on a GPU). Past `evaluation.exact_max_cells`
+training cells, whose kernels would not fit its memory budget, the same grid is searched on a
+Nystroem approximation instead (`gsrcl.evaluate.nystroem_svm`, on any device). Every other
+estimator goes through `GridSearchCV`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
+from sklearn.pipeline import Pipeline
 
-from gsrcl.config.settings import Classifier
+from gsrcl.config.settings import NYSTROEM_COMPONENTS, Classifier
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, unsupported_params
 from gsrcl.evaluate.kernel_svm import (
@@ -38,6 +41,7 @@ from gsrcl.evaluate.kernel_svm import (
     svc_on_kernel,
 )
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
+from gsrcl.evaluate.nystroem_svm import NystroemRBF, NystroemSVM, describe, svc_params
 from gsrcl.evaluate.workers import SERIAL, Workers
 
 
@@ -69,10 +73,17 @@ def uses_precomputed_kernel(spec: Classifier) -> bool:
     )
 
 
-def resolve_solver(solver: str, spec: Classifier, device: str) -> str:
-    """Which solver fits an RBF SVC: "device" (on the job's device; "auto" on a GPU) or
-    "libsvm". Multi-class models and SVC settings the device solver cannot honour stay on
-    libsvm under "auto", and are refused under "device"."""
+def resolve_solver(
+    solver: str,
+    spec: Classifier,
+    device: str,
+    cells: int | None = None,
+    exact_max_cells: int | None = None,
+) -> str:
+    """Which solver fits an RBF SVC on `cells` training cells: "nystroem" (the approximation)
+    when asked or past `exact_max_cells` (None: never), else "device" (on the job's device;
+    "auto" on a GPU) or "libsvm". Multi-class models and SVC settings the device solver cannot
+    honour stay on libsvm under "auto", and are refused under "device"."""
     odd = unsupported_params(spec.params)
     if solver == "device" and (odd or spec.multiclass):
         what = f"parameters {odd}" if odd else "multi-class models"
@@ -80,6 +91,9 @@ def resolve_solver(solver: str, spec: Classifier, device: str) -> str:
             f"classifier {spec.name}: evaluation.solver='device' does not support {what}; "
             "set evaluation.solver='libsvm' or 'auto'"
         )
+    too_many = None not in (cells, exact_max_cells) and cells > exact_max_cells
+    if solver == "nystroem" or too_many:
+        return "nystroem"
     on_gpu = str(device).startswith("cuda")
     if solver == "device" or (solver == "auto" and on_gpu and not odd and not spec.multiclass):
         return "device"
@@ -87,6 +101,12 @@ def resolve_solver(solver: str, spec: Classifier, device: str) -> str:
 
 
 SPARSE_DENSITY = 0.3  # log-normalised counts are 5-15 % non-zero; scaled genes are dense
+
+
+def fitted_approximately(solver: str, cells: int, components: int) -> str:
+    """How results name the fit of an RBF SVC by `solver` on `cells` training cells: the
+    approximation with its m, or "" for an exact one."""
+    return describe(min(components, cells)) if solver == "nystroem" else ""
 
 
 def sparse_if_worth_it(estimator: Any, x: np.ndarray) -> Any:
@@ -119,7 +139,9 @@ def inner_splits(y: np.ndarray, inner_folds: int, seed: int) -> list[tuple[np.nd
 
 class FoldClassifier:
     """The configured classifier on one set of training features, fitted once per label vector;
-    independent libsvm fits run on `workers`' threads, device fits in one batch."""
+    independent libsvm or liblinear fits run on `workers`' threads, device fits in one batch.
+    An RBF SVC on more than `exact_max_cells` cells (None: any number) is approximated with
+    `components` Nystroem landmarks."""
 
     def __init__(
         self,
@@ -132,6 +154,8 @@ class FoldClassifier:
         seed: int = 0,
         workers: Workers = SERIAL,
         solver: str = "auto",
+        exact_max_cells: int | None = None,
+        components: int = NYSTROEM_COMPONENTS,
         shared: dict[tuple[str, str], RBFSolver] | None = None,
     ) -> None:
         """`shared`: RBF solvers by (features, solver) of other classifiers on the same
@@ -140,18 +164,37 @@ class FoldClassifier:
         self.spec, self.inner_folds, self.metric, self.seed = spec, inner_folds, metric, seed
         self.workers = workers
         self.rbf_solver: RBFSolver | None = None  # who fits an RBF SVC on this fold's kernel
+        self.solver = ""  # its name ("" for any other estimator)
         if not uses_precomputed_kernel(spec):
             self.x_train = sparse_if_worth_it(estimator_for(spec), x_train)
             return
-        key = (spec.features, resolve_solver(solver, spec, device))
+        self.solver = resolve_solver(solver, spec, device, x_train.shape[0], exact_max_cells)
+        if self.solver == "nystroem":
+            self.x_train = x_train  # export's pipelines refit on the features
+        key = (spec.features, self.solver)
         if shared is not None and key in shared:
             self.rbf_solver = shared[key]
-        elif key[1] == "device":
+        elif self.solver == "nystroem":
+            self.rbf_solver = NystroemRBF(x_train, components, device, seed, workers)
+        elif self.solver == "device":
             self.rbf_solver = DeviceRBF(x_train, device)
         else:
             self.rbf_solver = PrecomputedRBF(x_train, device, workers)
         if shared is not None:
             shared[key] = self.rbf_solver
+
+    @property
+    def approximation(self) -> str:
+        """How results name the RBF SVC's approximation, or "" when it is exact."""
+        if isinstance(self.rbf_solver, NystroemRBF):
+            return describe(self.rbf_solver.components)
+        return ""
+
+    def estimator(self, settings: dict[str, Any]) -> Any:
+        """An unfitted estimator on features with these settings (fixed params included)."""
+        if isinstance(self.rbf_solver, NystroemRBF):
+            return self.rbf_solver.estimator(settings)
+        return estimator_for(self.spec).set_params(**settings)
 
     def prepare(self, x: np.ndarray) -> Prepared:
         return Prepared(self.rbf_solver.distances(x) if self.rbf_solver else x)
@@ -242,6 +285,8 @@ def calibrated_classifiers(
     held_out_splits: Splits | None = None,
     workers: Workers = SERIAL,
     choices: list[dict[str, Any] | None] | None = None,
+    exact_max_cells: int | None = None,
+    components: int = NYSTROEM_COMPONENTS,
 ) -> list[Calibrated]:
     """For each label vector (one cell type against the rest) on features `x`: the settings
     of `choices` (values of the grid, as `FoldClassifier.fit_and_choices` gives them), or
@@ -250,13 +295,22 @@ def calibrated_classifiers(
     split that held it out: the inner folds, or `held_out_splits` (one per batch, say) with
     the chosen settings refit without them. An RBF SVC is searched, calibrated and held out on
     one precomputed kernel shared by every type (the types' fits side by side on `workers`),
-    as libsvm on the features would do it; any other estimator through scikit-learn."""
+    as libsvm on the features would do it; past `exact_max_cells` cells as a Nystroem
+    pipeline on the features; any other estimator through scikit-learn."""
     fold = FoldClassifier(
-        spec, x, inner_folds=inner_folds, metric=metric, seed=seed, workers=workers, solver="libsvm"
+        spec,
+        x,
+        inner_folds=inner_folds,
+        metric=metric,
+        seed=seed,
+        workers=workers,
+        solver="libsvm",
+        exact_max_cells=exact_max_cells,
+        components=components,
     )
     splits = [fold.inner_splits(y) for y in labels]
     settings = _settings(fold, labels, splits, choices or [None] * len(labels))
-    if fold.rbf_solver is None:
+    if not isinstance(fold.rbf_solver, PrecomputedRBF):
         return [
             _calibrated_on_features(fold, y, s, given, held_out_splits)
             for y, s, given in zip(labels, splits, settings, strict=True)
@@ -326,9 +380,9 @@ def _calibrated_on_kernel(
 def _calibrated_on_features(
     fold: FoldClassifier, y: np.ndarray, splits: Splits, settings: dict[str, Any], held_out_splits
 ) -> Calibrated:
-    """Any estimator but an RBF SVC: its calibration and held-out decision values on the
-    features, with `settings`."""
-    estimator = estimator_for(fold.spec).set_params(**settings)
+    """Any estimator but an RBF SVC on its kernel: its calibration and held-out decision
+    values on the features, with `settings`."""
+    estimator = fold.estimator(settings)
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -339,8 +393,9 @@ def _calibrated_on_features(
 
 
 def plain_params(estimator: Any) -> dict[str, Any]:
-    """An estimator's parameters that are plain values (for a manifest)."""
-    params = estimator.get_params()
+    """An estimator's parameters that are plain values (for a manifest); an approximate SVC's
+    under SVC's names."""
+    params = svc_params(estimator) if isinstance(estimator, Pipeline) else estimator.get_params()
     return {k: v for k, v in params.items() if isinstance(v, str | int | float | bool | None)}
 
 
@@ -364,6 +419,8 @@ def multiclass_classifier(
     seed: int,
     held_out_splits: Splits | None = None,
     workers: Workers = SERIAL,
+    exact_max_cells: int | None = None,
+    components: int = NYSTROEM_COMPONENTS,
 ) -> Calibrated:
     """One model of all the labels (a multi-class baseline) with probabilities (Platt-calibrated
     when the estimator has none), and each cell's probabilities (columns: `classes`) from the
@@ -379,7 +436,8 @@ def multiclass_classifier(
     splits = held_out_splits or inner_splits(labels, inner_folds, seed)
     classes = list(np.unique(labels))
     if not hasattr(estimator, "predict_proba"):
-        return _calibrated_multiclass(spec, x, labels, splits, classes, metric, workers)
+        sizes = {"exact_max_cells": exact_max_cells, "components": components}
+        return _calibrated_multiclass(spec, x, labels, splits, classes, metric, workers, sizes)
     candidates = [clone(estimator).set_params(**c) for c in ParameterGrid(spec.grid)]
     scorer = get_scorer(SKLEARN_SCORERS[metric][len(classes) > 2])
     units = [(c, s) for c in range(len(candidates)) for s in range(len(splits))]
@@ -424,10 +482,13 @@ def _fit_on_all(estimator: Any, x: np.ndarray, labels: np.ndarray) -> Callable[[
     return fit
 
 
-def _calibrated_multiclass(spec, x, labels, splits: Splits, classes, metric, workers) -> Calibrated:
+def _calibrated_multiclass(
+    spec, x, labels, splits: Splits, classes, metric, workers, sizes: dict
+) -> Calibrated:
     """A multi-class estimator without probabilities: its grid search, then Platt-calibrated on
-    the search's splits (each held-out split's refit on scikit-learn's own three folds)."""
-    fold = FoldClassifier(spec, x, inner_folds=len(splits), metric=metric, workers=workers)
+    the search's splits (each held-out split's refit on scikit-learn's own three folds).
+    `sizes`: FoldClassifier's exact_max_cells and components."""
+    fold = FoldClassifier(spec, x, inner_folds=len(splits), metric=metric, workers=workers, **sizes)
     chosen = _as_estimator(fold.fit(labels, splits))
     estimator = CalibratedClassifierCV(chosen, method="sigmoid", cv=splits, ensemble=False)
     refit = clone(estimator).set_params(cv=3)  # `splits` index all cells, not a split's
@@ -440,4 +501,4 @@ def _calibrated_multiclass(spec, x, labels, splits: Splits, classes, metric, wor
 
 def _as_estimator(chosen: Any) -> Any:
     """A search's choice as an unfitted estimator on features."""
-    return chosen.on_features() if isinstance(chosen, KernelSVM) else clone(chosen)
+    return chosen.on_features() if isinstance(chosen, KernelSVM | NystroemSVM) else clone(chosen)

@@ -21,7 +21,7 @@ from gsrcl.report import figures
 from gsrcl.runner import jobs, retention
 from gsrcl.runner.jobs import Job
 from gsrcl.runner.run_folder import LOSS, PREDICTIONS, VALIDATION, RunFolder
-from gsrcl.runner.summary import METRICS
+from gsrcl.runner.summary import APPROXIMATE, METRICS, approximate_methods
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,18 @@ def metric_table(summary: pd.DataFrame, metric: str, methods: list[str]):
     return means.reindex(columns=columns), errors.reindex(columns=columns)
 
 
-def _cells(means: pd.DataFrame, errors: pd.DataFrame, bold) -> list[list[str]]:
-    """Table rows of "mean ± se" text, the best mean of each row passed through `bold`."""
+APPROXIMATE_MARK = " ≈"  # beside a score whose classifier was fitted approximately
+
+
+def _approximate(summary: pd.DataFrame) -> set[tuple[str, str, str]]:
+    """(dataset, task, method) of the scores whose classifier was fitted approximately."""
+    rows = summary[(summary["method"] != "") & summary["note"].str.startswith(APPROXIMATE)]
+    return set(zip(rows["dataset"], rows["task"], rows["method"], strict=True))
+
+
+def _cells(means: pd.DataFrame, errors: pd.DataFrame, bold, approximate=frozenset()):
+    """Table rows of "mean ± se" text, the best mean of each row passed through `bold`, an
+    approximate classifier's marked."""
     rows = []
     for key, row in means.iterrows():
         best = row.max()
@@ -53,7 +63,8 @@ def _cells(means: pd.DataFrame, errors: pd.DataFrame, bold) -> list[list[str]]:
                 cells.append("–")
                 continue
             text = f"{value:.3f} ± {errors.loc[key, method]:.3f}"
-            cells.append(bold(text) if value == best else text)
+            text = bold(text) if value == best else text
+            cells.append(text + APPROXIMATE_MARK if (*key, method) in approximate else text)
         rows.append([*key, *cells])
     return rows
 
@@ -62,7 +73,8 @@ def markdown_table(summary: pd.DataFrame, metric: str, methods: list[str]) -> st
     means, errors = metric_table(summary, metric, methods)
     header = ["dataset", "task", *means.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in _cells(means, errors, lambda s: f"**{s}**")]
+    rows = _cells(means, errors, lambda s: f"**{s}**", _approximate(summary))
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -71,15 +83,32 @@ def html_table(summary: pd.DataFrame, metric: str, methods: list[str]) -> str:
     header = "".join(f"<th>{html.escape(c)}</th>" for c in ["dataset", "task", *means.columns])
     body = "".join(
         "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>"
-        for row in _cells(means, errors, lambda s: f"<b>{s}</b>")
+        for row in _cells(means, errors, lambda s: f"<b>{s}</b>", _approximate(summary))
     )
     return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def approximate_note(summary: pd.DataFrame) -> list[str]:
+    """What a report says when some classifiers were fitted approximately (nothing otherwise)."""
+    lines = approximate_methods(summary)
+    if not lines:
+        return []
+    return [
+        f"Scores marked{APPROXIMATE_MARK} come from a classifier fitted approximately: its "
+        "training cells exceeded evaluation.exact_max_cells, so the SVM grid was searched on "
+        "Nystroem features with a linear SVM (docs/approximate-svm.md).",
+        *lines,
+    ]
 
 
 def write_summary_md(run: RunFolder, summary: pd.DataFrame, methods: list[str]) -> None:
     parts = [f"# {run.path.name}: mean ± standard error over folds (best per row in bold)"]
     for metric in METRICS:
         parts += [f"\n## {metric.upper()}\n", markdown_table(summary, metric, methods)]
+    approximate = approximate_note(summary)
+    if approximate:
+        parts += ["\n## Approximate classifiers\n", approximate[0], ""]
+        parts += [f"- {line}" for line in approximate[1:]]
     skipped = summary[summary["method"] == ""]
     if not skipped.empty:
         parts.append("\n## Not scored\n")
@@ -288,6 +317,7 @@ def _facts(experiment: Experiment, record: dict, manifest: pd.DataFrame, methods
         ),
         ("encoders", encoders or "–"),
         ("classifier", f"{clf.name}, grid {clf.grid}, metric {experiment.evaluation.metric}"),
+        *_approximate_facts(record),
         (
             "jobs",
             f"{done} done, {len(manifest) - done} not done; {minutes:.1f} min of job time "
@@ -296,6 +326,16 @@ def _facts(experiment: Experiment, record: dict, manifest: pd.DataFrame, methods
         ("versions", ", ".join(f"{k} {v}" for k, v in record["versions"].items())),
         ("started", record["started"]),
     ]
+
+
+def _approximate_facts(record: dict) -> list[tuple[str, str]]:
+    """experiment.json's approximate classifiers as a line of the facts (none when all exact)."""
+    fits = [
+        f"{dataset} / {method}: {fit['fitted']}, folds {fit['folds']}"
+        for dataset, methods in record.get("approximate", {}).items()
+        for method, fit in methods.items()
+    ]
+    return [("approximate classifiers", "; ".join(fits))] if fits else []
 
 
 def _items(title: str, lines: list[str], css: str = "") -> str:
@@ -317,6 +357,11 @@ def _page(experiment, run: RunFolder, summary, methods, figure_html) -> str:
     skipped = summary[summary["method"] == ""]
     not_scored = [f"{r.dataset} / {r.task}: {r.note}" for r in skipped.itertuples()]
     tables = "".join(f"<h3>{m.upper()}</h3>{html_table(summary, m, methods)}" for m in METRICS)
+    approximate = approximate_note(summary)
+    if approximate:
+        items = "".join(f"<li>{html.escape(line)}</li>" for line in approximate[1:])
+        tables += f"<h3>Approximate classifiers</h3><p>{html.escape(approximate[0])}</p>"
+        tables += f"<ul>{items}</ul>"
     title = html.escape(f"GsRCL report: {experiment.name}")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>{STYLE}</style></head><body><h1>{title}</h1>

@@ -20,12 +20,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment, Method, Storage
+from gsrcl.config.settings import (
+    BASELINE,
+    Classifier,
+    Dataset,
+    Evaluation,
+    Experiment,
+    Method,
+    Storage,
+)
 from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds, folds_from_record
-from gsrcl.evaluate.classifiers import FoldClassifier, resolve_solver, uses_precomputed_kernel
+from gsrcl.evaluate.classifiers import (
+    FoldClassifier,
+    fitted_approximately,
+    resolve_solver,
+    uses_precomputed_kernel,
+)
 from gsrcl.evaluate.metrics import binary_scores
 from gsrcl.evaluate.workers import Share, Workers
 from gsrcl.model import train
@@ -175,16 +188,55 @@ def run_job(
                 fold, method, experiment, device, seed, out, workers, job_print
             )
     seconds = {**output.seconds, "total": time.perf_counter() - start}
-    rows = [{**row, "dataset": job.dataset, "fold": job.fold} for row in output.rows]
     out.write_table(PREDICTIONS, pd.DataFrame(output.predictions))
     evaluation = experiment.evaluation
+    cells = len(fold.train)  # what every classifier of the job is fitted on
     specs = evaluation.baselines if job.method == BASELINE else (evaluation.classifier,)
     solvers = {
-        spec.name: resolve_solver(evaluation.solver, spec, device)
+        spec.name: _solver(evaluation, spec, device, cells)
         for spec in specs
         if uses_precomputed_kernel(spec)
     }
+    # a row whose classifier was approximated says so ("fitted"); exact rows stay as they were
+    approximate = {
+        spec.baseline_name if job.method == BASELINE else job.method: fitted_approximately(
+            solvers[spec.name], cells, evaluation.nystroem_components
+        )
+        for spec in specs
+        if spec.name in solvers
+    }
+    rows = [
+        {**row, "dataset": job.dataset, "fold": job.fold}
+        | ({"fitted": approximate[row["method"]]} if approximate.get(row["method"]) else {})
+        for row in output.rows
+    ]
     out.write_metrics(job.id, rows, seconds, solvers)
+
+
+def _solver(evaluation: Evaluation, spec: Classifier, device: str, cells: int) -> str:
+    """The solver of an RBF SVC fitted on `cells` training cells (as FoldClassifier picks it)."""
+    return resolve_solver(evaluation.solver, spec, device, cells, evaluation.exact_max_cells)
+
+
+def approximate_fits(experiment: Experiment, folds: Folds) -> dict[str, dict]:
+    """The methods of a dataset (of these folds) whose classifier is fitted approximately (too
+    many training cells for the exact SVM), each with how and in which folds."""
+    evaluation = experiment.evaluation
+    specs = {spec.baseline_name: spec for spec in evaluation.baselines}
+    specs.update({method.name: evaluation.classifier for method in experiment.methods})
+    found = {}
+    for method, spec in specs.items():
+        if not uses_precomputed_kernel(spec):
+            continue
+        named = {}
+        for k in range(experiment.split.folds):
+            cells = len(folds.train(k))
+            solver = _solver(evaluation, spec, "cpu", cells)
+            named[k] = fitted_approximately(solver, cells, evaluation.nystroem_components)
+        approximate = [k for k, text in named.items() if text]
+        if approximate:
+            found[method] = {"fitted": named[approximate[0]], "folds": approximate}
+    return found
 
 
 @dataclass
@@ -275,6 +327,8 @@ def baseline_classifier(
         seed=seed,
         workers=workers,
         solver=evaluation.solver,
+        exact_max_cells=evaluation.exact_max_cells,
+        components=evaluation.nystroem_components,
         shared=solvers,
     )
     return x, classifier
@@ -468,6 +522,8 @@ def validation_scorer(
         seed,
         workers,
         evaluation.solver,
+        exact_max_cells=evaluation.exact_max_cells,
+        components=evaluation.nystroem_components,
     )
 
 

@@ -46,8 +46,9 @@ def prepare(
 ) -> dict[str, splits.Folds]:
     """Write experiment.json and the splits of every dataset that reads (reused when still
     valid); a dataset that does not read is reported and left out. Returns the readable ones'
-    folds."""
-    run.write_record(environment_record(experiment))
+    folds. experiment.json then says which methods' classifiers are approximate where."""
+    record = environment_record(experiment)
+    run.write_record(record)
     ready = {}
     for spec in experiment.datasets:
         try:
@@ -59,7 +60,23 @@ def prepare(
         describe_tasks(spec.name, datasets.get(spec), folds, log)
     if not ready:
         raise UserError("no dataset could be read; fix the errors above")
+    record["approximate"] = approximate_fits(experiment, ready, log)
+    run.write_record(record)
     return ready
+
+
+def approximate_fits(
+    experiment: Experiment, ready: dict[str, splits.Folds], log: Callable[[str], None]
+) -> dict[str, dict]:
+    """Per dataset, the methods whose classifier is fitted approximately, and where; a line each."""
+    found = {}
+    for name, folds in ready.items():
+        fits = jobs.approximate_fits(experiment, folds)
+        for method, fit in fits.items():
+            log(f"{name} / {method}: the classifier is {fit['fitted']} in folds {fit['folds']}")
+        if fits:
+            found[name] = fits
+    return found
 
 
 def dataset_folds(
@@ -111,6 +128,7 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
                 continue
             folds[spec.name] = dataset_folds(spec, experiment, datasets, None)
             describe_tasks(spec.name, datasets.get(spec), folds[spec.name], log)
+            approximate_fits(experiment, {spec.name: folds[spec.name]}, log)
         except UserError as error:
             log(f"error: {error}")
             failed += 1

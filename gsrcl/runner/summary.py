@@ -1,5 +1,6 @@
 """Scores over folds: `summary.csv` (dataset × task × method, MCC / F1 / AP mean ± standard error)
-from the done jobs of a run, and the terminal's table of it."""
+from the done jobs of a run, and the terminal's table of it. A row whose classifier was fitted
+approximately (too many training cells for the exact SVM) says so in its note."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pandas as pd
 from gsrcl.runner.run_folder import JobFolder, RunFolder
 
 METRICS = ("mcc", "f1", "ap")
+FITTED = "fitted"  # a metrics row's word on an approximate classifier (jobs.run_job)
+APPROXIMATE = "classifier approximate"  # how a summary note about one begins
 
 
 def summarize(
@@ -18,22 +21,44 @@ def summarize(
     """Mean ± standard error over folds per dataset × task × method, skipped tasks included.
     `done`: the jobs whose results count (done with the current config, files intact)."""
     rows = [row for folder in done for row in folder.metrics()]
-    frame = pd.DataFrame(rows, columns=["dataset", "task", "method", "fold", *METRICS])
+    frame = pd.DataFrame(rows, columns=["dataset", "task", "method", "fold", *METRICS, FITTED])
     frame["task"] = frame["task"].astype(str)
     grouped = frame.groupby(["dataset", "task", "method"], sort=False)
     summary = grouped.agg(folds=("fold", "nunique"))
     for metric in METRICS:
         summary[f"{metric}_mean"] = grouped[metric].mean()
         summary[f"{metric}_se"] = grouped[metric].sem(ddof=1).fillna(0.0)
+    summary[FITTED] = grouped[FITTED].agg(_fitted)
     summary = summary.reset_index()
     summary = _tasks(run, datasets).merge(summary, on=["dataset", "task"], how="left")
     unscored = summary["method"].isna()
     summary["method"] = summary["method"].fillna("")
     summary.loc[unscored & (summary["note"] == ""), "note"] = "no finished job"
+    approximate = summary[FITTED].fillna("") != ""
+    summary.loc[approximate, "note"] = summary.loc[approximate, FITTED]
+    summary = summary.drop(columns=FITTED)
     order = {m: i for i, m in enumerate(method_order)}
     summary["_order"] = summary["method"].map(order).fillna(len(order))
     summary = summary.sort_values(["_dataset", "_task", "_order"], kind="stable")
     return summary.drop(columns=["_dataset", "_task", "_order"]).round(4).reset_index(drop=True)
+
+
+def _fitted(folds: pd.Series) -> str:
+    """A row's note on an approximate classifier: how, and in how many of its folds when not in
+    all ("" when every fold was exact)."""
+    named = folds.dropna()
+    named = named[named != ""]
+    if named.empty:
+        return ""
+    where = "" if len(named) == len(folds) else f" in {len(named)} of {len(folds)} folds"
+    return f"classifier {named.iloc[0]}{where}"
+
+
+def approximate_methods(summary: pd.DataFrame) -> list[str]:
+    """One line per dataset × method whose classifier was fitted approximately, for reports."""
+    scored = summary[(summary["method"] != "") & summary["note"].str.startswith(APPROXIMATE)]
+    lines = scored.drop_duplicates(["dataset", "method", "note"])
+    return [f"{r.dataset} / {r.method}: {r.note}" for r in lines.itertuples()]
 
 
 def _tasks(run: RunFolder, datasets: list[str]) -> pd.DataFrame:
@@ -68,4 +93,7 @@ def mcc_table(summary: pd.DataFrame) -> str:
     skipped = summary[summary["method"] == ""]
     for _, row in skipped.iterrows():
         lines.append(f"{row['dataset']}: {row['task']} not scored: {row['note']}")
+    approximate = approximate_methods(summary)
+    if approximate:
+        lines.append("\n".join(approximate))
     return "\n\n".join(lines)

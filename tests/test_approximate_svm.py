@@ -1,0 +1,233 @@
+"""The RBF SVM past `evaluation.exact_max_cells`: Nystroem features and a linear SVM
+(gsrcl/evaluate/nystroem_svm.py), where the runner switches to it, and what results say."""
+
+import json
+import tracemalloc
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+from sklearn.kernel_approximation import Nystroem
+from sklearn.metrics import matthews_corrcoef
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.svm import SVC
+
+from gsrcl.config.presets import LOGISTIC, svm
+from gsrcl.data.dataset import DatasetCache
+from gsrcl.evaluate import nystroem_svm
+from gsrcl.evaluate.classifiers import FoldClassifier, resolve_solver
+from gsrcl.evaluate.kernel_svm import PrecomputedRBF
+from gsrcl.evaluate.nystroem_svm import NystroemRBF, features, landmark_weights
+from gsrcl.runner import pipeline
+from gsrcl.runner.pipeline import run_experiment
+from tests.conftest import tiny_experiment
+
+TASKS = ["CD14+ Monocyte", "CD19+ B", "Dendritic"]
+
+
+@pytest.fixture(scope="module")
+def pbmc():
+    adata = sc.datasets.pbmc68k_reduced().raw.to_adata()
+    x = np.asarray(adata.X.todense(), dtype=np.float32)
+    return x, adata.obs["bulk_labels"].astype(str).to_numpy()
+
+
+def test_the_solver_switches_exactly_above_exact_max_cells(pbmc):
+    x, _ = pbmc
+    spec = svm()
+    assert resolve_solver("auto", spec, "cpu", 300, 300) == "libsvm"
+    assert resolve_solver("auto", spec, "cpu", 301, 300) == "nystroem"
+    # a GPU job past the threshold gets the approximation, never the exact device solver
+    assert resolve_solver("auto", spec, "cuda:0", 300, 300) == "device"
+    assert resolve_solver("auto", spec, "cuda:0", 301, 300) == "nystroem"
+    assert resolve_solver("device", spec, "cuda:0", 301, 300) == "nystroem"
+    assert resolve_solver("libsvm", spec, "cpu", 10**6, None) == "libsvm"  # None: always exact
+    assert resolve_solver("nystroem", spec, "cpu", 5, None) == "nystroem"  # asked for
+
+    at = FoldClassifier(spec, x[:300], inner_folds=3, metric="mcc", exact_max_cells=300)
+    above = FoldClassifier(spec, x[:301], inner_folds=3, metric="mcc", exact_max_cells=300)
+    assert isinstance(at.rbf_solver, PrecomputedRBF) and at.approximation == ""
+    assert isinstance(above.rbf_solver, NystroemRBF)
+    assert above.approximation == "approximate (Nystroem, m=301)"  # m: at most the cells
+    logistic = FoldClassifier(LOGISTIC, x[:301], inner_folds=3, metric="mcc", exact_max_cells=300)
+    assert logistic.rbf_solver is None and logistic.approximation == ""
+
+
+def test_scale_and_the_features_mean_what_svc_and_nystroem_mean(pbmc):
+    x, labels = pbmc
+    solver = NystroemRBF(x[:400], components=50, seed=3)
+    # "scale": 1 / (n_features · X.var()) of the training cells, as SVC resolves it
+    svc = SVC(gamma="scale").fit(x[:400], labels[:400] == "CD19+ B")
+    assert solver.gamma("scale") == pytest.approx(svc._gamma, rel=1e-9)
+    assert solver.gamma(1e-3) == 1e-3
+    # features from the stored distances are Nystroem's own transform of the cells
+    gamma = solver.gamma("scale")
+    nystroem = solver.nystroem(gamma)
+    ours = features(solver.distances(x[400:]), gamma, landmark_weights(nystroem))
+    assert ours.dtype == np.float32
+    assert np.allclose(ours, nystroem.transform(x[400:]), atol=1e-4)
+
+
+def _exact_and_approximate(pbmc, components: int):
+    """Each solver's search of the paper's grid on the same inner splits (its score tables and
+    choices) and the test MCC of its models; the approximate fold classifier."""
+    x, labels = pbmc
+    train, test = train_test_split(
+        np.arange(len(x)), test_size=0.25, stratify=labels, random_state=0
+    )
+    tasks = [labels[train] == t for t in TASKS]
+    out = {}
+    for solver in ("libsvm", "nystroem"):
+        fold = FoldClassifier(
+            svm(), x[train], inner_folds=3, metric="mcc", solver=solver, components=components
+        )
+        search = fold.search(tasks, [fold.inner_splits(y) for y in tasks])
+        prepared = fold.prepare(x[test])
+        mcc = [
+            matthews_corrcoef(labels[test] == t, fold.task_outputs(m, prepared)[0])
+            for t, m in zip(TASKS, search.models, strict=True)
+        ]
+        out[solver] = (search, np.array(mcc))
+    return out["libsvm"], out["nystroem"], fold, train
+
+
+def _agreement(exact, approximate) -> tuple[list[float], list[float], float]:
+    """Per task: the mean |difference| of the two score tables (candidates' inner-CV means),
+    and how far below the exact search's best its score of the approximation's choice is;
+    and the largest test MCC difference."""
+    tables = zip(exact[0].scores, approximate[0].scores, strict=True)
+    table_gap = [float(np.abs(a.mean(1) - b.mean(1)).mean()) for a, b in tables]
+    choice_loss = [
+        float(t.mean(1).max() - t.mean(1)[c])
+        for t, c in zip(exact[0].scores, approximate[0].chosen, strict=True)
+    ]
+    return table_gap, choice_loss, float(np.abs(exact[1] - approximate[1]).max())
+
+
+def test_with_every_cell_a_landmark_it_searches_as_libsvm_does(pbmc):
+    """m ≥ the cells: the features span the exact kernel, and liblinear's hinge loss is SVC's
+    objective (but for the penalised intercept): every candidate scores as under libsvm, so
+    the choice is libsvm's or one it scores the same."""
+    exact, approximate, fold, _ = _exact_and_approximate(pbmc, components=10_000)
+    assert fold.rbf_solver.components == len(fold.rbf_solver.x)
+    table_gap, choice_loss, mcc_gap = _agreement(exact, approximate)
+    assert max(table_gap) < 0.01 and max(choice_loss) < 0.005, (table_gap, choice_loss)
+    assert mcc_gap < 0.05
+
+
+def test_a_hundred_landmarks_score_close_to_the_exact_svm(pbmc):
+    exact, approximate, fold, train = _exact_and_approximate(pbmc, components=100)
+    table_gap, choice_loss, mcc_gap = _agreement(exact, approximate)
+    assert max(table_gap) < 0.1 and max(choice_loss) < 0.05, (table_gap, choice_loss)
+    assert np.abs(exact[1] - approximate[1]).mean() < 0.05 and mcc_gap < 0.1
+    # the fitted model on features (what export refits and saves) decides as it does
+    model = fold.fit(pbmc[1][train] == "CD19+ B")
+    pipe = Pipeline([("nystroem", model.nystroem), ("svm", model.svm)])
+    x = pbmc[0][-50:]
+    decisions = model.decision_function(fold.prepare(x).features)
+    assert np.allclose(pipe.decision_function(x), decisions, atol=1e-4)
+    refit = model.on_features()
+    assert isinstance(refit.named_steps["nystroem"], Nystroem)
+    assert refit.named_steps["nystroem"].gamma == model.gamma
+
+
+def test_the_approximate_path_holds_no_cells_by_cells_array(pbmc, monkeypatch):
+    x, labels = pbmc
+    # 1400 cells of 60 genes: the cells themselves are small beside cells × cells
+    x = np.vstack([x[:, :60], x[:, :60] + np.random.default_rng(0).random((len(x), 60))])
+    labels = np.concatenate([labels, labels])
+    n, m = len(x), 40
+    made = []
+    real = nystroem_svm.squared_distances
+
+    def watched(a, b):
+        out = real(a, b)
+        made.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(nystroem_svm, "squared_distances", watched)
+    tracemalloc.start()
+    fold = FoldClassifier(
+        svm(True), x, inner_folds=3, metric="mcc", components=m, solver="nystroem"
+    )
+    models, _ = fold.fit_and_choices([labels == t for t in TASKS], [None] * len(TASKS))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert made and all(shape[1] == m for shape in made)
+    # what the solver made and holds (not the cells it was given) is cells × m or m × m
+    held = {k: v for k, v in vars(fold.rbf_solver).items() if k != "x"}
+    arrays = [v for v in held.values() if isinstance(v, np.ndarray)]
+    arrays += [a for _, a in [fold.rbf_solver._features or (0, np.empty((0, m)))]]
+    arrays += [model.weights for model in models]
+    assert len(arrays) >= 4 and all(m in a.shape for a in arrays), [a.shape for a in arrays]
+    # every numpy array made on the way, together, stayed under one float32 cells × cells
+    assert peak < n * n * 4, peak
+
+
+def test_results_say_which_classifiers_were_approximate(tmp_path):
+    experiment = tiny_experiment(tmp_path, methods=())
+    folds = pipeline.dataset_folds(experiment.datasets[0], experiment, DatasetCache(), None)
+    cells = [len(folds.train(k)) for k in range(experiment.split.folds)]
+    threshold = max(cells) - 1  # the largest fold(s) just above it, any other at or below
+    approximate = [k for k, c in enumerate(cells) if c > threshold]
+    assert 0 < len(approximate) < len(cells), cells
+    evaluation = replace(experiment.evaluation, exact_max_cells=threshold, nystroem_components=50)
+    experiment = replace(experiment, evaluation=evaluation)
+    lines = []
+    assert run_experiment(experiment, log=lines.append) == 0
+    run = tmp_path / "results" / "tiny"
+    label = "approximate (Nystroem, m=50)"
+
+    for k in range(len(cells)):
+        record = json.loads(
+            (
+                run / "jobs" / "pbmc68k_reduced" / "baseline" / f"fold-{k}" / "metrics.json"
+            ).read_text()
+        )
+        assert record["solvers"] == {"svm": "nystroem" if k in approximate else "libsvm"}
+        assert {row.get("fitted") for row in record["rows"]} == {
+            label if k in approximate else None
+        }
+    recorded = json.loads((run / "experiment.json").read_text())["approximate"]
+    assert recorded == {
+        "pbmc68k_reduced": {"baseline-svm": {"fitted": label, "folds": approximate}}
+    }
+    summary = pd.read_csv(run / "summary.csv", keep_default_na=False)
+    where = f" in {len(approximate)} of {len(cells)} folds"
+    assert set(summary["note"]) == {f"classifier {label}{where}"}
+    page = (run / "report.html").read_text()
+    assert (
+        "Approximate classifiers" in page
+        and f"pbmc68k_reduced / baseline-svm: classifier {label}" in page
+    )
+    assert " ≈" in page and "approximate classifiers" in page  # the scores marked; the facts
+    assert "Approximate classifiers" in (run / "summary.md").read_text()
+    assert any(label in line and "baseline-svm" in line for line in lines)  # said before and after
+
+
+def test_an_exact_run_says_nothing_of_approximations(tmp_path):
+    from gsrcl.report.page import approximate_note, markdown_table
+    from gsrcl.runner.summary import mcc_table
+
+    summary = pd.DataFrame(
+        {
+            "dataset": ["d", "d"],
+            "task": ["a", "a"],
+            "cells": [10, 10],
+            "note": ["", "classifier approximate (Nystroem, m=5)"],
+            "method": ["baseline-svm", "simclr-noise"],
+            "folds": [2, 2],
+            **{f"{m}_{s}": [0.5, 0.6] for m in ("mcc", "f1", "ap") for s in ("mean", "se")},
+        }
+    )
+    exact = summary.assign(note="")
+    assert approximate_note(exact) == [] and "≈" not in markdown_table(
+        exact, "mcc", ["baseline-svm", "simclr-noise"]
+    )
+    assert "Nystroem" not in mcc_table(exact)
+    table = markdown_table(summary, "mcc", ["baseline-svm", "simclr-noise"])
+    assert "0.500 ± 0.500 |" in table and "0.600 ± 0.600** ≈" in table
+    assert "d / simclr-noise: classifier approximate (Nystroem, m=5)" in mcc_table(summary)
