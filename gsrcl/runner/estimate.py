@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -103,14 +103,17 @@ def planned_shape(cells: int, genes: int, tasks: int, split: Split) -> Shape:
     return Shape(cells, genes, tasks, in_cv - math.ceil(in_cv / split.folds))
 
 
-def scaled(timing: Timing, measured: Shape, target: Shape, method: Method | None) -> Timing:
+def scaled(
+    timing: Timing, measured: Shape, target: Shape, method: Method | None, linear: bool = False
+) -> Timing:
     """A timing measured on one shape carried to another. A training epoch grows with the
     training cells times the network's weights (its matmuls), a validation step's embedding
     with the cells times the encoder's weights; the step's scoring and a baseline job grow with
-    the tasks times the training cells squared (a kernel SVM's fits; genes are left out), a
-    multi-class baseline with the training cells."""
+    the tasks times the training cells squared (a kernel SVM's fits; genes are left out; with
+    the cells alone where `linear`: the Nystroem approximation's), a multi-class baseline with
+    the training cells."""
     cells_ratio = target.train / measured.train
-    fits = target.tasks / measured.tasks * cells_ratio**2
+    fits = target.tasks / measured.tasks * cells_ratio ** (1 if linear else 2)
     if method is None:  # the baselines
         linear = timing.linear * cells_ratio
         job = (timing.job - timing.linear) * fits + linear
@@ -200,7 +203,7 @@ def job_needs(
     """What `job` needs, from its dataset's shape and its method's timing on this machine."""
     # the worker process itself (Python, torch, scikit-learn), the dataset and its prepared copy
     data = WORKER_BYTES + shape.cells * shape.genes * 4 * 2
-    svm = shape.train**2 * 8 * 3  # distances, a kernel, a fit's copy (float64)
+    svm = svm_bytes(experiment.evaluation, shape.train)
     if job.method == BASELINE:
         return Needs(gpu=False, seconds=timing.job, host_bytes=data + svm)
     method = method_named(experiment, job.method)
@@ -227,6 +230,25 @@ def job_needs(
         scoring = _device_scoring(experiment.evaluation, shape, method, tasks)
         return Needs(True, seconds, on_host, int(ALLOCATOR_SLACK * (training + scoring)))
     return Needs(False, seconds, data + network + kept + svm)
+
+
+def approximate(evaluation: Evaluation, train: int) -> bool:
+    """Whether an RBF SVC on `train` cells is fitted on the Nystroem approximation."""
+    limit = evaluation.exact_max_cells
+    return evaluation.solver == "nystroem" or (limit is not None and train > limit)
+
+
+# the approximation's fits: its features (float32) and liblinear's copy of a fit's rows as
+# 16-byte nodes (gsrcl.config.settings: about 22 bytes a cell and landmark a fit thread)
+NYSTROEM_BYTES = 4 + 22
+
+
+def svm_bytes(evaluation: Evaluation, train: int) -> int:
+    """An RBF SVC grid's memory on `train` cells: the distances, a kernel and a fit's copy
+    (float64, cells²), or the approximation's cells × landmarks."""
+    if approximate(evaluation, train):
+        return train * min(train, evaluation.nystroem_components) * NYSTROEM_BYTES
+    return train**2 * 8 * 3
 
 
 def _device_solver(evaluation: Evaluation) -> bool:
@@ -326,9 +348,13 @@ SPEEDUP = 0.75  # threads ** SPEEDUP: libsvm and torch measured 1.67x on two cor
 
 
 def memory_warnings(
-    needs: dict[Job, Needs], shapes: dict[str, Shape], machine: Machine
+    needs: dict[Job, Needs],
+    shapes: dict[str, Shape],
+    machine: Machine,
+    evaluation: Evaluation | None = None,
 ) -> list[str]:
-    """A warning for each dataset and method whose jobs would not fit in memory alone."""
+    """A warning for each dataset and method whose jobs would not fit in memory alone (with
+    `evaluation`: what to change names its exact or approximate SVMs)."""
     warnings = []
     device_memory = min(machine.gpus.values(), default=0)
     for job, need in needs.items():
@@ -336,10 +362,17 @@ def memory_warnings(
             continue
         train = shapes[job.dataset].train
         if need.host_bytes > machine.host_bytes:
+            exact = evaluation is None or not approximate(evaluation, train)
+            why = (
+                f"the SVM's cell-by-cell matrices at {train} training cells: "
+                f"{_gb(train**2 * 24)}); lower evaluation.exact_max_cells (past it the SVMs "
+                "are approximate, in memory linear in the cells), "
+                if exact
+                else f"the data of {shapes[job.dataset].cells} cells); "
+            )
             warnings.append(
                 f"{job.dataset}/{job.method} needs about {_gb(need.host_bytes)} of memory, "
-                f"more than this machine's {_gb(machine.host_bytes)} (the SVM's cell-by-cell "
-                f"matrices at {train} training cells: {_gb(train**2 * 24)}); run it on fewer "
+                f"more than this machine's {_gb(machine.host_bytes)} ({why}run it on fewer "
                 "cells (a subsample, or dataset cell_types) or on a larger machine"
             )
         if need.gpu and need.device_bytes + CUDA_CONTEXT_BYTES > device_memory:
@@ -430,7 +463,7 @@ def plan(
     start = worker_start_seconds()  # workers start side by side: as busy as the jobs
     reads = {name: cache.seconds.get(name, 0.0) for name in shapes}
     seconds = run_seconds(machine, needs, experiment.compute, threads, Starts(start * busy, reads))
-    warnings = memory_warnings(needs, shapes, machine)
+    warnings = memory_warnings(needs, shapes, machine, experiment.evaluation)
     report = report_seconds(experiment, shapes, start)
     return Plan(needs, seconds, warnings, shapes, export_seconds(experiment, timings), report)
 
@@ -517,17 +550,23 @@ def _timings(
     timings = {}
     for dataset, method in pairs:
         fold = timed_folds.get(dataset, substitute)
-        if (id(fold), method) not in measured:
+        # a dataset whose SVMs will be approximate is timed with the approximation
+        linear = approximate(experiment.evaluation, shapes[dataset].train)
+        key = (id(fold), method, linear)
+        if key not in measured:
             where = dataset if shapes[dataset] == _shape(fold) else f"a sample of {dataset}"
             where = "a stand-in" if fold is substitute else where
-            measured[id(fold), method] = _timed(
-                experiment, fold, method, where, machine, threads, log
-            )
+            timed = _approximated(experiment) if linear else experiment
+            measured[key] = _timed(timed, fold, method, where, machine, threads, log)
         spec = None if method == BASELINE else method_named(experiment, method)
         timings[dataset, method] = scaled(
-            measured[id(fold), method], _shape(fold), shapes[dataset], spec
+            measured[key], _shape(fold), shapes[dataset], spec, linear
         )
     return timings
+
+
+def _approximated(experiment: Experiment) -> Experiment:
+    return replace(experiment, evaluation=replace(experiment.evaluation, solver="nystroem"))
 
 
 def _timed(
