@@ -51,7 +51,11 @@ def test_the_solver_switches_exactly_above_exact_max_cells(pbmc):
     above = FoldClassifier(spec, x[:301], inner_folds=3, metric="mcc", exact_max_cells=300)
     assert isinstance(at.rbf_solver, PrecomputedRBF) and at.approximation == ""
     assert isinstance(above.rbf_solver, NystroemRBF)
-    assert above.approximation == "approximate (Nystroem, m=301)"  # m: at most the cells
+    assert above.approximation == "approximate (Nystroem, m=200)"  # the default m
+    more = FoldClassifier(
+        spec, x[:301], inner_folds=3, metric="mcc", solver="nystroem", components=500
+    )
+    assert more.approximation == "approximate (Nystroem, m=301)"  # m: at most the cells
     logistic = FoldClassifier(LOGISTIC, x[:301], inner_folds=3, metric="mcc", exact_max_cells=300)
     assert logistic.rbf_solver is None and logistic.approximation == ""
 
@@ -231,3 +235,40 @@ def test_an_exact_run_says_nothing_of_approximations(tmp_path):
     table = markdown_table(summary, "mcc", ["baseline-svm", "simclr-noise"])
     assert "0.500 ± 0.500 |" in table and "0.600 ± 0.600** ≈" in table
     assert "d / simclr-noise: classifier approximate (Nystroem, m=5)" in mcc_table(summary)
+
+
+def test_export_calibrates_and_saves_an_approximate_classifier(tmp_path):
+    """Past the threshold export's classifiers are Nystroem pipelines on the features: the CV's
+    choice honoured, held-out probabilities from their own splits, a model on the genes that a
+    classifier file holds (skops, the model folder's trusted types) and that reads back."""
+    import skops.io
+
+    from gsrcl.evaluate.classifiers import calibrated_classifiers, multiclass_classifier
+    from gsrcl.reference.model import TRUSTED_TYPES
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(240, 20))
+    labels = [(x[:, 0] + rng.normal(size=240) * 0.5) > 0.7, x[:, 1] > 0.9]
+    settings = {"inner_folds": 3, "metric": "mcc", "seed": 0, "exact_max_cells": 239}
+    choice = {"gamma": "scale", "C": 10}
+    given, searched = calibrated_classifiers(
+        svm(), x, labels, **settings, components=50, choices=[choice, None]
+    )
+    assert given.params["C"] == 10 and given.params["gamma"] == pytest.approx(1 / (20 * x.var()))
+    assert given.params["solver"] == "nystroem" and given.params["n_components"] == 50
+    assert searched.params["solver"] == "nystroem" and 0 <= searched.held_out.min()
+    model = given.model()
+    path = tmp_path / "type.skops"
+    skops.io.dump(model, path)
+    loaded = skops.io.load(path, trusted=TRUSTED_TYPES)
+    query = rng.normal(size=(30, 20))
+    np.testing.assert_allclose(loaded.predict_proba(query), model.predict_proba(query))
+    # a held-out cell is less sure than the same cell under the model fitted on all of them
+    fitted = model.predict_proba(x)[:, 1]
+    assert np.abs(given.held_out - labels[0]).mean() > np.abs(fitted - labels[0]).mean()
+
+    multiclass = replace(svm(), multiclass=True)
+    types = np.where(labels[0], "a", np.where(labels[1], "b", "c"))
+    every = multiclass_classifier(multiclass, x, types, **settings, components=50)
+    assert every.params["solver"] == "nystroem" and every.held_out.shape == (240, 3)
+    assert every.model().predict_proba(query).shape == (30, 3)

@@ -137,3 +137,31 @@ def test_a_config_with_a_syntax_error_names_the_file_and_line(tmp_path):
     path = _config(tmp_path, "EXPERIMENT = Experiment(name='x'\n")
     with pytest.raises(UserError, match="config.py, line"):
         load_experiment(path)
+
+
+def test_the_exact_svm_threshold_is_validated_and_set_from_the_command_line(tmp_path):
+    from gsrcl.config.settings import EXACT_MAX_CELLS, Dataset, Evaluation, Experiment
+
+    def experiment(**evaluation):
+        datasets = (Dataset(name="d", path="p"),)
+        return Experiment(name="x", datasets=datasets, evaluation=Evaluation(**evaluation))
+
+    assert experiment().evaluation.exact_max_cells == EXACT_MAX_CELLS == 9000
+    experiment(exact_max_cells=None, solver="nystroem").validate()  # always exact / approximate
+    for wrong, message in (
+        ({"exact_max_cells": 0}, "exact_max_cells must be at least 1"),
+        ({"exact_max_cells": 2.5}, "exact_max_cells must be int or None"),
+        ({"nystroem_components": 1}, "nystroem_components must be at least 2"),
+        ({"solver": "approximate"}, "solver must be one of"),
+    ):
+        with pytest.raises(UserError, match=message):
+            experiment(**wrong).validate()
+    path = _config(
+        tmp_path, 'EXPERIMENT = Experiment(name="x", datasets=(Dataset(name="d", path="p"),))'
+    )
+    changed = load_experiment(path, ["evaluation.exact_max_cells=20000"])
+    assert changed.evaluation.exact_max_cells == 20000
+    assert (
+        load_experiment(path, ["evaluation.exact_max_cells=None"]).evaluation.exact_max_cells
+        is None
+    )
