@@ -505,8 +505,9 @@ IDLE_SHARE = 0.95
 # A model's export ≈ this many baseline jobs: its fits are theirs (the SVMs' calibrations and
 # held-out refits on kernels, the multi-class models' searches on held-out batches) on every
 # cell, without their grid searches. Measured: `gsrcl reference --batch batch` on the three-donor
-# Baron human file, export 138 s against a baseline job's 103 s (mean of 5, same run)
-EXPORT_PER_BASELINE_JOB = 1.3
+# Baron human file, export 30 s against a baseline job's 76 s (mean of 5, same run, load 3.2;
+# 1.3 before the fits side by side got one BLAS thread each)
+EXPORT_PER_BASELINE_JOB = 0.4
 
 
 def export_seconds(experiment: Experiment, timings: dict[tuple[str, str], Timing]) -> float:
