@@ -9,6 +9,7 @@ progress is abandoned, at once and at the interpreter's exit (which joins a Thre
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -67,7 +68,12 @@ class Workers:
         self.close()
 
 
-_controller: list = []  # threadpoolctl's view of the loaded BLAS libraries, made once
+@functools.cache
+def _controller():
+    """threadpoolctl's view of the loaded BLAS libraries, made once."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _blas_threads(threads: int):
@@ -75,11 +81,7 @@ def _blas_threads(threads: int):
     multi-threaded BLAS oversubscribe the cores, and OpenBLAS then runs many times slower (a
     logistic regression's grid on three held-out donors, 2 threads: 63 s, 2.9 s with one BLAS
     thread each)."""
-    if not _controller:
-        from threadpoolctl import ThreadpoolController
-
-        _controller.append(ThreadpoolController())
-    return _controller[0].limit(limits=threads, user_api="blas")
+    return _controller().limit(limits=threads, user_api="blas")
 
 
 WAKE_SECONDS = 0.2

@@ -107,7 +107,7 @@ def _baselines(
     left out (a small share of a job)."""
     kernel = linear = 0.0
     y_train = fold.labels[fold.train]
-    by_size = sorted(fold.tasks, key=lambda task: (y_train == task).sum())
+    by_size = _by_size(fold)
     typical = by_size[len(by_size) // 2]  # large types cost libsvm more, rare ones less
     solvers: dict = {}  # shared as a job shares them
     for spec in experiment.evaluation.baselines:
@@ -189,8 +189,7 @@ def sample_of(fold: jobs.FoldData, cells: int, tasks: int, seed: int) -> jobs.Fo
     rows = np.concatenate([train, validation, test])
     position = {row: i for i, row in enumerate(rows)}  # old row → row of the sample
     renumber = np.vectorize(position.__getitem__, otypes=[int])
-    y_train = fold.labels[fold.train]
-    by_size = sorted(fold.tasks, key=lambda task: (y_train == task).sum())
+    by_size = _by_size(fold)
     spread = sorted({round(i * (len(by_size) - 1) / max(1, tasks - 1)) for i in range(tasks)})
     return replace(
         fold,
@@ -202,6 +201,12 @@ def sample_of(fold: jobs.FoldData, cells: int, tasks: int, seed: int) -> jobs.Fo
         tasks=[by_size[i] for i in spread] if len(by_size) > tasks else fold.tasks,
         sampled=True,
     )
+
+
+def _by_size(fold: jobs.FoldData) -> list[str]:
+    """The fold's tasks from the fewest training cells to the most."""
+    y_train = fold.labels[fold.train]
+    return sorted(fold.tasks, key=lambda task: (y_train == task).sum())
 
 
 def stand_in(experiment: Experiment) -> jobs.FoldData:

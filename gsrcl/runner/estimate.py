@@ -115,9 +115,9 @@ def scaled(
     cells_ratio = target.train / measured.train
     fits = target.tasks / measured.tasks * cells_ratio ** (1 if linear else 2)
     if method is None:  # the baselines
-        linear = timing.linear * cells_ratio
-        job = (timing.job - timing.linear) * fits + linear
-        return Timing(job=job, linear=linear, cpu_share=timing.cpu_share)
+        multiclass = timing.linear * cells_ratio
+        job = (timing.job - timing.linear) * fits + multiclass
+        return Timing(job=job, linear=multiclass, cpu_share=timing.cpu_share)
     model, seen = (_network(_inputs(method, s.genes), method) for s in (target, measured))
     epoch = timing.epoch * target.train / measured.train * parameters(model) / parameters(seen)
     cells = target.cells / measured.cells
