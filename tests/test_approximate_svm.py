@@ -16,6 +16,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
 from gsrcl.config.presets import LOGISTIC, svm
+from gsrcl.config.settings import Approximation
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.evaluate import nystroem_svm
 from gsrcl.evaluate.classifiers import FoldClassifier, resolve_solver
@@ -47,22 +48,31 @@ def test_the_solver_switches_exactly_above_exact_max_cells(pbmc):
     assert resolve_solver("libsvm", spec, "cpu", 10**6, None) == "libsvm"  # None: always exact
     assert resolve_solver("nystroem", spec, "cpu", 5, None) == "nystroem"  # asked for
 
-    at = FoldClassifier(spec, x[:300], inner_folds=3, metric="mcc", exact_max_cells=300)
-    above = FoldClassifier(spec, x[:301], inner_folds=3, metric="mcc", exact_max_cells=300)
+    past_300 = Approximation(exact_max_cells=300)
+    at = FoldClassifier(spec, x[:300], inner_folds=3, metric="mcc", approximation=past_300)
+    above = FoldClassifier(spec, x[:301], inner_folds=3, metric="mcc", approximation=past_300)
     assert isinstance(at.rbf_solver, PrecomputedRBF) and at.approximation == ""
     assert isinstance(above.rbf_solver, NystroemRBF)
     assert above.approximation == "approximate (Nystroem, m=200)"  # the default m
     more = FoldClassifier(
-        spec, x[:301], inner_folds=3, metric="mcc", solver="nystroem", components=500
+        spec,
+        x[:301],
+        inner_folds=3,
+        metric="mcc",
+        solver="nystroem",
+        approximation=Approximation(components=500, search_max_cells=200),
     )
-    assert more.approximation == "approximate (Nystroem, m=301)"  # m: at most the cells
-    logistic = FoldClassifier(LOGISTIC, x[:301], inner_folds=3, metric="mcc", exact_max_cells=300)
+    # m: at most the cells; the search's sample named when it is not every cell
+    assert more.approximation == "approximate (Nystroem, m=301, grid searched on 200 cells)"
+    logistic = FoldClassifier(
+        LOGISTIC, x[:301], inner_folds=3, metric="mcc", approximation=past_300
+    )
     assert logistic.rbf_solver is None and logistic.approximation == ""
 
 
 def test_scale_and_the_features_mean_what_svc_and_nystroem_mean(pbmc):
     x, labels = pbmc
-    solver = NystroemRBF(x[:400], components=50, seed=3)
+    solver = NystroemRBF(x[:400], Approximation(components=50), seed=3)
     # "scale": 1 / (n_features · X.var()) of the training cells, as SVC resolves it
     svc = SVC(gamma="scale").fit(x[:400], labels[:400] == "CD19+ B")
     assert solver.gamma("scale") == pytest.approx(svc._gamma, rel=1e-9)
@@ -73,6 +83,38 @@ def test_scale_and_the_features_mean_what_svc_and_nystroem_mean(pbmc):
     ours = features(solver.distances(x[400:]), gamma, landmark_weights(nystroem))
     assert ours.dtype == np.float32
     assert np.allclose(ours, nystroem.transform(x[400:]), atol=1e-4)
+
+
+def test_past_search_max_cells_the_grid_is_searched_on_a_stratified_sample(pbmc, monkeypatch):
+    x, labels = pbmc
+    y = labels == "Dendritic"  # 28 of 700 cells
+    fold = FoldClassifier(
+        svm(),
+        x,
+        inner_folds=3,
+        metric="mcc",
+        solver="nystroem",
+        approximation=Approximation(components=50, search_max_cells=300),
+    )
+    splits = fold.inner_splits(y)
+    sampled = fold.rbf_solver._sampled(y, splits)
+    rows = np.concatenate([test for _, test in sampled])
+    assert 290 <= len(rows) <= 310 and len(np.unique(rows)) == len(rows)
+    assert abs(y[rows].mean() - y.mean()) < 0.01  # the type in proportion
+    for (train, test), (all_train, all_test) in zip(sampled, splits, strict=True):
+        assert np.isin(train, all_train).all() and np.isin(test, all_test).all()
+        assert np.isin(train, rows).all() and y[test].sum() >= 2
+    fitted_on = []
+    fit = NystroemRBF._fit
+    monkeypatch.setattr(
+        NystroemRBF,
+        "_fit",
+        lambda self, fx, fy, p: fitted_on.append(len(fy)) or fit(self, fx, fy, p),
+    )
+    fold.fit_and_choices([y], [splits])
+    *searched, refit = fitted_on
+    assert len(searched) == 16 * 3 and max(searched) < 300  # the grid on the sample's splits
+    assert refit == len(x)  # the choice on every cell
 
 
 def _exact_and_approximate(pbmc, components: int):
@@ -86,7 +128,12 @@ def _exact_and_approximate(pbmc, components: int):
     out = {}
     for solver in ("libsvm", "nystroem"):
         fold = FoldClassifier(
-            svm(), x[train], inner_folds=3, metric="mcc", solver=solver, components=components
+            svm(),
+            x[train],
+            inner_folds=3,
+            metric="mcc",
+            solver=solver,
+            approximation=Approximation(components=components),
         )
         search = fold.search(tasks, [fold.inner_splits(y) for y in tasks])
         prepared = fold.prepare(x[test])
@@ -155,7 +202,12 @@ def test_the_approximate_path_holds_no_cells_by_cells_array(pbmc, monkeypatch):
     monkeypatch.setattr(nystroem_svm, "squared_distances", watched)
     tracemalloc.start()
     fold = FoldClassifier(
-        svm(True), x, inner_folds=3, metric="mcc", components=m, solver="nystroem"
+        svm(True),
+        x,
+        inner_folds=3,
+        metric="mcc",
+        approximation=Approximation(components=m),
+        solver="nystroem",
     )
     models, _ = fold.fit_and_choices([labels == t for t in TASKS], [None] * len(TASKS))
     _, peak = tracemalloc.get_traced_memory()
@@ -249,11 +301,10 @@ def test_export_calibrates_and_saves_an_approximate_classifier(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(240, 20))
     labels = [(x[:, 0] + rng.normal(size=240) * 0.5) > 0.7, x[:, 1] > 0.9]
-    settings = {"inner_folds": 3, "metric": "mcc", "seed": 0, "exact_max_cells": 239}
+    approximation = Approximation(exact_max_cells=239, components=50)
+    settings = {"inner_folds": 3, "metric": "mcc", "seed": 0, "approximation": approximation}
     choice = {"gamma": "scale", "C": 10}
-    given, searched = calibrated_classifiers(
-        svm(), x, labels, **settings, components=50, choices=[choice, None]
-    )
+    given, searched = calibrated_classifiers(svm(), x, labels, **settings, choices=[choice, None])
     assert given.params["C"] == 10 and given.params["gamma"] == pytest.approx(1 / (20 * x.var()))
     assert given.params["solver"] == "nystroem" and given.params["n_components"] == 50
     assert searched.params["solver"] == "nystroem" and 0 <= searched.held_out.min()
@@ -269,6 +320,6 @@ def test_export_calibrates_and_saves_an_approximate_classifier(tmp_path):
 
     multiclass = replace(svm(), multiclass=True)
     types = np.where(labels[0], "a", np.where(labels[1], "b", "c"))
-    every = multiclass_classifier(multiclass, x, types, **settings, components=50)
+    every = multiclass_classifier(multiclass, x, types, **settings)
     assert every.params["solver"] == "nystroem" and every.held_out.shape == (240, 3)
     assert every.model().predict_proba(query).shape == (30, 3)

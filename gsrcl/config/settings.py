@@ -34,6 +34,24 @@ EXACT_MAX_CELLS = 9000
 # measures the agreement at this m (docs/approximate-svm.md); a reference with many rare types
 # may want more (landmarks are drawn uniformly, so a rare type may have none).
 NYSTROEM_COMPONENTS = 200
+# The approximate search's inner CV runs on a stratified sample of this many training cells (its
+# choice is refit on all of them): the search then costs the same at any size past it, and the
+# job grows with the cells only through its refits, embeddings and predictions. The measured
+# agreement with the full search is in docs/approximate-svm.md.
+SEARCH_MAX_CELLS = 10_000
+
+
+@dataclass(frozen=True)
+class Approximation:
+    """When an RBF SVC's grid is searched on the Nystroem approximation instead of exact
+    kernels, and on how many cells (the `Evaluation` settings of the same names)."""
+
+    exact_max_cells: int | None = None  # past it, approximate; None: always exact
+    components: int = NYSTROEM_COMPONENTS  # landmark cells
+    search_max_cells: int | None = None  # the inner CV's sample past it; None: every cell
+
+
+EXACT = Approximation()  # what a classifier is fitted by unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -218,6 +236,13 @@ class Evaluation:
     # search in about 2 GiB (EXACT_MAX_CELLS above); results say which tasks were approximate.
     exact_max_cells: int | None = EXACT_MAX_CELLS
     nystroem_components: int = NYSTROEM_COMPONENTS  # the approximation's m (landmark cells)
+    # the approximate grid search's inner CV on a stratified sample of this many training
+    # cells, the choice refit on all (SEARCH_MAX_CELLS above); None: on every cell
+    search_max_cells: int | None = SEARCH_MAX_CELLS
+
+    @property
+    def approximation(self) -> Approximation:
+        return Approximation(self.exact_max_cells, self.nystroem_components, self.search_max_cells)
 
     def check(self) -> list[str]:
         problems = []
@@ -227,6 +252,8 @@ class Evaluation:
             problems.append("exact_max_cells must be at least 1, or None (always exact)")
         if self.nystroem_components < 2:
             problems.append("nystroem_components must be at least 2")
+        if self.search_max_cells is not None and self.search_max_cells < 10 * self.inner_folds:
+            problems.append("search_max_cells must be at least 10 × inner_folds, or None")
         if self.classifier.multiclass:
             problems.append("classifier.multiclass applies to baselines only")
         names = [b.name for b in self.baselines]

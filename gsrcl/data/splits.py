@@ -142,6 +142,19 @@ def _scorable(positive: np.ndarray, folds: Folds, n_folds: int) -> tuple[bool, s
     return True, ""
 
 
+def stratified_sample(
+    rows: np.ndarray, labels: np.ndarray, share: float, rng: np.random.Generator, floor: int = 3
+) -> np.ndarray:
+    """About `share` of `rows` (sorted), each label of `labels[rows]` in proportion; a label
+    keeps at least `floor` of its rows where it has them, so a rare type is still seen."""
+    kept = []
+    for label in np.unique(labels[rows]):
+        members = rows[labels[rows] == label]
+        n = min(len(members), max(floor, round(share * len(members))))
+        kept.append(rng.choice(members, n, replace=False))
+    return np.sort(np.concatenate(kept))
+
+
 def folds_record(folds: Folds, meta: dict) -> dict:
     """The folds as saved in the results folder, with the `meta` they were made for."""
     return {

@@ -27,7 +27,7 @@ from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from gsrcl.config.settings import NYSTROEM_COMPONENTS, Classifier
+from gsrcl.config.settings import EXACT, Approximation, Classifier
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, unsupported_params
 from gsrcl.evaluate.kernel_svm import (
@@ -103,10 +103,10 @@ def resolve_solver(
 SPARSE_DENSITY = 0.3  # log-normalised counts are 5-15 % non-zero; scaled genes are dense
 
 
-def fitted_approximately(solver: str, cells: int, components: int) -> str:
+def fitted_approximately(solver: str, cells: int, approximation: Approximation) -> str:
     """How results name the fit of an RBF SVC by `solver` on `cells` training cells: the
-    approximation with its m, or "" for an exact one."""
-    return describe(min(components, cells)) if solver == "nystroem" else ""
+    approximation with its m (and its search's sample), or "" for an exact one."""
+    return describe(cells, approximation) if solver == "nystroem" else ""
 
 
 def sparse_if_worth_it(estimator: Any, x: np.ndarray) -> Any:
@@ -140,8 +140,8 @@ def inner_splits(y: np.ndarray, inner_folds: int, seed: int) -> list[tuple[np.nd
 class FoldClassifier:
     """The configured classifier on one set of training features, fitted once per label vector;
     independent libsvm or liblinear fits run on `workers`' threads, device fits in one batch.
-    An RBF SVC on more than `exact_max_cells` cells (None: any number) is approximated with
-    `components` Nystroem landmarks."""
+    An RBF SVC is approximated as `approximation` says (by default never, unless `solver` is
+    "nystroem")."""
 
     def __init__(
         self,
@@ -154,8 +154,7 @@ class FoldClassifier:
         seed: int = 0,
         workers: Workers = SERIAL,
         solver: str = "auto",
-        exact_max_cells: int | None = None,
-        components: int = NYSTROEM_COMPONENTS,
+        approximation: Approximation = EXACT,
         shared: dict[tuple[str, str], RBFSolver] | None = None,
     ) -> None:
         """`shared`: RBF solvers by (features, solver) of other classifiers on the same
@@ -168,14 +167,15 @@ class FoldClassifier:
         if not uses_precomputed_kernel(spec):
             self.x_train = sparse_if_worth_it(estimator_for(spec), x_train)
             return
-        self.solver = resolve_solver(solver, spec, device, x_train.shape[0], exact_max_cells)
+        cells = x_train.shape[0]
+        self.solver = resolve_solver(solver, spec, device, cells, approximation.exact_max_cells)
         if self.solver == "nystroem":
             self.x_train = x_train  # export's pipelines refit on the features
         key = (spec.features, self.solver)
         if shared is not None and key in shared:
             self.rbf_solver = shared[key]
         elif self.solver == "nystroem":
-            self.rbf_solver = NystroemRBF(x_train, components, device, seed, workers)
+            self.rbf_solver = NystroemRBF(x_train, approximation, device, seed, workers)
         elif self.solver == "device":
             self.rbf_solver = DeviceRBF(x_train, device)
         else:
@@ -187,7 +187,7 @@ class FoldClassifier:
     def approximation(self) -> str:
         """How results name the RBF SVC's approximation, or "" when it is exact."""
         if isinstance(self.rbf_solver, NystroemRBF):
-            return describe(self.rbf_solver.components)
+            return self.rbf_solver.described
         return ""
 
     def estimator(self, settings: dict[str, Any]) -> Any:
@@ -285,8 +285,7 @@ def calibrated_classifiers(
     held_out_splits: Splits | None = None,
     workers: Workers = SERIAL,
     choices: list[dict[str, Any] | None] | None = None,
-    exact_max_cells: int | None = None,
-    components: int = NYSTROEM_COMPONENTS,
+    approximation: Approximation = EXACT,
 ) -> list[Calibrated]:
     """For each label vector (one cell type against the rest) on features `x`: the settings
     of `choices` (values of the grid, as `FoldClassifier.fit_and_choices` gives them), or
@@ -295,7 +294,7 @@ def calibrated_classifiers(
     split that held it out: the inner folds, or `held_out_splits` (one per batch, say) with
     the chosen settings refit without them. An RBF SVC is searched, calibrated and held out on
     one precomputed kernel shared by every type (the types' fits side by side on `workers`),
-    as libsvm on the features would do it; past `exact_max_cells` cells as a Nystroem
+    as libsvm on the features would do it; approximated (`approximation`) as a Nystroem
     pipeline on the features; any other estimator through scikit-learn."""
     fold = FoldClassifier(
         spec,
@@ -305,8 +304,7 @@ def calibrated_classifiers(
         seed=seed,
         workers=workers,
         solver="libsvm",
-        exact_max_cells=exact_max_cells,
-        components=components,
+        approximation=approximation,
     )
     splits = [fold.inner_splits(y) for y in labels]
     settings = _settings(fold, labels, splits, choices or [None] * len(labels))
@@ -419,8 +417,7 @@ def multiclass_classifier(
     seed: int,
     held_out_splits: Splits | None = None,
     workers: Workers = SERIAL,
-    exact_max_cells: int | None = None,
-    components: int = NYSTROEM_COMPONENTS,
+    approximation: Approximation = EXACT,
 ) -> Calibrated:
     """One model of all the labels (a multi-class baseline) with probabilities (Platt-calibrated
     when the estimator has none), and each cell's probabilities (columns: `classes`) from the
@@ -436,8 +433,9 @@ def multiclass_classifier(
     splits = held_out_splits or inner_splits(labels, inner_folds, seed)
     classes = list(np.unique(labels))
     if not hasattr(estimator, "predict_proba"):
-        sizes = {"exact_max_cells": exact_max_cells, "components": components}
-        return _calibrated_multiclass(spec, x, labels, splits, classes, metric, workers, sizes)
+        return _calibrated_multiclass(
+            spec, x, labels, splits, classes, metric, workers, approximation
+        )
     candidates = [clone(estimator).set_params(**c) for c in ParameterGrid(spec.grid)]
     scorer = get_scorer(SKLEARN_SCORERS[metric][len(classes) > 2])
     units = [(c, s) for c in range(len(candidates)) for s in range(len(splits))]
@@ -483,12 +481,18 @@ def _fit_on_all(estimator: Any, x: np.ndarray, labels: np.ndarray) -> Callable[[
 
 
 def _calibrated_multiclass(
-    spec, x, labels, splits: Splits, classes, metric, workers, sizes: dict
+    spec, x, labels, splits: Splits, classes, metric, workers, approximation: Approximation
 ) -> Calibrated:
     """A multi-class estimator without probabilities: its grid search, then Platt-calibrated on
-    the search's splits (each held-out split's refit on scikit-learn's own three folds).
-    `sizes`: FoldClassifier's exact_max_cells and components."""
-    fold = FoldClassifier(spec, x, inner_folds=len(splits), metric=metric, workers=workers, **sizes)
+    the search's splits (each held-out split's refit on scikit-learn's own three folds)."""
+    fold = FoldClassifier(
+        spec,
+        x,
+        inner_folds=len(splits),
+        metric=metric,
+        workers=workers,
+        approximation=approximation,
+    )
     chosen = _as_estimator(fold.fit(labels, splits))
     estimator = CalibratedClassifierCV(chosen, method="sigmoid", cv=splits, ensemble=False)
     refit = clone(estimator).set_params(cv=3)  # `splits` index all cells, not a split's

@@ -39,6 +39,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 from sklearn.utils import check_random_state
 
+from gsrcl.config.settings import Approximation
+from gsrcl.data.splits import stratified_sample
 from gsrcl.evaluate.kernel_svm import (
     RBFSolver,
     Search,
@@ -60,9 +62,16 @@ def blocks(cells: int, width: int) -> list[slice]:
     return [slice(start, start + rows) for start in range(0, cells, rows)]
 
 
-def describe(components: int) -> str:
-    """How results name a classifier this solver fitted."""
-    return f"approximate (Nystroem, m={components})"
+def describe(cells: int, approximation: Approximation) -> str:
+    """How results name a classifier this solver fitted on `cells` training cells."""
+    text = f"approximate (Nystroem, m={min(approximation.components, cells)}"
+    sample = search_cells(cells, approximation)
+    return text + (f", grid searched on {sample} cells)" if sample < cells else ")")
+
+
+def search_cells(cells: int, approximation: Approximation) -> int:
+    """How many of `cells` training cells the grid's inner CV runs on."""
+    return min(cells, approximation.search_max_cells or cells)
 
 
 def features(distances: np.ndarray, gamma: float, weights: np.ndarray) -> np.ndarray:
@@ -123,22 +132,25 @@ def svc_params(pipeline: Pipeline) -> dict[str, Any]:
 
 
 class NystroemRBF(RBFSolver):
-    """The training cells of one fold and their squared distances to `components` landmark
-    cells drawn among them with the job's seed; fits by liblinear on `workers`' threads (it
-    releases the GIL). Only C, gamma and class_weight of the SVC settings carry over (the
-    others tune libsvm itself)."""
+    """The training cells of one fold and their squared distances to the approximation's
+    landmark cells, drawn among them with the job's seed; fits by liblinear on `workers`'
+    threads (it releases the GIL). Only C, gamma and class_weight of the SVC settings carry
+    over (the others tune libsvm itself). Past `search_max_cells` the inner CV runs on a
+    stratified sample of that many cells per label vector; the choice is refit on all."""
 
     def __init__(
         self,
         x_train: np.ndarray,
-        components: int,
+        approximation: Approximation,
         device: str = "cpu",
         seed: int = 0,
         workers: Workers = SERIAL,
     ) -> None:
         self.x, self.device, self.workers = x_train, device, workers
         self.seed = seed % 2**32
-        self.components = min(components, x_train.shape[0])
+        self.components = min(approximation.components, x_train.shape[0])
+        self.search_cells = search_cells(x_train.shape[0], approximation)
+        self.described = describe(x_train.shape[0], approximation)
         drawn = check_random_state(self.seed).permutation(x_train.shape[0])[: self.components]
         self.landmarks = _dense(x_train[np.sort(drawn)])
         self.train_distances = self.distances(x_train)
@@ -203,7 +215,7 @@ class NystroemRBF(RBFSolver):
     def _search(
         self, labels: list[np.ndarray], splits: list[Splits], candidates: list[dict], metric: str
     ) -> Search:
-        problems = list(zip(labels, splits, strict=True))
+        problems = list(zip(labels, map(self._sampled, labels, splits), strict=True))
         scores = [np.full((len(candidates), len(s)), np.nan) for s in splits]
         by_gamma: dict[float, list[int]] = {}
         for c, candidate in enumerate(candidates):
@@ -223,6 +235,19 @@ class NystroemRBF(RBFSolver):
                 scores[p][members, s] = unit_scores
         chosen = best_candidates(scores)
         return Search(self._refit(labels, candidates, chosen), scores, candidates, chosen)
+
+    def _sampled(self, y: np.ndarray, splits: Splits) -> Splits:
+        """`splits` cut to a stratified sample of `search_cells` of the cells (every split
+        keeps its share of each class; a class keeps at least two cells a split)."""
+        if self.search_cells >= len(y):
+            return splits
+        rng = np.random.default_rng(self.seed)
+        rows = stratified_sample(
+            np.arange(len(y)), y, self.search_cells / len(y), rng, 2 * len(splits)
+        )
+        kept = np.zeros(len(y), dtype=bool)
+        kept[rows] = True
+        return [(train[kept[train]], test[kept[test]]) for train, test in splits]
 
     def _refit(self, labels: list[np.ndarray], candidates: list[dict], chosen: list[int]):
         """Each label vector's chosen candidate on all training cells, a gamma at a time (the

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gsrcl.config.settings import NYSTROEM_COMPONENTS, Classifier, Contrastive
+from gsrcl.config.settings import EXACT, Approximation, Classifier, Contrastive
 from gsrcl.evaluate.classifiers import FoldClassifier, inner_splits
 from gsrcl.evaluate.workers import SERIAL, Workers
 from gsrcl.model.augment import Augment, two_views
@@ -88,7 +88,7 @@ class ValidationScorer:
     """Embeds a snapshot's training, validation and test cells (on the device) and scores every
     task (on the CPU, over the job's `workers`): `tasks[name] = (training labels, validation
     labels)`. What depends only on the cells and labels (the inner splits) is built once.
-    `exact_max_cells` and `components`: when its RBF SVC is approximated (FoldClassifier)."""
+    `approximation`: when and how its RBF SVC is approximated (FoldClassifier)."""
 
     def __init__(
         self,
@@ -102,14 +102,13 @@ class ValidationScorer:
         seed: int = 0,
         workers: Workers = SERIAL,
         solver: str = "auto",
-        exact_max_cells: int | None = None,
-        components: int = NYSTROEM_COMPONENTS,
+        approximation: Approximation = EXACT,
     ) -> None:
         self.x = (x_train, x_val, x_test)
         self.tasks = tasks
         self.classifier, self.inner_folds, self.metric = classifier, inner_folds, metric
         self.solver = solver
-        self.sizes = {"exact_max_cells": exact_max_cells, "components": components}
+        self.approximation = approximation
         self.seed, self.workers = seed, workers  # the inner CV shuffle: the same at every step
         self.splits = {name: inner_splits(y, inner_folds, seed) for name, (y, _) in tasks.items()}
         # on a GPU the device solver's kernels go to a stream of their own, so the training's
@@ -140,7 +139,7 @@ class ValidationScorer:
             seed=self.seed,
             workers=self.workers,
             solver=self.solver,
-            **self.sizes,
+            approximation=self.approximation,
         )
         names = list(self.tasks)
         models, choices = fold.fit_and_choices(

@@ -475,8 +475,7 @@ def _expression_classifiers(ref: Reference, baseline: Classifier, picks: dict[st
         seed=ref.experiment.seed,
         held_out_splits=splits,
         workers=ref.workers,
-        exact_max_cells=evaluation.exact_max_cells,
-        components=evaluation.nystroem_components,
+        approximation=evaluation.approximation,
     )
     chosen = {k: model.params.get(k) for k in baseline.grid}
     ref.log(
@@ -503,8 +502,7 @@ def _one_vs_rest(ref: Reference, spec: Classifier, x: np.ndarray, picks: dict[st
         held_out_splits=ref.held_out_splits,
         workers=ref.workers,
         choices=[picks[t].get("choice") for t in types],
-        exact_max_cells=evaluation.exact_max_cells,
-        components=evaluation.nystroem_components,
+        approximation=evaluation.approximation,
     )
     seconds = time.perf_counter() - start
     for task, classifier in zip(types, classifiers, strict=True):

@@ -200,7 +200,7 @@ def run_job(
     # a row whose classifier was approximated says so ("fitted"); exact rows stay as they were
     approximate = {
         spec.baseline_name if job.method == BASELINE else job.method: fitted_approximately(
-            solvers[spec.name], cells, evaluation.nystroem_components
+            solvers[spec.name], cells, evaluation.approximation
         )
         for spec in specs
         if spec.name in solvers
@@ -232,7 +232,7 @@ def approximate_fits(experiment: Experiment, folds: Folds) -> dict[str, dict]:
         for k in range(experiment.split.folds):
             cells = len(folds.train(k))
             solver = _solver(evaluation, spec, "cpu", cells)
-            named[k] = fitted_approximately(solver, cells, evaluation.nystroem_components)
+            named[k] = fitted_approximately(solver, cells, evaluation.approximation)
         approximate = [k for k, text in named.items() if text]
         if approximate:
             found[method] = {"fitted": named[approximate[0]], "folds": approximate}
@@ -327,8 +327,7 @@ def baseline_classifier(
         seed=seed,
         workers=workers,
         solver=evaluation.solver,
-        exact_max_cells=evaluation.exact_max_cells,
-        components=evaluation.nystroem_components,
+        approximation=evaluation.approximation,
         shared=solvers,
     )
     return x, classifier
@@ -522,8 +521,7 @@ def validation_scorer(
         seed,
         workers,
         evaluation.solver,
-        exact_max_cells=evaluation.exact_max_cells,
-        components=evaluation.nystroem_components,
+        approximation=evaluation.approximation,
     )
 
 
