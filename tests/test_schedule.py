@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from gsrcl.api import load_config
 from gsrcl.config.settings import Compute
 from gsrcl.runner.calibrate import Timing
@@ -199,7 +201,7 @@ def test_each_method_is_timed_where_its_jobs_run(tmp_path, monkeypatch):
     experiment = tiny_experiment(tmp_path)
     timed = []
 
-    def calibrate(experiment, fold, method, device, threads):
+    def calibrate(experiment, fold, method, device, threads, scoring=None):
         timed.append((method, device))
         return Measured(epoch=1.0, step=1.0, job=1.0)
 
@@ -243,7 +245,8 @@ def test_the_estimate_counts_the_export_a_run_ends_with(tmp_path):
 def test_a_large_dataset_is_timed_on_a_sample_and_carried_to_its_size(tmp_path, monkeypatch):
     """Above `TIMING_CELLS` training cells the timing runs on a sample of the first fold (each
     part and type in proportion, the same cells and labels) and the estimate scales it up by
-    the cost model: a baseline job by the training cells squared."""
+    the cost model: a baseline job by the training cells squared. Its contrastive methods
+    share one timing of the validation step's scoring (timed for the first)."""
     import numpy as np
 
     from gsrcl.data.dataset import DatasetCache
@@ -253,23 +256,26 @@ def test_a_large_dataset_is_timed_on_a_sample_and_carried_to_its_size(tmp_path, 
     from gsrcl.runner.pipeline import dataset_folds
     from tests.conftest import tiny_experiment
 
-    experiment = tiny_experiment(tmp_path, methods=())
+    experiment = tiny_experiment(tmp_path)
     cache = DatasetCache()
     spec = experiment.datasets[0]
     folds = {spec.name: dataset_folds(spec, experiment, cache, None)}
     full = fold_data(cache.get(spec), spec, folds[spec.name], 0)
     timed = []
 
-    def calibrate(experiment, fold, method, device, threads):
-        timed.append(fold)
-        return Measured(job=1.0)
+    def calibrate(experiment, fold, method, device, threads, scoring=None):
+        timed.append((fold, method, scoring))
+        return Measured(job=1.0, step=3.0 if scoring is None else 1.0 + scoring, embed=1.0)
 
     monkeypatch.setattr(estimate, "calibrate", calibrate)
     monkeypatch.setattr(estimate, "TIMING_CELLS", 60)
     lines = []
     machine = Machine(cores=2, host_bytes=8 * GB, gpus={})
     made = estimate.plan(experiment, plan(experiment), folds, cache, machine, lines.append)
-    (sample,) = timed
+    sample = timed[0][0]
+    assert all(fold is sample for fold, _, _ in timed)
+    given = [scoring for _, method, scoring in timed if method != "baseline"]
+    assert len(given) == len(experiment.methods) and given == [None] + [2.0] * (len(given) - 1)
     assert any("timing a sample of pbmc68k_reduced/baseline" in line for line in lines)
     assert 55 <= len(sample.train) <= 70 < len(full.train)
     for part in ("train", "validation", "test"):
@@ -298,4 +304,8 @@ def test_past_exact_max_cells_the_estimate_counts_the_approximation():
     small, large = Shape(1250, 2000, 3, 1000), Shape(50_000, 2000, 3, 40_000)
     timing = Timing(job=10.0)
     assert scaled(timing, small, large, None).job == 10.0 * 40**2
-    assert scaled(timing, small, large, None, linear=True).job == 10.0 * 40
+    # the approximation's search on every cell: linear (its 80 fits a task and the refit)
+    assert scaled(timing, small, large, None, searched=40_000).job == pytest.approx(10.0 * 40)
+    # on a sample of 10 000: the search as at 10 000 cells, the refit at 40 000
+    on_sample = scaled(timing, small, large, None, searched=10_000).job
+    assert on_sample == pytest.approx(10.0 * (10 * 80 + 40) / 81)

@@ -76,9 +76,16 @@ class Timing:
 
 
 def calibrate(
-    experiment: Experiment, fold: jobs.FoldData, method: str, device: str, threads: int
+    experiment: Experiment,
+    fold: jobs.FoldData,
+    method: str,
+    device: str,
+    threads: int,
+    scoring: float | None = None,
 ) -> Timing:
-    """`method` timed on `fold` (a dataset's first fold, a sample of it, or the stand-in's)."""
+    """`method` timed on `fold` (a dataset's first fold, a sample of it, or the stand-in's).
+    `scoring`: the seconds of a contrastive validation step's scoring, when another method
+    has already timed it on this fold (then taken, not timed again)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     logging.disable(logging.INFO)  # the short training's epochs and steps are not the run's
@@ -89,7 +96,7 @@ def calibrate(
                 timing = _baselines(experiment, fold, device, workers)
             else:
                 named = jobs.method_named(experiment, method)
-                timing = _contrastive(experiment, fold, named, device, workers)
+                timing = _contrastive(experiment, fold, named, device, workers, scoring)
     finally:
         logging.disable(logging.NOTSET)
         torch.set_num_threads(previous)
@@ -141,7 +148,12 @@ def _one_fit(classifier, y: np.ndarray) -> float:
 
 
 def _contrastive(
-    experiment: Experiment, fold: jobs.FoldData, method: Method, device: str, workers: Workers
+    experiment: Experiment,
+    fold: jobs.FoldData,
+    method: Method,
+    device: str,
+    workers: Workers,
+    scoring: float | None,
 ) -> Timing:
     start = time.perf_counter()  # a job's setup: features, network and scorer made ready
     x = torch.as_tensor(jobs.method_features(fold, method).transform(fold.adata), device=device)
@@ -153,8 +165,10 @@ def _contrastive(
     start = time.perf_counter()
     embedded = scorer.embed(model.encoder)
     embed = time.perf_counter() - start
-    scorer.score(*embedded)
-    step = time.perf_counter() - start
+    if scoring is None:
+        scorer.score(*embedded)
+        scoring = time.perf_counter() - start - embed
+    step = embed + scoring
     labels = jobs.supcon_labels(method, fold, fold.tasks[0], x.device)
     settings = replace(
         experiment.contrastive, overlap_validation="off", validate_every=CALIBRATION_EPOCHS
@@ -176,16 +190,10 @@ def sample_of(fold: jobs.FoldData, cells: int, tasks: int, seed: int) -> jobs.Fo
     if share >= 1:
         return fold
     rng = np.random.default_rng(seed)
-
-    def part(rows: np.ndarray) -> np.ndarray:
-        kept = []
-        for label in np.unique(fold.labels[rows]):
-            members = rows[fold.labels[rows] == label]
-            n = min(len(members), max(3, round(share * len(members))))
-            kept.append(rng.choice(members, n, replace=False))
-        return np.sort(np.concatenate(kept))
-
-    train, validation, test = part(fold.train), part(fold.validation), part(fold.test)
+    train, validation, test = (
+        splits.stratified_sample(rows, fold.labels, share, rng)
+        for rows in (fold.train, fold.validation, fold.test)
+    )
     rows = np.concatenate([train, validation, test])
     position = {row: i for i, row in enumerate(rows)}  # old row → row of the sample
     renumber = np.vectorize(position.__getitem__, otypes=[int])

@@ -35,6 +35,7 @@ from gsrcl.config.settings import BASELINE, Compute, Evaluation, Experiment, Met
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
 from gsrcl.evaluate.classifiers import resolve_solver, uses_precomputed_kernel
+from gsrcl.evaluate.nystroem_svm import search_cells
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.train import overlap_validation, validation_epochs
 from gsrcl.runner.calibrate import (
@@ -103,17 +104,32 @@ def planned_shape(cells: int, genes: int, tasks: int, split: Split) -> Shape:
     return Shape(cells, genes, tasks, in_cv - math.ceil(in_cv / split.folds))
 
 
+# a task's fits in an approximate grid search (the paper's 16 settings × 5 inner folds), each
+# on the search's cells, besides its one refit on every training cell
+SEARCH_FITS = 80
+
+
 def scaled(
-    timing: Timing, measured: Shape, target: Shape, method: Method | None, linear: bool = False
+    timing: Timing,
+    measured: Shape,
+    target: Shape,
+    method: Method | None,
+    searched: int | None = None,
 ) -> Timing:
     """A timing measured on one shape carried to another. A training epoch grows with the
     training cells times the network's weights (its matmuls), a validation step's embedding
     with the cells times the encoder's weights; the step's scoring and a baseline job grow with
-    the tasks times the training cells squared (a kernel SVM's fits; genes are left out; with
-    the cells alone where `linear`: the Nystroem approximation's), a multi-class baseline with
+    the tasks times the training cells squared (a kernel SVM's fits; genes are left out), a
+    multi-class baseline with the training cells. `searched`: the cells an approximate SVM's
+    search runs on (measured on all of `measured`'s): its fits grow with them, its refit with
     the training cells."""
     cells_ratio = target.train / measured.train
-    fits = target.tasks / measured.tasks * cells_ratio ** (1 if linear else 2)
+    if searched is None:
+        per_task = cells_ratio**2
+    else:
+        search = searched / measured.train * SEARCH_FITS
+        per_task = (search + cells_ratio) / (SEARCH_FITS + 1)
+    fits = target.tasks / measured.tasks * per_task
     if method is None:  # the baselines
         multiclass = timing.linear * cells_ratio
         job = (timing.job - timing.linear) * fits + multiclass
@@ -548,20 +564,32 @@ def _timings(
     unread = any(dataset not in timed_folds for dataset, _ in pairs)
     substitute = stand_in(experiment) if unread else None
     measured: dict[tuple[int, str], Timing] = {}  # by fold: the stand-in is timed once
+    # a sample's validation-step scoring, timed for its first contrastive method and taken for
+    # the others: it fits the same grid on the same tasks' cells whatever the encoder (the
+    # approximation's features have m columns whatever its width), and it is most of the time
+    # --check spends on a large dataset
+    scoring: dict[tuple[int, bool], float] = {}
     timings = {}
     for dataset, method in pairs:
         fold = timed_folds.get(dataset, substitute)
         # a dataset whose SVMs will be approximate is timed with the approximation
         linear = approximate(experiment.evaluation, shapes[dataset].train)
         key = (id(fold), method, linear)
+        searched = None
+        if linear:
+            approximation = experiment.evaluation.approximation
+            searched = search_cells(shapes[dataset].train, approximation)
         if key not in measured:
             where = dataset if shapes[dataset] == _shape(fold) else f"a sample of {dataset}"
             where = "a stand-in" if fold is substitute else where
             timed = _approximated(experiment) if linear else experiment
-            measured[key] = _timed(timed, fold, method, where, machine, threads, log)
+            known = scoring.get((id(fold), linear)) if fold.sampled else None
+            measured[key] = _timed(timed, fold, method, where, machine, threads, log, known)
+            if fold.sampled and method != BASELINE and known is None and measured[key].step:
+                scoring[id(fold), linear] = measured[key].step - measured[key].embed
         spec = None if method == BASELINE else method_named(experiment, method)
         timings[dataset, method] = scaled(
-            measured[key], _shape(fold), shapes[dataset], spec, linear
+            measured[key], _shape(fold), shapes[dataset], spec, searched
         )
     return timings
 
@@ -578,11 +606,12 @@ def _timed(
     machine: Machine,
     threads: int,
     log: Callable[[str], None],
+    scoring: float | None = None,
 ) -> Timing:
     device = timing_device(method, machine)
     log(f"estimate: timing {where}/{method} on {device}, threads per job: {threads}")
     try:
-        return calibrate(experiment, fold, method, device, threads)
+        return calibrate(experiment, fold, method, device, threads, scoring)
     except Exception as error:  # the jobs will report it, one clear line each
         log(f"warning: could not time {where}/{method} ({type(error).__name__}: {error})")
         return Timing()
