@@ -237,8 +237,8 @@ class NystroemRBF(RBFSolver):
         return Search(self._refit(labels, candidates, chosen), scores, candidates, chosen)
 
     def _sampled(self, y: np.ndarray, splits: Splits) -> Splits:
-        """`splits` cut to a stratified sample of `search_cells` of the cells (every split
-        keeps its share of each class; a class keeps at least two cells a split)."""
+        """`splits` cut to a stratified sample of `search_cells` of the cells: each class in
+        proportion, with at least twice as many cells as there are splits."""
         if self.search_cells >= len(y):
             return splits
         rng = np.random.default_rng(self.seed)
