@@ -32,6 +32,7 @@ from gsrcl.data.readers import BUNDLED, read_matrix, select_matrix
 from gsrcl.errors import UserError
 from gsrcl.files import atomic_write, write_csv
 from gsrcl.reference import model as reference
+from gsrcl.reference.fast_kernel import with_matrix_kernels
 from gsrcl.reference.rule import UnassignedRule, shares
 
 log = logging.getLogger(__name__)
@@ -289,6 +290,8 @@ def _probabilities(model: reference.ReferenceModel, adata: ad.AnnData, chunk_siz
     by_encoder: dict[str, list[int]] = {}
     for i, cell_type in enumerate(model.types):
         by_encoder.setdefault(cell_type.encoder_file, []).append(i)
+    # an RBF SVC decides by matrix products here, not libsvm's pair-at-a-time kernel
+    classifiers = [with_matrix_kernels(cell_type.classifier) for cell_type in model.types]
     probabilities = np.empty((adata.n_obs, len(model.types)), dtype=np.float32)
     ratios = np.empty(adata.n_obs)
     parts = []
@@ -307,7 +310,7 @@ def _probabilities(model: reference.ReferenceModel, adata: ad.AnnData, chunk_siz
                 z = first.encoder(torch.from_numpy(x)).numpy()
             predicted: dict[int, np.ndarray] = {}  # a multi-class model predicts once for all
             for i in members:
-                classifier = model.types[i].classifier
+                classifier = classifiers[i]
                 if id(classifier) not in predicted:
                     predicted[id(classifier)] = classifier.predict_proba(z)
                 probabilities[rows, i] = predicted[id(classifier)][:, model.types[i].column]
