@@ -199,11 +199,11 @@ def parser() -> argparse.ArgumentParser:
         "reference",
         help="train and export a reference model from a labelled file, no config",
         description="Train and export a reference model from a labelled file. How long: on 2 "
-        "CPU cores, about 15 min on a busy machine (about 8-9 projected alone) for 1 836 "
-        "cells x 20 125 genes (Baron human, three donors; docs/reference.md), growing with "
-        "cells x genes (SimCLR's training) and cells squared (the SVMs; linearly past "
-        "evaluation.exact_max_cells); the command prints its own estimate, export included, "
-        "before it starts.",
+        "CPU cores, about 9 min for 1 836 cells x 20 125 genes (Baron human, three donors; "
+        "docs/reference.md), growing with cells x genes (SimCLR's training) and cells squared "
+        "(the SVMs; past evaluation.exact_max_cells approximate, their search on a sample: "
+        "docs/scale.md); the command prints its own estimate, export included, before it "
+        "starts.",
     )
     reference_parser.add_argument("--data", required=True, help="labelled cells (.h5ad, ...)")
     reference_parser.add_argument("--labels", required=True, help="the obs column of cell types")
