@@ -152,6 +152,7 @@ def test_the_exact_svm_threshold_is_validated_and_set_from_the_command_line(tmp_
         ({"exact_max_cells": 0}, "exact_max_cells must be at least 1"),
         ({"exact_max_cells": 2.5}, "exact_max_cells must be int or None"),
         ({"nystroem_components": 1}, "nystroem_components must be at least 2"),
+        ({"search_max_cells": 20}, "search_max_cells must be at least 10 × inner_folds"),
         ({"solver": "approximate"}, "solver must be one of"),
     ):
         with pytest.raises(UserError, match=message):

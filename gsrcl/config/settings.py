@@ -37,7 +37,7 @@ NYSTROEM_COMPONENTS = 200
 # The approximate search's inner CV runs on a stratified sample of this many training cells (its
 # choice is refit on all of them): the search then costs the same at any size past it, and the
 # job grows with the cells only through its refits, embeddings and predictions. The measured
-# agreement with the full search is in docs/approximate-svm.md.
+# agreement with the exact SVM is in docs/approximate-svm-sampled.md.
 SEARCH_MAX_CELLS = 10_000
 
 
