@@ -44,6 +44,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.tiling import thinned_copies  # noqa: E402
 from gsrcl.config.presets import svm  # noqa: E402
 from gsrcl.config.settings import NYSTROEM_COMPONENTS, Approximation, Method  # noqa: E402
 from gsrcl.data import preprocess  # noqa: E402
@@ -68,14 +69,7 @@ def tiled(path: Path, copies: int) -> ad.AnnData:
     """`copies` thinned copies of every cell (obs: cell_type, source = the cell copied)."""
     source = ad.read_h5ad(path)
     counts = sparse.csr_matrix(source.X, dtype=np.float32)
-    rng = np.random.default_rng(SEED)
-    parts = []
-    for _ in range(copies):
-        part = counts.copy()
-        part.data = rng.binomial(part.data.astype(np.int64), KEEP).astype(np.float32)
-        part.eliminate_zeros()
-        parts.append(part)
-    x = sparse.vstack(parts).tocsr()
+    x = thinned_copies(counts, copies, KEEP, np.random.default_rng(SEED))
     rows = [x.indices[a:b].tobytes() + x.data[a:b].tobytes() for a, b in pairwise(x.indptr)]
     if len({hashlib.sha256(r).digest() for r in rows}) != x.shape[0]:
         raise SystemExit("two tiled cells are equal: thin more or tile less")

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.reference import tree_rss  # noqa: E402
 from bench.sampler import Sampler  # noqa: E402
+from bench.tiling import thinned_copies  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "data" / "baron_mouse.h5ad"
 FOLDER = ROOT / "results" / "scale-bench"
@@ -67,18 +68,12 @@ def make_dataset(cells: int) -> Path:
     counts = sp.csr_matrix(source.X)
     genes = np.sort(np.argsort(-np.asarray(counts.sum(axis=0)).ravel())[:GENES])
     counts = counts[:, genes].astype(np.float32)
-    rng = np.random.default_rng(0)
     copies = -(-cells // source.n_obs)
-    blocks = []
-    for _ in range(copies):
-        block = counts.copy()
-        block.data = rng.binomial(block.data.astype(np.int64), THINNING).astype(np.float32)
-        block.eliminate_zeros()
-        blocks.append(block)
+    x = thinned_copies(counts, copies, THINNING, np.random.default_rng(0))[:cells]
     rows = np.tile(np.arange(source.n_obs), copies)[:cells]
     obs = source.obs.iloc[rows][["cell_type", "batch"]].copy()
     obs.index = [f"cell{i}" for i in range(cells)]
-    tiled = ad.AnnData(sp.vstack(blocks).tocsr()[:cells], obs=obs, var=source.var.iloc[genes])
+    tiled = ad.AnnData(x, obs=obs, var=source.var.iloc[genes])
     path.parent.mkdir(parents=True, exist_ok=True)
     tiled.write_h5ad(path)
     return path
