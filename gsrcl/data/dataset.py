@@ -92,6 +92,23 @@ def in_id_order(adata: ad.AnnData) -> ad.AnnData:
 
 
 def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
+    adata = unique_names(spec, adata)
+    adata.X = _as_float32(adata.X)
+    values = _stored(adata.X)
+    where = f"dataset {spec.name}: {spec.path}"
+    if not np.isfinite(values).all():
+        raise UserError(f"{where} holds NaN or infinite values; remove or impute them first")
+    if (values < 0).any():
+        raise UserError(
+            f"{where} holds negative values (scaled data?); give raw counts or log-normalised "
+            "values (for pbmc68k_reduced, use_raw=True)"
+        )
+    return adata
+
+
+def unique_names(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
+    """Cell ids and gene names made unique (with a warning), in place; no gene is an error. A
+    matrix read in blocks has its names checked once, on its obs and var alone."""
     if not adata.obs_names.is_unique:
         log.warning("dataset %s: cell ids are not unique; made unique with suffixes", spec.name)
         adata.obs_names_make_unique()
@@ -108,16 +125,6 @@ def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
             repeated[0],
         )
         adata.var_names_make_unique()
-    adata.X = _as_float32(adata.X)
-    values = _stored(adata.X)
-    where = f"dataset {spec.name}: {spec.path}"
-    if not np.isfinite(values).all():
-        raise UserError(f"{where} holds NaN or infinite values; remove or impute them first")
-    if (values < 0).any():
-        raise UserError(
-            f"{where} holds negative values (scaled data?); give raw counts or log-normalised "
-            "values (for pbmc68k_reduced, use_raw=True)"
-        )
     return adata
 
 

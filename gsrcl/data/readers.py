@@ -3,7 +3,8 @@
 Formats: `.h5ad` (X, a layer, or .raw), `.zarr` and `.loom` (anndata's readers); 10x `.h5` and
 matrix-market folders (scanpy's readers); the scziDesk-style `.h5` of the GsRCL paper's data
 (`exprs` dense or CSR group, `obs`, `obs_names`, `var_names`); CSV/TSV/TXT, optionally gzipped,
-cells × genes or genes × cells (`transpose`).
+cells × genes or genes × cells (`transpose`). An `.h5ad` or `.zarr` file can also be read a
+block of cells at a time (`read_rows`), for a query too large to hold.
 """
 
 from __future__ import annotations
@@ -65,23 +66,110 @@ def select_matrix(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     """The matrix the dataset names: X, a layer, or .raw (with the same cells and obs)."""
     if spec.use_raw:
         if adata.raw is None:
-            raise UserError(f"dataset {spec.name}: {spec.path} has no .raw; set use_raw=False")
+            raise _no_raw(spec)
         return adata.raw.to_adata()
     if spec.layer is not None:
         if spec.layer not in adata.layers:
-            raise UserError(
-                f"dataset {spec.name}: {spec.path} has no layer {spec.layer!r}; "
-                f"layers are {list(adata.layers)}"
-            )
+            raise _no_layer(spec, list(adata.layers))
         adata.X = adata.layers[spec.layer]
     if adata.X is None:  # an .h5ad may keep its values in layers only
-        held = [name for name, layer in adata.layers.items() if layer is not None]
-        where = f"the layers {held}" if held else "no layer either"
-        raise UserError(
-            f"dataset {spec.name}: {spec.path} has an empty X ({where}); choose the matrix with "
-            "layer=NAME (annotate: --layer NAME) or use_raw=True"
-        )
+        raise _empty_x(spec, [name for name, layer in adata.layers.items() if layer is not None])
     return adata
+
+
+def _no_raw(spec: Dataset) -> UserError:
+    return UserError(f"dataset {spec.name}: {spec.path} has no .raw; set use_raw=False")
+
+
+def _no_layer(spec: Dataset, layers: list[str]) -> UserError:
+    return UserError(
+        f"dataset {spec.name}: {spec.path} has no layer {spec.layer!r}; layers are {layers}"
+    )
+
+
+def _empty_x(spec: Dataset, held: list[str]) -> UserError:
+    where = f"the layers {held}" if held else "no layer either"
+    return UserError(
+        f"dataset {spec.name}: {spec.path} has an empty X ({where}); choose the matrix with "
+        "layer=NAME (annotate: --layer NAME) or use_raw=True"
+    )
+
+
+class Rows:
+    """The cells of an `.h5ad` or `.zarr` file's matrix (X, a layer, or .raw), read a block of
+    rows at a time with anndata's element readers: `cells` holds obs and var (read whole), the
+    matrix is never read whole (a CSR one through `anndata.io.sparse_dataset`, a dense one by
+    slicing). Use it as a context manager: the file stays open until the block ends."""
+
+    def __init__(self, store, matrix, cells: ad.AnnData) -> None:
+        self.store, self.matrix, self.cells = store, matrix, cells
+
+    def rows(self, start: int, stop: int) -> ad.AnnData:
+        """Cells `start` to `stop` (obs names only), as stored (values unchecked)."""
+        return ad.AnnData(
+            X=self.matrix[start:stop],
+            obs=pd.DataFrame(index=self.cells.obs_names[start:stop]),
+            var=pd.DataFrame(index=self.cells.var_names),
+        )
+
+    def __enter__(self) -> Rows:
+        return self
+
+    def __exit__(self, *_) -> None:
+        if isinstance(self.store, h5py.File):
+            self.store.close()
+
+
+def read_rows(spec: Dataset) -> Rows | None:
+    """The dataset's cells read a block at a time (`Rows`), or None where the file is read whole
+    by `read_matrix`: formats other than `.h5ad` and `.zarr`, a CSC-stored matrix (its rows are
+    scattered through the file), and files written before anndata 0.7 (no encoding metadata)."""
+    path = Path(spec.path)
+    name = path.name.lower()
+    if spec.path in BUNDLED or not name.endswith((".h5ad", ".zarr")) or not path.exists():
+        return None
+    try:
+        store = h5py.File(path, "r") if name.endswith(".h5ad") else _open_zarr(path)
+        rows = _rows(spec, store)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"dataset {spec.name}: cannot read {path}: {error}") from None
+    if rows is None and isinstance(store, h5py.File):
+        store.close()
+    return rows
+
+
+def _open_zarr(path: Path):
+    import zarr  # anndata's dependency: only for a .zarr query
+
+    return zarr.open_group(path, mode="r")
+
+
+def _rows(spec: Dataset, store) -> Rows | None:
+    from anndata.io import read_elem, sparse_dataset
+
+    if "encoding-type" not in store.attrs:
+        return None
+    layers = list(store["layers"]) if "layers" in store else []
+    if spec.use_raw:
+        if "raw" not in store:
+            raise _no_raw(spec)
+        matrix, var = store["raw/X"], store["raw/var"]
+    elif spec.layer is not None:
+        if spec.layer not in layers:
+            raise _no_layer(spec, layers)
+        matrix, var = store[f"layers/{spec.layer}"], store["var"]
+    elif "X" not in store:
+        raise _empty_x(spec, layers)
+    else:
+        matrix, var = store["X"], store["var"]
+    encoding = matrix.attrs.get("encoding-type")
+    if encoding not in ("csr_matrix", "array"):
+        return None
+    genes = pd.DataFrame(index=read_elem(var).index)  # var's other columns are not needed
+    with warnings.catch_warnings():  # duplicated ids are made unique, with a warning, later
+        warnings.filterwarnings("ignore", message=".*names are not unique")
+        cells = ad.AnnData(obs=read_elem(store["obs"]), var=genes)
+    return Rows(store, sparse_dataset(matrix) if encoding == "csr_matrix" else matrix, cells)
 
 
 def _read_loom(path: Path) -> ad.AnnData:
