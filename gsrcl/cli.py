@@ -223,7 +223,14 @@ def parser() -> argparse.ArgumentParser:
     reference_parser.add_argument("--seed", type=int, default=0)
     keep_candidates_option(reference_parser)
 
-    annotate_parser = commands.add_parser("annotate", help="label query cells with a model")
+    annotate_parser = commands.add_parser(
+        "annotate",
+        help="label query cells with a model",
+        description="Label query cells with a reference model: predictions.csv, query.h5ad (the "
+        "query with its labels) and umap.png in --out. An .h5ad or .zarr query is read a chunk "
+        "at a time; past 200 000 cells the results are compact: labels.h5ad holds the labels "
+        "and embedding without the expression, and the UMAP shows a random 50 000 cells.",
+    )
     annotate_parser.add_argument("--model", required=True, help="a folder written by `export`")
     annotate_parser.add_argument(
         "--query", required=True, help="cells to label (.h5ad, .loom, .zarr, .h5, CSV, ...)"
@@ -241,7 +248,12 @@ def parser() -> argparse.ArgumentParser:
     annotate_parser.add_argument(
         "--transpose", action="store_true", help="CSV/TSV with genes as rows"
     )
-    annotate_parser.add_argument("--chunk-size", type=int, default=2048, help="cells per chunk")
+    annotate_parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=2048,
+        help="cells labelled at a time; an .h5ad or .zarr query is read a chunk at a time too",
+    )
     annotate_parser.add_argument("--no-umap", action="store_true", help="skip the UMAP figure")
     return main
 

@@ -195,9 +195,12 @@ def umaps(
     return fig
 
 
-def query_umap(xy: np.ndarray, predicted: np.ndarray, types: list[str], unassigned: str) -> Figure:
+def query_umap(
+    xy: np.ndarray, predicted: np.ndarray, types: list[str], unassigned: str, of: int | None = None
+) -> Figure:
     """UMAP coordinates `xy` of annotated query cells (in the reference encoder's embedding),
-    coloured by the predicted type (unassigned in grey), with each type's count in the legend."""
+    coloured by the predicted type (unassigned in grey), with each type's count in the legend;
+    `of`: the query's cells, when these are a random sample of them (the title says so)."""
     colours = {**type_colours(types), unassigned: (0.75, 0.75, 0.75)}
     present = {t: c for t, c in colours.items() if (predicted == t).any()}
     fig, ax = _figure(figsize=(7.5, 5.5))
@@ -207,7 +210,10 @@ def query_umap(xy: np.ndarray, predicted: np.ndarray, types: list[str], unassign
     ax.legend(
         handles, counts, fontsize=7, markerscale=3, bbox_to_anchor=(1.02, 1), loc="upper left"
     )
-    ax.set_title(f"{len(predicted)} query cells, GsRCL embedding, by predicted type", fontsize=10)
+    cells = f"{len(predicted)} query cells"
+    if of is not None and of > len(predicted):
+        cells = f"a random {len(predicted)} of {of} query cells"
+    ax.set_title(f"{cells}, GsRCL embedding, by predicted type", fontsize=10)
     fig.tight_layout()
     return fig
 
