@@ -3,6 +3,7 @@ the whole query's messages, and past LARGE_QUERY cells compact results."""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -195,6 +196,18 @@ def test_a_layer_raw_or_zarr_query_is_read_in_chunks_with_the_same_messages(
     spied.clear()
     assert label(Query(str(tmp_path / "query.zarr"))).equals(reference)
     assert len(spied) == -(-query.n_obs // CHUNK)
+
+
+def test_a_csc_query_is_read_whole_and_said(model, tmp_path, caplog):
+    query = _query(copies=1)
+    query.X = query.X.tocsc()  # its rows are scattered through the file
+    query.write_h5ad(tmp_path / "csc.h5ad")
+    with caplog.at_level(logging.WARNING):
+        table = annotate_file(
+            model, Query(str(tmp_path / "csc.h5ad")), tmp_path / "out", umap=False, say=print
+        )
+    assert "stores its matrix by gene (CSC), so it is read whole" in caplog.text
+    assert len(table) == query.n_obs
 
 
 def test_a_sampled_umap_says_so_in_its_title():

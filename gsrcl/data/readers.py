@@ -163,6 +163,13 @@ def _rows(spec: Dataset, store) -> Rows | None:
     else:
         matrix, var = store["X"], store["var"]
     encoding = matrix.attrs.get("encoding-type")
+    if encoding == "csc_matrix":
+        log.warning(
+            "dataset %s: %s stores its matrix by gene (CSC), so it is read whole; stored by cell "
+            "(CSR: adata.X = adata.X.tocsr()) it is read a block of cells at a time",
+            spec.name,
+            spec.path,
+        )
     if encoding not in ("csr_matrix", "array"):
         return None
     genes = pd.DataFrame(index=read_elem(var).index)  # var's other columns are not needed
