@@ -228,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
         help="label query cells with a model",
         description="Label query cells with a reference model: predictions.csv, query.h5ad (the "
         "query with its labels) and umap.png in --out. An .h5ad or .zarr query is read a chunk "
-        "at a time; past 200 000 cells the results are compact: labels.h5ad holds the labels "
+        "at a time; past 100 000 cells the results are compact: labels.h5ad holds the labels "
         "and embedding without the expression, and the UMAP shows a random 50 000 cells.",
     )
     annotate_parser.add_argument("--model", required=True, help="a folder written by `export`")

@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 
 UNASSIGNED = "Unassigned"
 WARN_MISSING, REFUSE_MISSING = 0.5, 0.9  # shares of the reference's genes absent from the query
-# A query file of more cells gets compact results: a copy of a million cells' expression would
-# double the user's largest file on disk, and a UMAP of every cell takes hours on a laptop
-LARGE_QUERY = 200_000
+# A query file of more cells gets compact results: the copy of the query (read whole) and a UMAP
+# of every cell peak at 2.7 GB for 100 000 Baron Mouse cells (docs/annotate-scale.md) and grow
+# with the cells, and a copy of a million cells would double the user's largest file on disk
+LARGE_QUERY = 100_000
 UMAP_CELLS = 50_000  # the random sample a large query's UMAP shows
 
 
