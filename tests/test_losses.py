@@ -73,3 +73,42 @@ def test_loss_falls_when_views_agree():
     z = torch.tensor(rng.normal(size=(8, 4)))
     other = torch.tensor(rng.normal(size=(8, 4)))
     assert nt_xent(z, z, 0.5) < nt_xent(z, other, 0.5)
+
+
+def test_blockwise_losses_equal_the_whole_matrix(monkeypatch):
+    """Past FULL_MATRIX_VIEWS the losses are made in blocks of rows: same value and gradient."""
+    from gsrcl.model import losses
+
+    generator = torch.Generator().manual_seed(0)
+    z1, z2 = (torch.randn(37, 5, generator=generator, dtype=torch.float64) for _ in range(2))
+    labels = torch.randint(0, 3, (37,), generator=generator)
+
+    def value_and_gradient(loss):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        value = loss(a, b)
+        value.backward()
+        return value.item(), torch.cat([a.grad, b.grad])
+
+    for loss in (lambda a, b: nt_xent(a, b, 0.1), lambda a, b: supcon(a, b, labels, 0.1)):
+        whole = value_and_gradient(loss)
+        monkeypatch.setattr(losses, "FULL_MATRIX_VIEWS", 10)
+        monkeypatch.setattr(losses, "BLOCK_ROWS", 16)  # 74 views: blocks of 16, 16, 16, 16, 10
+        blocks = value_and_gradient(loss)
+        monkeypatch.undo()
+        assert math.isclose(blocks[0], whole[0], rel_tol=1e-12)
+        assert torch.allclose(blocks[1], whole[1], rtol=1e-10, atol=1e-13)
+
+
+def test_blockwise_loss_under_bf16_autocast(monkeypatch):
+    """The training step's bf16 autocast (CPU here, CUDA on a GPU) leaves the blocks in float32."""
+    from gsrcl.model import losses
+
+    monkeypatch.setattr(losses, "FULL_MATRIX_VIEWS", 10)
+    monkeypatch.setattr(losses, "BLOCK_ROWS", 8)
+    z1, z2 = (torch.randn(20, 4, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = nt_xent(a @ torch.eye(4), b @ torch.eye(4), 0.1)
+    value.backward()
+    expected = nt_xent(z1.double(), z2.double(), 0.1).item()
+    assert abs(value.item() - expected) < 0.05 and torch.isfinite(a.grad).all()

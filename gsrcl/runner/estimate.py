@@ -37,6 +37,7 @@ from gsrcl.data.splits import Folds
 from gsrcl.evaluate.classifiers import resolve_solver, uses_precomputed_kernel
 from gsrcl.evaluate.nystroem_svm import search_cells
 from gsrcl.model.encoder import ContrastiveModel
+from gsrcl.model.losses import similarity_bytes
 from gsrcl.model.train import overlap_validation, validation_epochs
 from gsrcl.runner.calibrate import (
     TIMING_CELLS,
@@ -236,6 +237,7 @@ def job_needs(
     model = _network(inputs, method)
     batch = min(shape.train, contrastive.batch_size)
     network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
+    network += similarity_bytes(2 * batch)
     kept = 4 * _snapshots(experiment, method, shape.tasks) * parameters(model.encoder)
     if gpu:
         on_host = data + kept + (0 if _device_solver(experiment.evaluation) else svm)
