@@ -2,6 +2,7 @@
 
     python3 bench/scale.py                          # 2k, 5k, 10k, 20k, 50k cells
     python3 bench/scale.py --sizes 100000 200000    # more sizes (the page keeps earlier ones)
+    python3 bench/scale.py --runs 50000:5 200000:2  # whole runs: CELLS:FOLDS
 
 Data: Baron Mouse (`../shared/data/baron_mouse.h5ad`, 1886 cells, 13 types, 2 mice) on its 2000
 genes of most counts, tiled to N cells, each copy's counts thinned (binomial, p = 0.8) so no two
@@ -18,8 +19,10 @@ Per size, each in a process of its own on both cores:
   apart) and peak resident memory (VmHWM, the reading included);
 - the growth exponent of each method's seconds and memory: the least-squares slope of their
   logarithms on the cells', from 10 000 cells up.
-Writes docs/scale.md and docs/scale.png; figures of each size are kept in
-results/scale-bench/results.json, so a later run with other sizes adds to the page.
+With `--runs`, the small config's whole run to its summary (`runner.py --force` with that
+many folds, as a user runs it): wall time and the peak memory of its process tree, workers
+included. Writes docs/scale.md and docs/scale.png; figures of each size and run are kept in
+results/scale-bench/results.json and runs.json, so a later run with others adds to the page.
 """
 
 from __future__ import annotations
@@ -115,21 +118,29 @@ def config_file(cells: int) -> Path:
     return path
 
 
-def timed_check(cells: int) -> dict:
-    """`runner.py --check` on the size's config: seconds and its process tree's peak."""
-    command = [sys.executable, "runner.py", "--config", str(config_file(cells)), "--check"]
+def runner_command(arguments: list[str], every: float) -> dict:
+    """`runner.py` with these arguments as a process of its own: its wall seconds, the peak of
+    its process tree (sampled every `every` seconds), the estimate it printed, its output."""
+    command = [sys.executable, "runner.py", *arguments]
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    with Sampler(lambda: tree_rss(process.pid), every=0.2) as rss:
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    with Sampler(lambda: tree_rss(process.pid), every=every) as rss:
         out, _ = process.communicate()
     if process.returncode != 0:
-        raise SystemExit(f"--check failed at {cells} cells:\n{out}")
+        raise SystemExit(f"{' '.join(arguments)} failed:\n{out[-3000:]}")
     found = re.search(r"estimate: the run takes ~(.*?) \(", out)
     return {
         "seconds": time.perf_counter() - start,
         "peak_gb": max(rss.samples, default=0) / 1e9,
         "estimate": found.group(1) if found else "",
     }
+
+
+def timed_check(cells: int) -> dict:
+    """`runner.py --check` on the size's config: seconds and its process tree's peak."""
+    return runner_command(["--config", str(config_file(cells)), "--check"], every=0.2)
 
 
 def one_job(cells: int, method: str) -> dict:
@@ -164,6 +175,16 @@ def timed_job(cells: int, method: str) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"the {method} job at {cells} cells failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def timed_run(cells: int, folds: int) -> dict:
+    """The small config's whole run on `cells` cells with `folds` folds, from scratch: wall
+    seconds and the peak of its process tree."""
+    make_dataset(cells)
+    arguments = ["--config", str(config_file(cells)), "--force", "--set", f"split.folds={folds}"]
+    arguments += ["--set", f"results_dir={FOLDER / 'whole-runs'}"]
+    figures = runner_command(arguments, every=1.0)
+    return {"cells": cells, "folds": folds, **figures, "load": os.getloadavg()[0]}
 
 
 def exponent(points: dict[int, float]) -> float | None:
@@ -211,7 +232,7 @@ def plot(results: dict[int, dict]) -> None:
     figure.savefig(PLOT, dpi=100)
 
 
-def page(results: dict[int, dict]) -> str:
+def page(results: dict[int, dict], runs: dict[str, dict]) -> str:
     sizes = sorted(results)
     lines = [
         "# How the cost grows with the cells",
@@ -243,13 +264,29 @@ def page(results: dict[int, dict]) -> str:
             found = exponent({c: results[c]["jobs"][method][key] for c in sizes})
             text = f"n^{found:.2f}" if found is not None else "needs two sizes ≥ 10 000"
             lines.append(f"- {method} job {what}: {text}")
+    if runs:
+        lines += [
+            "",
+            "Whole runs of the small config to their summary (`--runs`; the runner's own "
+            "workers and threads on both cores), against the issue's targets (50 000 cells, "
+            "5 folds: ≤ 45 min, ≤ 8 GB; 200 000 cells, 2 folds: within 24 GB):",
+            "",
+            "| cells | folds | wall | peak of the process tree | its estimate | load |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run in sorted(runs.values(), key=lambda r: (r["cells"], r["folds"])):
+            lines.append(
+                f"| {run['cells']:,} | {run['folds']} | {run['seconds'] / 60:.1f} min | "
+                f"{run['peak_gb']:.2f} GB | {run['estimate']} | {run['load']:.1f} |"
+            )
     lines += ["", f"![seconds and memory against cells]({PLOT.name})", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--sizes", type=int, nargs="+", help=f"default {SIZES} without --runs")
+    parser.add_argument("--runs", nargs="+", default=[], metavar="CELLS:FOLDS")
     parser.add_argument("--job", nargs=2, metavar=("CELLS", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -258,11 +295,19 @@ def main() -> None:
     store = FOLDER / "results.json"
     kept = json.loads(store.read_text()) if store.exists() else {}
     results = {int(cells): figures for cells, figures in kept.items()}
-    for cells in args.sizes:
+    for cells in args.sizes or ([] if args.runs else SIZES):
         print(f"{cells} cells ...", flush=True)
         results[cells] = measure(cells)
         store.write_text(json.dumps(results, indent=1))
-    PAGE.write_text(page(results))
+    run_store = FOLDER / "runs.json"
+    runs = json.loads(run_store.read_text()) if run_store.exists() else {}
+    for wanted in args.runs:
+        cells, folds = (int(part) for part in wanted.split(":"))
+        print(f"the whole run at {cells} cells, {folds} folds ...", flush=True)
+        runs[wanted] = timed_run(cells, folds)
+        print(f"  {runs[wanted]}", flush=True)
+        run_store.write_text(json.dumps(runs, indent=1))
+    PAGE.write_text(page(results, runs))
     plot(results)
     print(PAGE.read_text())
 
