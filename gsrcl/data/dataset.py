@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,7 +89,10 @@ def in_id_order(adata: ad.AnnData) -> ad.AnnData:
     order = np.argsort(adata.obs_names.to_numpy(dtype=str), kind="stable")
     if (order == np.arange(adata.n_obs)).all():
         return adata
-    return adata[order].copy()
+    x, adata.X = adata.X, None  # the matrix reordered once (a view's copy makes two)
+    ordered = adata[order].copy()
+    ordered.X, adata.X = x[order], x
+    return ordered
 
 
 def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
@@ -96,9 +100,9 @@ def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     adata.X = _as_float32(adata.X)
     values = _stored(adata.X)
     where = f"dataset {spec.name}: {spec.path}"
-    if not np.isfinite(values).all():
+    if not all(np.isfinite(block).all() for block in _value_blocks(values)):
         raise UserError(f"{where} holds NaN or infinite values; remove or impute them first")
-    if (values < 0).any():
+    if any((block < 0).any() for block in _value_blocks(values)):
         raise UserError(
             f"{where} holds negative values (scaled data?); give raw counts or log-normalised "
             "values (for pbmc68k_reduced, use_raw=True)"
@@ -132,7 +136,9 @@ def scale_mismatch(declared: str, x) -> str | None:
     """How values `x` contradict the declared scale ("counts" or "log"), or None if they fit."""
     values = _stored(x)
     largest = float(values.max(initial=0.0))
-    integer = bool(np.all(values == np.round(values)))
+    integer = all(  # a block at a time: np.round of all values would copy them
+        np.array_equal(block, np.round(block)) for block in _value_blocks(values)
+    )
     if declared == "counts" and not integer:
         return f"holds non-integer values (largest {largest:.3g}), not raw counts"
     if declared == "log" and integer and largest > LOG_MAX:
@@ -292,6 +298,12 @@ def _stored(x) -> np.ndarray:
     return x.data if sp.issparse(x) else x.ravel()
 
 
+def _value_blocks(values: np.ndarray, size: int = 1 << 22) -> Iterator[np.ndarray]:
+    """Consecutive blocks of at most `size` values (16 MB of float32)."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def _check_scale(spec: Dataset, x) -> None:
     mismatch = scale_mismatch(spec.values, x)
     if mismatch is not None:
@@ -303,8 +315,10 @@ def _check_scale(spec: Dataset, x) -> None:
 
 
 def _without_empty(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
-    cells = np.asarray((adata.X != 0).sum(axis=1)).ravel() > 0
-    genes = np.asarray((adata.X != 0).sum(axis=0)).ravel() > 0
+    # sums, not counts of nonzeros: the values are checked non-negative, and a sum makes no
+    # matrix-sized temporary (`X != 0` does: half again the matrix's memory at load)
+    cells = np.asarray(adata.X.sum(axis=1)).ravel() > 0
+    genes = np.asarray(adata.X.sum(axis=0)).ravel() > 0
     if cells.all() and genes.all():
         return adata
     if not cells.any():
