@@ -76,6 +76,12 @@ def spied(monkeypatch):
     return blocks
 
 
+def _annotated_file(model, tmp_path, say):
+    """tmp_path/query.h5ad labelled into tmp_path/out in chunks of CHUNK cells, no figure."""
+    query = Query(str(tmp_path / "query.h5ad"))
+    return annotate_file(model, query, tmp_path / "out", chunk_size=CHUNK, umap=False, say=say)
+
+
 @pytest.mark.parametrize("layout", ["csr", "dense"])
 def test_a_large_query_file_is_read_a_chunk_at_a_time_with_the_whole_querys_labels(
     model, tmp_path, monkeypatch, spied, layout
@@ -86,14 +92,7 @@ def test_a_large_query_file_is_read_a_chunk_at_a_time_with_the_whole_querys_labe
     query.write_h5ad(tmp_path / "query.h5ad")
     monkeypatch.setattr(annotation, "LARGE_QUERY", 1000)  # 2800 cells: compact results
     said = []
-    table = annotate_file(
-        model,
-        Query(str(tmp_path / "query.h5ad")),
-        tmp_path / "out",
-        chunk_size=CHUNK,
-        umap=False,
-        say=said.append,
-    )
+    table = _annotated_file(model, tmp_path, said.append)
     backed = {"csr": "_CSRDataset", "dense": "Dataset"}[layout]
     assert {kind for kind, _ in spied} == {backed}  # anndata's / h5py's on-disk matrix
     assert max(size for _, size in spied) == CHUNK and sum(s for _, s in spied) == query.n_obs
@@ -131,14 +130,7 @@ def test_the_notebook_api_streams_a_file_and_keeps_a_large_embedding_on_disk(
 def test_a_small_query_file_is_labelled_in_chunks_and_copied_whole(model, tmp_path):
     query = _query(copies=1)
     query.write_h5ad(tmp_path / "query.h5ad")
-    table = annotate_file(
-        model,
-        Query(str(tmp_path / "query.h5ad")),
-        tmp_path / "out",
-        chunk_size=CHUNK,
-        umap=False,
-        say=lambda _: None,
-    )
+    table = _annotated_file(model, tmp_path, lambda _: None)
     copy = ad.read_h5ad(tmp_path / "out" / "query.h5ad")  # the query with its labels, as before
     assert copy.n_vars == query.n_vars and copy.obsm["X_gsrcl"].shape == (query.n_obs, 32)
     assert (copy.obs["gsrcl_prediction"].astype(str) == table["predicted"].to_numpy()).all()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import torch
 
@@ -238,17 +239,24 @@ def _pr_figure(figs, done: DoneJobs, experiment, name: str, tasks: list[str], me
     figs.add(f"{name}-pr", fig, f"{name}: precision-recall per cell type (test folds pooled)")
 
 
+# the report's UMAPs show at most this many cells (at 50 000 tiled cells a UMAP took minutes)
+UMAP_CELLS = 10_000
+
+
 def _umap_figure(
     figs, done: DoneJobs, experiment: Experiment, adata: ad.AnnData, spec, tasks, colours
 ) -> None:
-    """UMAPs of all cells: log-expression, and the embedding of the encoder export takes for the
-    first scored type (the first method's fold whose checkpoint scored best on validation): the
-    one `keep_encoders` keeps, under either setting."""
+    """UMAPs of the cells (a random UMAP_CELLS of more): log-expression, and the embedding of
+    the encoder export takes for the first scored type (the first method's fold whose checkpoint
+    scored best on validation): the one `keep_encoders` keeps, under either setting."""
     found = [(m, done.kept_encoder(spec.name, m.name, tasks[0])) for m in experiment.methods]
     found = [(m, kept) for m, kept in found if kept is not None]
     if not found:
         return
     method, (fold, path) = found[0]
+    cells = adata.n_obs
+    if cells > UMAP_CELLS:  # a UMAP's layout grows faster than the cells: a random sample
+        adata = adata[np.sort(np.random.default_rng(0).choice(cells, UMAP_CELLS, replace=False))]
     encoder, saved = load_encoder(path)
     x, missing = saved.input.prepare(adata)
     if missing:
@@ -260,11 +268,12 @@ def _umap_figure(
     expression = log_expression(adata, spec.values)
     labels = adata.obs[LABEL].to_numpy(dtype=str)
     fig = figures.umaps(expression, embedding, labels, f"{method.name} embedding", colours)
+    shown = f"; a random {adata.n_obs} of its {cells} cells" if adata.n_obs < cells else ""
     figs.add(
         f"{spec.name}-umap",
         fig,
         f"{spec.name}: UMAP of the log-expression and of the {method.name} embedding "
-        f"(fold {fold}, encoder chosen for {tasks[0]}, the one export takes)",
+        f"(fold {fold}, encoder chosen for {tasks[0]}, the one export takes{shown})",
     )
 
 

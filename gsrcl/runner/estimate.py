@@ -487,14 +487,16 @@ def plan(
 
 
 def report_seconds(experiment: Experiment, shapes: dict[str, Shape], start: float) -> float:
-    """The report after the jobs: its figures and two UMAPs of each dataset's cells (the first
-    of this process paying numba's), in units of `start` (a worker's start here, UMAP_FIRST)."""
+    """The report after the jobs: its figures and two UMAPs of each dataset's cells (at most
+    UMAP_CELLS of them; the first of this process paying numba's), in units of `start` (a
+    worker's start here, UMAP_FIRST)."""
     from gsrcl.report.figures import umap_compiled  # umap-learn: only where a report is made
+    from gsrcl.report.page import UMAP_CELLS
 
     methods = len(experiment.methods)
     seconds = UMAP_FIRST if methods and not umap_compiled() else 0.0
     for shape in shapes.values():
-        umaps = 2 * UMAP_PER_CELL * shape.cells if methods else 0.0
+        umaps = 2 * UMAP_PER_CELL * min(shape.cells, UMAP_CELLS) if methods else 0.0
         seconds += umaps + (3 + methods) * FIGURE
     return seconds * start
 
