@@ -1,6 +1,7 @@
 import re
 import shutil
 
+from gsrcl.report import page
 from gsrcl.runner.pipeline import report_only, run_experiment
 from tests.conftest import tiny_experiment
 
@@ -58,7 +59,7 @@ def test_a_figure_that_cannot_be_drawn_is_a_note_on_the_page_not_a_failure(tmp_p
     assert not caplog.records  # no failure line
 
 
-def test_the_umap_comes_from_the_kept_encoder_when_fold_0s_was_pruned(tmp_path):
+def test_the_umap_comes_from_the_kept_encoder_when_fold_0s_was_pruned(tmp_path, monkeypatch):
     """keep_encoders="chosen" removes fold 0's encoder when another fold's checkpoint scored
     better on validation: the UMAP is drawn from the encoder kept (the one export takes), and
     under "all" from that same fold."""
@@ -99,3 +100,7 @@ def test_the_umap_comes_from_the_kept_encoder_when_fold_0s_was_pruned(tmp_path):
     retention.prune(chosen, run, job.dataset, method)
     assert not fold0.encoder_path(task).exists() and task in fold0.pruned_tasks()
     assert umap_fold(chosen) != "0"
+    # a larger dataset's UMAPs show a random sample of its cells, and say so
+    monkeypatch.setattr(page, "UMAP_CELLS", 100)
+    umap_fold(chosen)
+    assert "; a random 100 of its 700 cells)" in (run.path / "report.html").read_text()
