@@ -142,6 +142,14 @@ def _scorable(positive: np.ndarray, folds: Folds, n_folds: int) -> tuple[bool, s
     return True, ""
 
 
+def random_rows(cells: int, most: int) -> np.ndarray:
+    """Every row of `cells`, or past `most` a random `most` of them (seed 0), sorted: what a
+    figure of at most `most` cells shows."""
+    if cells <= most:
+        return np.arange(cells)
+    return np.sort(np.random.default_rng(0).choice(cells, most, replace=False))
+
+
 def stratified_sample(
     rows: np.ndarray, labels: np.ndarray, share: float, rng: np.random.Generator, floor: int = 3
 ) -> np.ndarray:

@@ -25,9 +25,14 @@ def similarity_bytes(views: int) -> int:
     return 4 * 4 * rows * views
 
 
+def _unit_views(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """Both views' rows, stacked (2N), scaled to unit length: their dot products are cosines."""
+    return F.normalize(torch.cat([z1, z2]), dim=1)
+
+
 def _log_softmax_without_self(z1: torch.Tensor, z2: torch.Tensor, temperature: float):
     """Cosine similarities / temperature over all 2N views, each row excluding itself."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    z = _unit_views(z1, z2)
     logits = z @ z.T / temperature
     self_pairs = torch.eye(len(z), dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(self_pairs, float("-inf"))
@@ -38,7 +43,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     """SimCLR's NT-Xent: each view's positive is the other view of the same cell."""
     n = len(z1)
     if 2 * n > FULL_MATRIX_VIEWS:
-        z = F.normalize(torch.cat([z1, z2]), dim=1)
+        z = _unit_views(z1, z2)
         partner = z.roll(n, dims=0)  # view i's other view: i ± n
         return (_log_partitions(z, temperature) - (z * partner).sum(1) / temperature).mean()
     log_prob, _ = _log_softmax_without_self(z1, z2, temperature)
@@ -51,7 +56,7 @@ def supcon(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, temperature
     other views with its label; the loss averages -log p over them, then over views."""
     both = torch.cat([labels, labels])
     if len(both) > FULL_MATRIX_VIEWS:
-        z = F.normalize(torch.cat([z1, z2]), dim=1)
+        z = _unit_views(z1, z2)
         _, classes = torch.unique(both, return_inverse=True)
         sums = torch.zeros(int(classes.max()) + 1, z.shape[1], dtype=z.dtype, device=z.device)
         sums = sums.index_add(0, classes, z)  # each class's views summed

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from gsrcl.config.settings import Dataset
 from gsrcl.data import dataset as data
 from gsrcl.data.readers import BUNDLED, read_matrix, read_rows, select_matrix
+from gsrcl.data.splits import random_rows
 from gsrcl.errors import UserError
 from gsrcl.files import atomic_write, write_csv
 from gsrcl.reference import model as reference
@@ -88,10 +89,7 @@ class Annotation:
 
     def umap_cells(self) -> np.ndarray:
         """The rows the UMAP shows: every cell, or for a large query a random UMAP_CELLS."""
-        n = self.query.n_obs
-        if not self.large:
-            return np.arange(n)
-        return np.sort(np.random.default_rng(0).choice(n, min(n, UMAP_CELLS), replace=False))
+        return random_rows(self.query.n_obs, UMAP_CELLS if self.large else self.query.n_obs)
 
     def umap_coordinates(self) -> np.ndarray:
         """UMAP of the embedding of `umap_cells()`, one row each."""

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 import torch
 
 from gsrcl.config.settings import Experiment
 from gsrcl.data.dataset import LABEL, DatasetCache, log_expression
+from gsrcl.data.splits import random_rows
 from gsrcl.model.checkpoints import load_encoder
 from gsrcl.report import figures
 from gsrcl.runner import jobs, retention
@@ -256,7 +256,7 @@ def _umap_figure(
     method, (fold, path) = found[0]
     cells = adata.n_obs
     if cells > UMAP_CELLS:  # a UMAP's layout grows faster than the cells: a random sample
-        adata = adata[np.sort(np.random.default_rng(0).choice(cells, UMAP_CELLS, replace=False))]
+        adata = adata[random_rows(cells, UMAP_CELLS)]
     encoder, saved = load_encoder(path)
     x, missing = saved.input.prepare(adata)
     if missing:
