@@ -3,6 +3,7 @@
     python3 bench/scale.py                          # 2k, 5k, 10k, 20k, 50k cells
     python3 bench/scale.py --sizes 100000 200000    # more sizes (the page keeps earlier ones)
     python3 bench/scale.py --runs 50000:5 200000:2  # whole runs: CELLS:FOLDS
+    python3 bench/scale.py --checks 200000          # `--check` alone at these sizes
 
 Data: Baron Mouse (`../shared/data/baron_mouse.h5ad`, 1886 cells, 13 types, 2 mice) on its 2000
 genes of most counts, tiled to N cells, each copy's counts thinned (binomial, p = 0.8) so no two
@@ -140,7 +141,8 @@ def runner_command(arguments: list[str], every: float) -> dict:
 
 def timed_check(cells: int) -> dict:
     """`runner.py --check` on the size's config: seconds and its process tree's peak."""
-    return runner_command(["--config", str(config_file(cells)), "--check"], every=0.2)
+    figures = runner_command(["--config", str(config_file(cells)), "--check"], every=0.2)
+    return {**figures, "load": os.getloadavg()[0]}
 
 
 def one_job(cells: int, method: str) -> dict:
@@ -214,13 +216,12 @@ def plot(results: dict[int, dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = sorted(results)
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    for method in ("baseline", "simclr-noise"):
-        time_axis.plot(sizes, [results[c]["jobs"][method]["seconds"] for c in sizes], "o-")
-        memory_axis.plot(sizes, [results[c]["jobs"][method]["peak_gb"] for c in sizes], "o-")
-    time_axis.plot(sizes, [results[c]["check"]["seconds"] for c in sizes], "s--")
-    memory_axis.plot(sizes, [results[c]["check"]["peak_gb"] for c in sizes], "s--")
+    for method in ("baseline", "simclr-noise", None):
+        line = "s--" if method is None else "o-"
+        for axis, key in ((time_axis, "seconds"), (memory_axis, "peak_gb")):
+            points = sorted(_figures(results, method, key).items())
+            axis.plot([c for c, _ in points], [v for _, v in points], line)
     for axis, what in ((time_axis, "seconds"), (memory_axis, "peak resident GB")):
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -230,6 +231,40 @@ def plot(results: dict[int, dict]) -> None:
     figure.suptitle("One fold's job and --check against the cells (2 CPU cores)")
     figure.tight_layout()
     figure.savefig(PLOT, dpi=100)
+
+
+def _figures(results: dict[int, dict], method: str | None, key: str) -> dict[int, float]:
+    """A figure of each size measured: `method`'s job's, or (None) `--check`'s."""
+    found = {}
+    for cells, r in results.items():
+        part = r.get("check") if method is None else r.get("jobs", {}).get(method)
+        if part:
+            found[cells] = part[key]
+    return found
+
+
+def _row(cells: int, r: dict) -> str:
+    jobs, check = r.get("jobs"), r.get("check")
+    cols = ["—"] * 5
+    if jobs:
+        base, simclr = jobs["baseline"], jobs["simclr-noise"]
+        cols = [
+            f"{base['seconds']:.0f} s",
+            f"{base['peak_gb']:.2f} GB",
+            f"{simclr['seconds']:.0f} s",
+            f"{simclr['peak_gb']:.2f} GB",
+            f"{base['read']:.0f} s",
+        ]
+        cols.append("; ".join(base["fitted"]))
+    else:
+        cols.append("—")
+    if check:
+        cols += [f"{check['seconds']:.0f} s", f"{check['peak_gb']:.2f} GB", check["estimate"]]
+    else:
+        cols += ["—"] * 3
+    load = r.get("load", (check or {}).get("load"))
+    cols.append(f"{load:.1f}" if load is not None else "—")
+    return f"| {cells:,} | " + " | ".join(cols) + " |"
 
 
 def page(results: dict[int, dict], runs: dict[str, dict]) -> str:
@@ -249,19 +284,11 @@ def page(results: dict[int, dict], runs: dict[str, dict]) -> str:
         "--check | its peak | its estimate of the run | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for c in sizes:
-        r = results[c]
-        base, simclr = r["jobs"]["baseline"], r["jobs"]["simclr-noise"]
-        lines.append(
-            f"| {c:,} | {base['seconds']:.0f} s | {base['peak_gb']:.2f} GB | "
-            f"{simclr['seconds']:.0f} s | {simclr['peak_gb']:.2f} GB | {base['read']:.0f} s | "
-            f"{'; '.join(base['fitted'])} | {r['check']['seconds']:.0f} s | "
-            f"{r['check']['peak_gb']:.2f} GB | {r['check']['estimate']} | {r['load']:.1f} |"
-        )
+    lines += [_row(c, results[c]) for c in sizes]
     lines += ["", "Growth exponents from 10 000 cells (slope of log-log, least squares):", ""]
     for method in ("baseline", "simclr-noise"):
         for what, key in (("seconds", "seconds"), ("memory", "peak_gb")):
-            found = exponent({c: results[c]["jobs"][method][key] for c in sizes})
+            found = exponent(_figures(results, method, key))
             text = f"n^{found:.2f}" if found is not None else "needs two sizes ≥ 10 000"
             lines.append(f"- {method} job {what}: {text}")
     if runs:
@@ -287,6 +314,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", help=f"default {SIZES} without --runs")
     parser.add_argument("--runs", nargs="+", default=[], metavar="CELLS:FOLDS")
+    parser.add_argument("--checks", type=int, nargs="+", default=[], help="--check alone")
     parser.add_argument("--job", nargs=2, metavar=("CELLS", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
@@ -295,9 +323,14 @@ def main() -> None:
     store = FOLDER / "results.json"
     kept = json.loads(store.read_text()) if store.exists() else {}
     results = {int(cells): figures for cells, figures in kept.items()}
-    for cells in args.sizes or ([] if args.runs else SIZES):
+    for cells in args.sizes or ([] if args.runs or args.checks else SIZES):
         print(f"{cells} cells ...", flush=True)
         results[cells] = measure(cells)
+        store.write_text(json.dumps(results, indent=1))
+    for cells in args.checks:
+        make_dataset(cells)
+        results.setdefault(cells, {})["check"] = timed_check(cells)
+        print(f"  {cells} cells, --check: {results[cells]['check']}", flush=True)
         store.write_text(json.dumps(results, indent=1))
     run_store = FOLDER / "runs.json"
     runs = json.loads(run_store.read_text()) if run_store.exists() else {}

@@ -17,7 +17,7 @@ import glob
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anndata as ad
@@ -47,21 +47,31 @@ def load_dataset(spec: Dataset) -> ad.AnnData:
     labels = _labels(spec, adata)
     if entry is not None:
         _check_paper_tasks(spec, labels, download.files(entry).tasks)
-    if spec.batch is not None:
-        adata.obs[BATCH] = _batches(spec, adata)
-    adata.obs[LABEL] = labels
-    unlabelled = adata.obs[LABEL].isna().to_numpy()
-    if unlabelled.all():
-        raise UserError(f"dataset {spec.name}: no cell has a label; check `labels`/`labels_file`")
-    if unlabelled.any():
-        log.warning("dataset %s: dropped %d cells without a label", spec.name, unlabelled.sum())
-        adata = adata[~unlabelled].copy()
+    adata, _ = labelled(spec, adata, labels)
     adata = checked_values(spec, adata)
-    _check_scale(spec, adata.X)
+    check_scale(spec, Scale.of(adata.X))
     adata = _without_empty(spec, adata)
     if entry is not None:
         _compare_with_registry(spec, entry, adata)
     return in_id_order(adata)
+
+
+def labelled(
+    spec: Dataset, adata: ad.AnnData, labels: pd.Series | None = None
+) -> tuple[ad.AnnData, np.ndarray]:
+    """The cells with a label, in obs[LABEL] (and obs[BATCH]), and which of `adata`'s they are.
+    `labels`: the spec's labels when already read."""
+    labels = _labels(spec, adata) if labels is None else labels
+    if spec.batch is not None:
+        adata.obs[BATCH] = _batches(spec, adata)
+    adata.obs[LABEL] = labels
+    kept = adata.obs[LABEL].notna().to_numpy()
+    if not kept.any():
+        raise UserError(f"dataset {spec.name}: no cell has a label; check `labels`/`labels_file`")
+    if not kept.all():
+        log.warning("dataset %s: dropped %d cells without a label", spec.name, (~kept).sum())
+        adata = adata[kept].copy()
+    return adata, kept
 
 
 class DatasetCache:
@@ -78,15 +88,22 @@ class DatasetCache:
             if len(self._datasets) >= self.size:
                 self._datasets.pop(next(iter(self._datasets)))  # the oldest goes
             start = time.perf_counter()
-            self._datasets[spec] = load_dataset(spec)
+            self._datasets[spec] = self._read(spec)
             self.seconds.setdefault(spec.name, time.perf_counter() - start)
         return self._datasets[spec]
+
+    def _read(self, spec: Dataset) -> ad.AnnData:
+        return load_dataset(spec)
+
+    def with_values(self, spec: Dataset, cells: ad.AnnData) -> ad.AnnData:
+        """`cells`, some of `get(spec)`'s, with their values (here they have them already)."""
+        return cells
 
 
 def in_id_order(adata: ad.AnnData) -> ad.AnnData:
     """The cells sorted by id: every split, shuffle and training batch is drawn from this order,
     so the same cells stored in another row order give identical results."""
-    order = np.argsort(adata.obs_names.to_numpy(dtype=str), kind="stable")
+    order = id_order(adata.obs_names)
     if (order == np.arange(adata.n_obs)).all():
         return adata
     x, adata.X = adata.X, None  # the matrix reordered once (a view's copy makes two)
@@ -95,10 +112,21 @@ def in_id_order(adata: ad.AnnData) -> ad.AnnData:
     return ordered
 
 
+def id_order(names: pd.Index) -> np.ndarray:
+    """The positions of cell ids `names` sorted (stable)."""
+    return np.argsort(names.to_numpy(dtype=str), kind="stable")
+
+
 def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     adata = unique_names(spec, adata)
-    adata.X = _as_float32(adata.X)
-    values = _stored(adata.X)
+    adata.X = as_float32(adata.X)
+    check_values(spec, adata.X)
+    return adata
+
+
+def check_values(spec: Dataset, x) -> None:
+    """Float32 values (dense or sparse) are refused when NaN, infinite or negative."""
+    values = _stored(x)
     where = f"dataset {spec.name}: {spec.path}"
     if not all(np.isfinite(block).all() for block in _value_blocks(values)):
         raise UserError(f"{where} holds NaN or infinite values; remove or impute them first")
@@ -107,7 +135,6 @@ def checked_values(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
             f"{where} holds negative values (scaled data?); give raw counts or log-normalised "
             "values (for pbmc68k_reduced, use_raw=True)"
         )
-    return adata
 
 
 def unique_names(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
@@ -134,16 +161,37 @@ def unique_names(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
 
 def scale_mismatch(declared: str, x) -> str | None:
     """How values `x` contradict the declared scale ("counts" or "log"), or None if they fit."""
-    values = _stored(x)
-    largest = float(values.max(initial=0.0))
-    integer = all(  # a block at a time: np.round of all values would copy them
-        np.array_equal(block, np.round(block)) for block in _value_blocks(values)
-    )
-    if declared == "counts" and not integer:
-        return f"holds non-integer values (largest {largest:.3g}), not raw counts"
-    if declared == "log" and integer and largest > LOG_MAX:
-        return f"holds integers up to {largest:.0f}, which look like raw counts, not log values"
-    return None
+    return Scale.of(x).mismatch(declared)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What the declared scale is judged by: the largest value, and whether all are integers."""
+
+    largest: float = 0.0
+    integer: bool = True
+
+    @classmethod
+    def of(cls, x) -> Scale:
+        values = _stored(x)
+        integer = all(  # a block at a time: np.round of all values would copy them
+            np.array_equal(block, np.round(block)) for block in _value_blocks(values)
+        )
+        return cls(float(values.max(initial=0.0)), integer)
+
+    def __add__(self, other: Scale) -> Scale:
+        """The scale of two blocks of values together."""
+        return Scale(max(self.largest, other.largest), self.integer and other.integer)
+
+    def mismatch(self, declared: str) -> str | None:
+        if declared == "counts" and not self.integer:
+            return f"holds non-integer values (largest {self.largest:.3g}), not raw counts"
+        if declared == "log" and self.integer and self.largest > LOG_MAX:
+            return (
+                f"holds integers up to {self.largest:.0f}, which look like raw counts, not log "
+                "values"
+            )
+        return None
 
 
 # ---- labels ----
@@ -288,7 +336,7 @@ def _existing(spec: Dataset, name: str) -> Path:
 # ---- values ----
 
 
-def _as_float32(x) -> np.ndarray | sp.csr_matrix:
+def as_float32(x) -> np.ndarray | sp.csr_matrix:
     if sp.issparse(x):
         return sp.csr_matrix(x, dtype=np.float32)
     return np.asarray(x, dtype=np.float32)
@@ -304,8 +352,8 @@ def _value_blocks(values: np.ndarray, size: int = 1 << 22) -> Iterator[np.ndarra
         yield values[start : start + size]
 
 
-def _check_scale(spec: Dataset, x) -> None:
-    mismatch = scale_mismatch(spec.values, x)
+def check_scale(spec: Dataset, scale: Scale) -> None:
+    mismatch = scale.mismatch(spec.values)
     if mismatch is not None:
         other = "log" if spec.values == "counts" else "counts"
         raise UserError(
@@ -319,12 +367,20 @@ def _without_empty(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
     # matrix-sized temporary (`X != 0` does: half again the matrix's memory at load)
     cells = np.asarray(adata.X.sum(axis=1)).ravel() > 0
     genes = np.asarray(adata.X.sum(axis=0)).ravel() > 0
-    if cells.all() and genes.all():
+    if not check_empty(spec, cells, genes):
         return adata
+    return adata[cells][:, genes].copy()
+
+
+def check_empty(spec: Dataset, cells: np.ndarray, genes: np.ndarray) -> bool:
+    """Whether some cells or genes (`cells`, `genes`: which have a count) are to be removed,
+    said with a warning; no count at all is an error."""
+    if cells.all() and genes.all():
+        return False
     if not cells.any():
         raise UserError(
-            f"dataset {spec.name}: every value of {spec.path} is 0 ({adata.n_obs} cells × "
-            f"{adata.n_vars} genes): it holds no expression; choose the matrix that does "
+            f"dataset {spec.name}: every value of {spec.path} is 0 ({len(cells)} cells × "
+            f"{len(genes)} genes): it holds no expression; choose the matrix that does "
             "(layer or use_raw)"
         )
     log.warning(
@@ -333,7 +389,7 @@ def _without_empty(spec: Dataset, adata: ad.AnnData) -> ad.AnnData:
         (~cells).sum(),
         (~genes).sum(),
     )
-    return adata[cells][:, genes].copy()
+    return True
 
 
 def log_expression(adata: ad.AnnData, values: str) -> np.ndarray:

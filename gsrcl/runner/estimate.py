@@ -465,7 +465,8 @@ def plan(
         spec = next(d for d in experiment.datasets if d.name == name)
         first = fold_data(cache.get(spec), spec, folds[name], 0)
         shapes[name] = _shape(first)
-        first_folds[name] = sample_of(first, TIMING_CELLS, TIMING_TASKS, experiment.seed)
+        sample = sample_of(first, TIMING_CELLS, TIMING_TASKS, experiment.seed)
+        first_folds[name] = replace(sample, adata=cache.with_values(spec, sample.adata))
     timings = _timings(experiment, todo, first_folds, shapes, machine, threads, log)
     running = min(len(todo), max(1, machine.cores // threads))
     # a one-thread timing's share of its core is unambiguous: others' load, not parallelism

@@ -15,6 +15,7 @@ from gsrcl.config.settings import Dataset, Experiment
 from gsrcl.data import collection, download, splits
 from gsrcl.data.collection import Entry
 from gsrcl.data.dataset import LABEL, DatasetCache
+from gsrcl.data.survey import SurveyCache
 from gsrcl.errors import UserError
 from gsrcl.evaluate.classifiers import estimator_for, resolve_solver
 from gsrcl.reference.export import export_model
@@ -115,7 +116,7 @@ def check(experiment: Experiment, log: Callable[[str], None] = print) -> int:
     not downloaded yet is planned from its recorded shape, and nothing is downloaded."""
     check_executor(experiment)
     check_classifiers(experiment)
-    datasets = DatasetCache()
+    datasets = SurveyCache()  # a large dataset's matrix is never held whole here
     failed = 0
     folds: dict[str, splits.Folds] = {}
     unread: dict[str, Entry] = {}
