@@ -110,3 +110,15 @@ def test_check_plans_a_large_dataset_without_reading_its_matrix(tmp_path, monkey
     assert plan and plan == [line for line in surveyed if line in plan]
     assert "700 cells × 765 genes" in "\n".join(surveyed)
     assert any("jobs of ~" in line for line in surveyed)
+
+
+def test_a_survey_cache_gives_values_to_the_cells_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(survey, "SURVEY_CELLS", 10)
+    x = np.random.default_rng(1).poisson(2.0, size=(40, 20)).astype(np.float32)
+    spec = _file(tmp_path, sp.csr_matrix(x), ["a", "b"] * 20)
+    cache = survey.SurveyCache()
+    cells = cache.get(spec)
+    assert cells.X is None and cells.n_obs == 40
+    sample = cache.with_values(spec, cells[[3, 17, 30]])  # a view, as the report's sample is
+    assert np.array_equal(sample.X.toarray(), load_dataset(spec)[[3, 17, 30]].X.toarray())
+    assert dataset.DatasetCache().with_values(spec, cells) is cells

@@ -75,6 +75,7 @@ class SurveyCache(DatasetCache):
 
     def with_values(self, spec: Dataset, cells: ad.AnnData) -> ad.AnnData:
         if cells.X is None:
+            cells = cells.copy() if cells.is_view else cells
             cells.X = self.surveys[spec].values(cells.obs_names)
         return cells
 

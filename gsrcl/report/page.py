@@ -10,7 +10,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 import torch
 
@@ -186,11 +185,12 @@ def dataset_figures(
     figs: FigureSet,
     done: DoneJobs,
     experiment: Experiment,
-    adata: ad.AnnData,
+    datasets: DatasetCache,
     spec,
     summary: pd.DataFrame,
 ) -> None:
     name, methods = spec.name, experiment.method_names
+    adata = datasets.get(spec)  # a surveyed dataset's cells hold no values (`with_values`)
     part = summary[summary["dataset"] == name]
     tasks = list(dict.fromkeys(part.loc[part["method"] != "", "task"]))
     if not tasks:
@@ -210,7 +210,7 @@ def dataset_figures(
     )
     figs.attempt(
         f"{name}: the UMAPs",
-        lambda: _umap_figure(figs, done, experiment, adata, spec, tasks, colours),
+        lambda: _umap_figure(figs, done, experiment, datasets, spec, tasks, colours),
     )
 
 
@@ -244,7 +244,7 @@ UMAP_CELLS = 10_000
 
 
 def _umap_figure(
-    figs, done: DoneJobs, experiment: Experiment, adata: ad.AnnData, spec, tasks, colours
+    figs, done: DoneJobs, experiment: Experiment, datasets: DatasetCache, spec, tasks, colours
 ) -> None:
     """UMAPs of the cells (a random UMAP_CELLS of more): log-expression, and the embedding of
     the encoder export takes for the first scored type (the first method's fold whose checkpoint
@@ -254,9 +254,10 @@ def _umap_figure(
     if not found:
         return
     method, (fold, path) = found[0]
+    adata = datasets.get(spec)
     cells = adata.n_obs
-    if cells > UMAP_CELLS:  # a UMAP's layout grows faster than the cells: a random sample
-        adata = adata[random_rows(cells, UMAP_CELLS)]
+    # a UMAP's layout grows faster than the cells: a random sample of a large dataset
+    adata = datasets.with_values(spec, adata[random_rows(cells, UMAP_CELLS)])
     encoder, saved = load_encoder(path)
     x, missing = saved.input.prepare(adata)
     if missing:
@@ -291,9 +292,7 @@ def build(experiment: Experiment, run: RunFolder, done: set[Job], datasets: Data
     for spec in experiment.datasets:
         figs.attempt(
             f"{spec.name}: the figures",
-            lambda s=spec: dataset_figures(
-                figs, jobs_done, experiment, datasets.get(s), s, summary
-            ),
+            lambda s=spec: dataset_figures(figs, jobs_done, experiment, datasets, s, summary),
         )
     page = _page(experiment, run, summary, methods, figs.html)
     return run.write_page("report.html", page)

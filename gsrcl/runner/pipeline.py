@@ -234,7 +234,7 @@ def execute_experiment(
         states = retention.job_states(experiment, run, planned)
         if mode == "failed":
             _refuse_stale(run, states, "--rerun-failed reruns failed jobs of the same config")
-        datasets = DatasetCache()
+        datasets = SurveyCache()  # the jobs' workers read the datasets; the report a sample
         ready = prepare(experiment, run, datasets, log)
         planned = [job for job in planned if job.dataset in ready]
         todo = [job for job in planned if _selected(states[job], mode, job, log)]
@@ -460,7 +460,7 @@ def report_only(experiment: Experiment, log: Callable[[str], None] = print) -> i
                 log(f"warning: {job.id} is corrupt ({state.reason}); left out; rerun to redo it")
         write_manifest(run, planned, states, [])
         write_summary(experiment, run, states)
-        log(f"report: {report.build(experiment, run, _done(states), DatasetCache())}")
+        log(f"report: {report.build(experiment, run, _done(states), SurveyCache())}")
     return 0
 
 
