@@ -156,10 +156,10 @@ def _contrastive(
     scoring: float | None,
 ) -> Timing:
     start = time.perf_counter()  # a job's setup: features, network and scorer made ready
-    x = torch.as_tensor(jobs.method_features(fold, method).transform(fold.adata), device=device)
+    x = jobs.fold_tensors(fold, jobs.method_features(fold, method), device)
     seed = experiment.seed
     generator = torch.Generator(device=device).manual_seed(seed)
-    model = jobs.contrastive_model(experiment, method, x, fold)
+    model = jobs.contrastive_model(experiment, method, x.train, fold)
     scorer = jobs.validation_scorer(experiment, fold, x, fold.tasks, seed, workers)
     setup = time.perf_counter() - start
     start = time.perf_counter()
@@ -169,14 +169,14 @@ def _contrastive(
         scorer.score(*embedded)
         scoring = time.perf_counter() - start - embed
     step = embed + scoring
-    labels = jobs.supcon_labels(method, fold, fold.tasks[0], x.device)
+    labels = jobs.supcon_labels(method, fold, fold.tasks[0], x.train.device)
     settings = replace(
         experiment.contrastive, overlap_validation="off", validate_every=CALIBRATION_EPOCHS
     )
     no_tasks = jobs.validation_scorer(experiment, fold, x, [], seed, workers)
     augment = augmentation(method, generator)
     result = train.train(
-        model, x[fold.train], augment, settings, CALIBRATION_EPOCHS, no_tasks, generator, labels
+        model, x.train, augment, settings, CALIBRATION_EPOCHS, no_tasks, generator, labels
     )
     epoch = result.seconds["training"] / CALIBRATION_EPOCHS
     return Timing(epoch=epoch, step=step, embed=embed, setup=setup)
