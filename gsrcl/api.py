@@ -55,6 +55,7 @@ def build_reference(
     folds: int = 5,
     seed: int = 0,
     batch: str | None = None,
+    steps: int | None = None,
     log: Callable[[str], None] = print,
     keep_candidates: bool = False,
 ) -> ReferenceModel:
@@ -64,7 +65,9 @@ def build_reference(
     run's results stay in `results_dir` (a rerun resumes). `batch`: the obs column of each
     cell's batch (donor, sample); the Unassigned rule and "best" are then judged on each batch
     predicted without it, as a new batch will be. `keep_candidates`: with "best", every other
-    method's model is written too, as `<out>-<method>`."""
+    method's model is written too, as `<out>-<method>`. `steps`: SimCLR's budget of batches
+    (default `epochs`: a dataset of one batch trains its epochs, a larger one as many whole
+    epochs as fit)."""
     dataset = Dataset(
         name=Path(data).name.split(".")[0],
         path=str(data),
@@ -74,7 +77,7 @@ def build_reference(
     )
     check_replaceable(Path(out))  # before the run, not after it
     export = Export(after_run=True, method=method, out=str(out), keep_candidates=keep_candidates)
-    experiment = cpu_reference(dataset, str(results_dir), epochs, folds, seed, export)
+    experiment = cpu_reference(dataset, str(results_dir), epochs, folds, seed, export, steps)
     result = execute_experiment(experiment, "resume", log)
     if result.status != 0:
         raise UserError(f"the reference was not made; see the errors above and {result.folder}")

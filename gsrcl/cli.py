@@ -111,6 +111,7 @@ def reference(args: argparse.Namespace) -> int:
         method=args.method,
         results_dir=args.results,
         epochs=args.epochs,
+        steps=args.steps,
         folds=args.folds,
         seed=args.seed,
         batch=args.batch,
@@ -219,6 +220,12 @@ def parser() -> argparse.ArgumentParser:
     reference_parser.add_argument("--method", default="best", help="a method's name, or 'best'")
     reference_parser.add_argument("--results", default="results", help="where the run's results go")
     reference_parser.add_argument("--epochs", type=int, default=100, help="SimCLR epochs (100)")
+    reference_parser.add_argument(
+        "--steps",
+        type=int,
+        help="SimCLR's budget of batches (default: as many as --epochs): past one batch of "
+        "8192 training cells, as many whole epochs as fit in it",
+    )
     reference_parser.add_argument("--folds", type=int, default=5, help="CV folds (5)")
     reference_parser.add_argument("--seed", type=int, default=0)
     keep_candidates_option(reference_parser)

@@ -19,7 +19,7 @@ from gsrcl.config.presets import LOGISTIC, svm
 from gsrcl.config.settings import Approximation
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.evaluate import nystroem_svm
-from gsrcl.evaluate.classifiers import FoldClassifier, resolve_solver
+from gsrcl.evaluate.classifiers import FoldClassifier, fitted_as, resolve_solver
 from gsrcl.evaluate.kernel_svm import PrecomputedRBF
 from gsrcl.evaluate.nystroem_svm import NystroemRBF, features, landmark_weights
 from gsrcl.runner import pipeline
@@ -115,6 +115,20 @@ def test_past_search_max_cells_the_grid_is_searched_on_a_stratified_sample(pbmc,
     *searched, refit = fitted_on
     assert len(searched) == 16 * 3 and max(searched) < 300  # the grid on the sample's splits
     assert refit == len(x)  # the choice on every cell
+
+
+def test_past_exact_max_cells_a_multiclass_grid_is_searched_on_a_sample_too(pbmc):
+    x, labels = pbmc
+    approximation = Approximation(exact_max_cells=400, search_max_cells=300)
+    fold = FoldClassifier(LOGISTIC, x, inner_folds=3, metric="mcc", approximation=approximation)
+    (model,), (choice,) = fold.fit_and_choices([labels], [None])
+    search = fold._grid_search(labels, fold.inner_splits(labels))
+    rows = np.concatenate([test for _, test in search.cv])
+    assert 290 <= len(rows) <= 310 and choice == search.best_params_
+    assert set(model.classes_) == set(labels)  # refit on every cell, every type
+    named = fitted_as(LOGISTIC, "", len(x), approximation)
+    assert named == f"grid searched on 300 of {len(x)} cells"
+    assert fitted_as(LOGISTIC, "", 400, approximation) == ""  # at the threshold: every cell
 
 
 def _exact_and_approximate(pbmc, components: int):

@@ -208,3 +208,19 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result():
         assert (a.epoch, a.score) == (b.epoch, b.score)
         assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
         assert all(np.array_equal(u, v) for u, v in zip(a.test, b.test, strict=True))
+
+
+def test_a_step_budget_cuts_the_epochs_of_large_data_only():
+    from gsrcl.config.presets import PBMC68K, cpu_reference
+    from gsrcl.model.train import batches_per_epoch, epochs_for
+
+    generator = torch.Generator().manual_seed(0)
+    for cells in (5, 8192, 8193, 16385, 40000):
+        assert batches_per_epoch(cells, 8192) == len(minibatches(cells, 8192, generator, "cpu"))
+    budget = Contrastive(epochs=100, max_steps=100)
+    assert epochs_for(budget, "simclr", 8192) == 100  # one batch an epoch: the epochs
+    assert epochs_for(budget, "simclr", 40000) == 20  # 5 batches an epoch
+    assert epochs_for(Contrastive(epochs=100, max_steps=3), "simclr", 40000) == 1
+    assert epochs_for(Contrastive(epochs=100), "simclr", 10**6) == 100  # no budget
+    reference = cpu_reference(PBMC68K, "results", epochs=30).contrastive
+    assert reference.max_steps == 30 and epochs_for(reference, "simclr", 700) == 30

@@ -98,17 +98,24 @@ def cpu_reference(
     folds: int = 5,
     seed: int = 0,
     export: Export | None = None,
+    steps: int | None = None,
 ) -> Experiment:
     """A reference model's experiment with CPU-sized settings (docs/cpu-protocol.md): SimCLR +
     Gaussian noise, encoder 512-256, 100 epochs, lr 1e-3, the paper's split, σ and validation
     interval, beside the strongest simple baselines; `export` as asked (`build_reference`
-    exports "best" after the run)."""
+    exports "best" after the run). A training runs at most `steps` batches (default: as many as
+    `epochs`): data of one batch (up to 8192 training cells) its epochs, larger data as many
+    whole epochs as fit, so that a large reference trains as many steps as a small one."""
     return Experiment(
         name=f"reference-{dataset.name}",
         datasets=(dataset,),
         methods=(Method(loss="simclr", augmentation="noise", encoder=(512, 256), head=(256, 128)),),
         contrastive=replace(
-            PAPER.contrastive, epochs=epochs, validate_every=min(50, epochs), lr=1e-3
+            PAPER.contrastive,
+            epochs=epochs,
+            validate_every=min(50, epochs),
+            lr=1e-3,
+            max_steps=steps or epochs,
         ),
         split=replace(PAPER.split, folds=folds),
         evaluation=STRONG_EVALUATION,

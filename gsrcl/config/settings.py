@@ -146,6 +146,10 @@ class Contrastive:
     epochs: dict[str, int] = field(default_factory=lambda: {"simclr": 3000, "supcon": 1000})
     validate_every: int = 50  # epochs between checkpoint scorings on the validation cells
     batch_size: int = 8192  # full batch when the training cells fit, BatchNorm otherwise
+    # a budget of optimizer steps (batches): a training whose epochs would take more runs as
+    # many whole epochs as fit in it (at least one); None: the epochs as given. Data of one
+    # batch takes one step an epoch, so the budget only binds past batch_size training cells.
+    max_steps: int | None = None
     lr: float = 1e-4
     weight_decay: float = 1e-6
     temperature: float = 0.07
@@ -173,6 +177,8 @@ class Contrastive:
             problems.append("validate_every must be at least 1")
         if self.batch_size < 2:
             problems.append("batch_size must be at least 2")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append("max_steps must be at least 1, or None (the epochs as given)")
         for name in ("lr", "temperature", "init_std"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")

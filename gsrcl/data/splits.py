@@ -163,6 +163,21 @@ def stratified_sample(
     return np.sort(np.concatenate(kept))
 
 
+def sampled_splits(
+    y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], cells: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner `splits` of the cells labelled `y` cut to a stratified sample of about `cells` of
+    them (seed `seed`): each class in proportion, with at least twice as many cells as there are
+    splits. A grid searched on them costs the same at any size; its choice is refit on all."""
+    if cells >= len(y):
+        return splits
+    rng = np.random.default_rng(seed)
+    rows = stratified_sample(np.arange(len(y)), y, cells / len(y), rng, 2 * len(splits))
+    kept = np.zeros(len(y), dtype=bool)
+    kept[rows] = True
+    return [(train[kept[train]], test[kept[test]]) for train, test in splits]
+
+
 def folds_record(folds: Folds, meta: dict) -> dict:
     """The folds as saved in the results folder, with the `meta` they were made for."""
     return {

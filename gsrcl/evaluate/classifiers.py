@@ -28,6 +28,7 @@ from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
 from gsrcl.config.settings import EXACT, Approximation, Classifier
+from gsrcl.data.splits import sampled_splits
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, unsupported_params
 from gsrcl.evaluate.kernel_svm import (
@@ -41,7 +42,13 @@ from gsrcl.evaluate.kernel_svm import (
     svc_on_kernel,
 )
 from gsrcl.evaluate.metrics import SKLEARN_SCORERS, binary_scores
-from gsrcl.evaluate.nystroem_svm import NystroemRBF, NystroemSVM, describe, svc_params
+from gsrcl.evaluate.nystroem_svm import (
+    NystroemRBF,
+    NystroemSVM,
+    describe,
+    search_cells,
+    svc_params,
+)
 from gsrcl.evaluate.workers import SERIAL, Workers
 
 
@@ -103,10 +110,24 @@ def resolve_solver(
 SPARSE_DENSITY = 0.3  # log-normalised counts are 5-15 % non-zero; scaled genes are dense
 
 
-def fitted_approximately(solver: str, cells: int, approximation: Approximation) -> str:
-    """How results name the fit of an RBF SVC by `solver` on `cells` training cells: the
-    approximation with its m (and its search's sample), or "" for an exact one."""
-    return describe(cells, approximation) if solver == "nystroem" else ""
+def fitted_as(spec: Classifier, solver: str, cells: int, approximation: Approximation) -> str:
+    """How results name a classifier's fit on `cells` training cells: an RBF SVC's
+    approximation by `solver` with its m (and its search's sample), another estimator's grid
+    searched on a sample, or "" for the exact fit searched on every cell."""
+    if solver == "nystroem":
+        return describe(cells, approximation)
+    searched = grid_search_cells(spec, cells, approximation)
+    return f"grid searched on {searched} of {cells} cells" if searched < cells else ""
+
+
+def grid_search_cells(spec: Classifier, cells: int, approximation: Approximation) -> int:
+    """The cells of `cells` training cells that the grid's inner CV of an estimator other than
+    an RBF SVC runs on: every one up to `exact_max_cells`, past it `search_max_cells` (as the
+    approximate SVM's search), the choice refit on every cell. An exact SVM searches on all."""
+    too_many = approximation.exact_max_cells is not None and cells > approximation.exact_max_cells
+    if uses_precomputed_kernel(spec) or not too_many:
+        return cells
+    return search_cells(cells, approximation)
 
 
 def sparse_if_worth_it(estimator: Any, x: np.ndarray) -> Any:
@@ -164,10 +185,11 @@ class FoldClassifier:
         self.workers = workers
         self.rbf_solver: RBFSolver | None = None  # who fits an RBF SVC on this fold's kernel
         self.solver = ""  # its name ("" for any other estimator)
+        cells = x_train.shape[0]
         if not uses_precomputed_kernel(spec):
             self.x_train = sparse_if_worth_it(estimator_for(spec), x_train)
+            self.search_cells = grid_search_cells(spec, cells, approximation)
             return
-        cells = x_train.shape[0]
         self.solver = resolve_solver(solver, spec, device, cells, approximation.exact_max_cells)
         if self.solver == "nystroem":
             self.x_train = x_train  # export's pipelines refit on the features
@@ -229,6 +251,7 @@ class FoldClassifier:
         return self.rbf_solver.search(labels, splits, self.spec.grid, self.spec.params, self.metric)
 
     def _grid_search(self, y: np.ndarray, splits: Splits) -> GridSearchCV:
+        splits = sampled_splits(y, splits, self.search_cells, self.seed)  # refit on every cell
         scorer = SKLEARN_SCORERS[self.metric][len(np.unique(y)) > 2]
         threads = self.workers.threads if self.workers.threads > 1 else None
         search = GridSearchCV(

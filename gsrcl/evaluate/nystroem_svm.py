@@ -43,7 +43,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils import check_random_state
 
 from gsrcl.config.settings import Approximation
-from gsrcl.data.splits import stratified_sample
+from gsrcl.data.splits import sampled_splits
 from gsrcl.evaluate.kernel_svm import (
     RBFSolver,
     Search,
@@ -246,17 +246,7 @@ class NystroemRBF(RBFSolver):
         return Search(self._refit(labels, candidates, chosen), scores, candidates, chosen)
 
     def _sampled(self, y: np.ndarray, splits: Splits) -> Splits:
-        """`splits` cut to a stratified sample of `search_cells` of the cells: each class in
-        proportion, with at least twice as many cells as there are splits."""
-        if self.search_cells >= len(y):
-            return splits
-        rng = np.random.default_rng(self.seed)
-        rows = stratified_sample(
-            np.arange(len(y)), y, self.search_cells / len(y), rng, 2 * len(splits)
-        )
-        kept = np.zeros(len(y), dtype=bool)
-        kept[rows] = True
-        return [(train[kept[train]], test[kept[test]]) for train, test in splits]
+        return sampled_splits(y, splits, self.search_cells, self.seed)
 
     def _refit(self, labels: list[np.ndarray], candidates: list[dict], chosen: list[int]):
         """Each label vector's chosen candidate on all training cells, a gamma at a time (the

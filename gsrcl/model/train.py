@@ -57,6 +57,23 @@ def validation_epochs(epochs: int, every: int) -> list[int]:
     return sorted(set(range(0, epochs + 1, every)) | {epochs})
 
 
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches `minibatches` makes of `n` cells."""
+    if n <= batch_size:
+        return 1
+    return -(-n // batch_size) - (n % batch_size == 1)
+
+
+def epochs_for(settings: Contrastive, loss: str, cells: int) -> int:
+    """The epochs a training of `loss` on `cells` cells runs: its configured epochs, cut to
+    the whole epochs that fit in `max_steps` batches (at least one)."""
+    epochs = settings.epochs[loss]
+    if settings.max_steps is None:
+        return epochs
+    fit = settings.max_steps // batches_per_epoch(cells, settings.batch_size)
+    return max(1, min(epochs, fit))
+
+
 def minibatches(n: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
     """The whole set when it fits; else a shuffled partition that never leaves a batch of one."""
     if n <= batch_size:

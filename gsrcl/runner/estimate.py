@@ -38,7 +38,7 @@ from gsrcl.evaluate.classifiers import resolve_solver, uses_precomputed_kernel
 from gsrcl.evaluate.nystroem_svm import search_cells
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.losses import similarity_bytes
-from gsrcl.model.train import overlap_validation, validation_epochs
+from gsrcl.model.train import epochs_for, overlap_validation, validation_epochs
 from gsrcl.runner.calibrate import (
     TIMING_CELLS,
     TIMING_TASKS,
@@ -108,6 +108,9 @@ def planned_shape(cells: int, genes: int, tasks: int, split: Split) -> Shape:
 # a task's fits in an approximate grid search (the paper's 16 settings × 5 inner folds), each
 # on the search's cells, besides its one refit on every training cell
 SEARCH_FITS = 80
+# a multi-class baseline's fits in its grid search, on a sample past exact_max_cells too (the
+# logistic regressions' 3 and 6 settings × 5 inner folds: about 20), besides its one refit
+MULTICLASS_SEARCH_FITS = 20
 
 
 def scaled(
@@ -122,17 +125,20 @@ def scaled(
     with the cells times the encoder's weights; the step's scoring and a baseline job grow with
     the tasks times the training cells squared (a kernel SVM's fits; genes are left out), a
     multi-class baseline with the training cells. `searched`: the cells an approximate SVM's
-    search runs on (measured on all of `measured`'s): its fits grow with them, its refit with
-    the training cells."""
+    search, and a multi-class baseline's, runs on (measured on all of `measured`'s): their fits
+    grow with them, their refits with the training cells."""
     cells_ratio = target.train / measured.train
     if searched is None:
-        per_task = cells_ratio**2
+        per_task, multiclass_ratio = cells_ratio**2, cells_ratio
     else:
-        search = searched / measured.train * SEARCH_FITS
-        per_task = (search + cells_ratio) / (SEARCH_FITS + 1)
+        search = searched / measured.train
+        per_task = (search * SEARCH_FITS + cells_ratio) / (SEARCH_FITS + 1)
+        multiclass_ratio = (search * MULTICLASS_SEARCH_FITS + cells_ratio) / (
+            MULTICLASS_SEARCH_FITS + 1
+        )
     fits = target.tasks / measured.tasks * per_task
     if method is None:  # the baselines
-        multiclass = timing.linear * cells_ratio
+        multiclass = timing.linear * multiclass_ratio
         job = (timing.job - timing.linear) * fits + multiclass
         return Timing(job=job, linear=multiclass, cpu_share=timing.cpu_share)
     model, seen = (_network(_inputs(method, s.genes), method) for s in (target, measured))
@@ -161,12 +167,13 @@ def _inputs(method: Method, genes: int) -> int:
     return method.n_genes if method.augmentation == "masking" else genes
 
 
-def _snapshots(experiment: Experiment, method: Method, tasks: int) -> int:
+def _snapshots(experiment: Experiment, method: Method, shape: Shape) -> int:
     """The distinct snapshots a training keeps at most: one per scored step for SimCLR's
     tasks, one for SupCon's single task."""
     contrastive = experiment.contrastive
-    steps = len(validation_epochs(contrastive.epochs[method.loss], contrastive.validate_every))
-    return min(tasks, steps) if method.loss == "simclr" else 1
+    epochs = epochs_for(contrastive, method.loss, shape.train)
+    steps = len(validation_epochs(epochs, contrastive.validate_every))
+    return min(shape.tasks, steps) if method.loss == "simclr" else 1
 
 
 def encoder_bytes(n_inputs: int, method: Method, precision: str) -> int:
@@ -181,7 +188,7 @@ def disk(experiment: Experiment, shapes: dict[str, Shape]) -> DiskEstimate:
         for method in experiment.methods:
             inputs = _inputs(method, shape.genes)
             size = encoder_bytes(inputs, method, storage.encoder_precision)
-            snapshots = _snapshots(experiment, method, shape.tasks)
+            snapshots = _snapshots(experiment, method, shape)
             per_fold = shape.tasks if method.loss == "supcon" else snapshots
             kept += shape.tasks * size
             keep_all += experiment.split.folds * per_fold * size
@@ -226,7 +233,7 @@ def job_needs(
     method = method_named(experiment, job.method)
     contrastive = experiment.contrastive
     inputs = _inputs(method, shape.genes)
-    epochs = contrastive.epochs[method.loss]
+    epochs = epochs_for(contrastive, method.loss, shape.train)
     steps = len(validation_epochs(epochs, contrastive.validate_every))
     trainings = shape.tasks if method.loss == "supcon" else 1
     training = trainings * epochs * timing.epoch
@@ -238,7 +245,7 @@ def job_needs(
     batch = min(shape.train, contrastive.batch_size)
     network = 4 * (4 * parameters(model) + 4 * batch * 2 * sum(method.encoder + method.head))
     network += similarity_bytes(2 * batch)
-    kept = 4 * _snapshots(experiment, method, shape.tasks) * parameters(model.encoder)
+    kept = 4 * _snapshots(experiment, method, shape) * parameters(model.encoder)
     if gpu:
         on_host = data + kept + (0 if _device_solver(experiment.evaluation) else svm)
         tasks = 1 if method.loss == "supcon" else shape.tasks  # a training's scorer's tasks

@@ -23,6 +23,7 @@ import torch
 from gsrcl.config.settings import (
     BASELINE,
     Classifier,
+    Contrastive,
     Dataset,
     Evaluation,
     Experiment,
@@ -35,7 +36,7 @@ from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds, folds_from_record
 from gsrcl.evaluate.classifiers import (
     FoldClassifier,
-    fitted_approximately,
+    fitted_as,
     resolve_solver,
     uses_precomputed_kernel,
 )
@@ -93,7 +94,7 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
         "method": asdict(method_named(experiment, job.method))
         if job.method != BASELINE
         else BASELINE,
-        "contrastive": asdict(experiment.contrastive),
+        "contrastive": _contrastive_inputs(experiment.contrastive),
         "split": asdict(experiment.split),
         "evaluation": asdict(experiment.evaluation),
         "seed": experiment.seed,
@@ -102,6 +103,15 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
         "encoder_precision": experiment.storage.encoder_precision,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _contrastive_inputs(contrastive: Contrastive) -> dict:
+    """The training settings; `max_steps` only when set (no budget is what a job made before
+    the setting existed did, so its results stay valid)."""
+    inputs = asdict(contrastive)
+    if inputs["max_steps"] is None:
+        del inputs["max_steps"]
+    return inputs
 
 
 def _dataset_inputs(spec: Dataset) -> dict:
@@ -192,47 +202,45 @@ def run_job(
     evaluation = experiment.evaluation
     cells = len(fold.train)  # what every classifier of the job is fitted on
     specs = evaluation.baselines if job.method == BASELINE else (evaluation.classifier,)
-    solvers = {
-        spec.name: _solver(evaluation, spec, device, cells)
-        for spec in specs
-        if uses_precomputed_kernel(spec)
-    }
-    # a row whose classifier was approximated says so ("fitted"); exact rows stay as they were
+    solvers = {spec.name: _solver(evaluation, spec, device, cells) for spec in specs}
+    # a row whose classifier was approximated or searched on a sample says so ("fitted");
+    # exact rows stay as they were
     approximate = {
-        spec.baseline_name if job.method == BASELINE else job.method: fitted_approximately(
-            solvers[spec.name], cells, evaluation.approximation
+        spec.baseline_name if job.method == BASELINE else job.method: fitted_as(
+            spec, solvers[spec.name], cells, evaluation.approximation
         )
         for spec in specs
-        if spec.name in solvers
     }
     rows = [
         {**row, "dataset": job.dataset, "fold": job.fold}
         | ({"fitted": approximate[row["method"]]} if approximate.get(row["method"]) else {})
         for row in output.rows
     ]
-    out.write_metrics(job.id, rows, seconds, solvers)
+    out.write_metrics(job.id, rows, seconds, {name: s for name, s in solvers.items() if s})
 
 
 def _solver(evaluation: Evaluation, spec: Classifier, device: str, cells: int) -> str:
-    """The solver of an RBF SVC fitted on `cells` training cells (as FoldClassifier picks it)."""
+    """The solver of an RBF SVC fitted on `cells` training cells (as FoldClassifier picks it);
+    "" for another estimator."""
+    if not uses_precomputed_kernel(spec):
+        return ""
     return resolve_solver(evaluation.solver, spec, device, cells, evaluation.exact_max_cells)
 
 
 def approximate_fits(experiment: Experiment, folds: Folds) -> dict[str, dict]:
-    """The methods of a dataset (of these folds) whose classifier is fitted approximately (too
-    many training cells for the exact SVM), each with how and in which folds."""
+    """The methods of a dataset (of these folds) whose classifier is fitted approximately or
+    searched on a sample (too many training cells for the exact SVM), each with how and in
+    which folds."""
     evaluation = experiment.evaluation
     specs = {spec.baseline_name: spec for spec in evaluation.baselines}
     specs.update({method.name: evaluation.classifier for method in experiment.methods})
     found = {}
     for method, spec in specs.items():
-        if not uses_precomputed_kernel(spec):
-            continue
         named = {}
         for k in range(experiment.split.folds):
             cells = len(folds.train(k))
             solver = _solver(evaluation, spec, "cpu", cells)
-            named[k] = fitted_approximately(solver, cells, evaluation.approximation)
+            named[k] = fitted_as(spec, solver, cells, evaluation.approximation)
         approximate = [k for k, text in named.items() if text]
         if approximate:
             found[method] = {"fitted": named[approximate[0]], "folds": approximate}
@@ -474,7 +482,7 @@ def _train_group(
     model = contrastive_model(experiment, method, x.train, fold)
     labels = supcon_labels(method, fold, tasks[0], x.train.device)
     scorer = validation_scorer(experiment, fold, x, tasks, seed, workers)
-    epochs = contrastive.epochs[method.loss]
+    epochs = train.epochs_for(contrastive, method.loss, len(fold.train))
     augment = augmentation(method, generator)
     return model, train.train(
         model, x.train, augment, contrastive, epochs, scorer, generator, labels, progress
