@@ -131,7 +131,8 @@ def runner_command(arguments: list[str], every: float) -> dict:
         out, _ = process.communicate()
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(arguments)} failed:\n{out[-3000:]}")
-    found = re.search(r"estimate: the run takes ~(.*?) \(", out)
+    # --check says "the run takes ~T (...)", a run "estimate: ~T (...) on this machine"
+    found = re.search(r"estimate: (?:the run takes )?~(.*?) \(", out)
     return {
         "seconds": time.perf_counter() - start,
         "peak_gb": max(rss.samples, default=0) / 1e9,
