@@ -55,9 +55,9 @@ def build_reference(
     folds: int = 5,
     seed: int = 0,
     batch: str | None = None,
-    steps: int | None = None,
     log: Callable[[str], None] = print,
     keep_candidates: bool = False,
+    steps: int | None = None,
 ) -> ReferenceModel:
     """From a labelled file to a reference model, without a config: the runner's own plan, jobs
     and checkpoint selection (`presets.cpu_reference`), then export of `method` to `out`
@@ -68,6 +68,43 @@ def build_reference(
     method's model is written too, as `<out>-<method>`. `steps`: SimCLR's budget of batches
     (default `epochs`: a dataset of one batch trains its epochs, a larger one as many whole
     epochs as fit)."""
+    check_replaceable(Path(out))  # before the run, not after it
+    experiment = reference_experiment(
+        data,
+        labels,
+        out,
+        values=values,
+        method=method,
+        results_dir=results_dir,
+        epochs=epochs,
+        folds=folds,
+        seed=seed,
+        batch=batch,
+        keep_candidates=keep_candidates,
+        steps=steps,
+    )
+    result = execute_experiment(experiment, "resume", log)
+    if result.status != 0:
+        raise UserError(f"the reference was not made; see the errors above and {result.folder}")
+    return ReferenceModel.load(Path(out))
+
+
+def reference_experiment(
+    data: str | Path,
+    labels: str,
+    out: str | Path,
+    *,
+    values: str = "counts",
+    method: str = "best",
+    results_dir: str | Path = "results",
+    epochs: int = 100,
+    folds: int = 5,
+    seed: int = 0,
+    batch: str | None = None,
+    keep_candidates: bool = False,
+    steps: int | None = None,
+) -> Experiment:
+    """The experiment `build_reference` runs (`gsrcl reference --check` plans it)."""
     dataset = Dataset(
         name=Path(data).name.split(".")[0],
         path=str(data),
@@ -75,13 +112,8 @@ def build_reference(
         values=values,
         batch=batch,
     )
-    check_replaceable(Path(out))  # before the run, not after it
     export = Export(after_run=True, method=method, out=str(out), keep_candidates=keep_candidates)
-    experiment = cpu_reference(dataset, str(results_dir), epochs, folds, seed, export, steps)
-    result = execute_experiment(experiment, "resume", log)
-    if result.status != 0:
-        raise UserError(f"the reference was not made; see the errors above and {result.folder}")
-    return ReferenceModel.load(Path(out))
+    return cpu_reference(dataset, str(results_dir), epochs, folds, seed, export, steps)
 
 
 def annotate(

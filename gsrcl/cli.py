@@ -101,12 +101,10 @@ def export(args: argparse.Namespace) -> int:
 
 def reference(args: argparse.Namespace) -> int:
     startup.import_worker_modules()
-    from gsrcl.api import build_reference
+    from gsrcl.api import build_reference, reference_experiment
+    from gsrcl.runner import pipeline
 
-    model = build_reference(
-        args.data,
-        args.labels,
-        args.out,
+    options = dict(
         values=args.values,
         method=args.method,
         results_dir=args.results,
@@ -115,9 +113,12 @@ def reference(args: argparse.Namespace) -> int:
         folds=args.folds,
         seed=args.seed,
         batch=args.batch,
-        log=emit,
         keep_candidates=args.keep_candidates,
     )
+    if args.check:
+        experiment = reference_experiment(args.data, args.labels, args.out, **options)
+        return pipeline.check(experiment, emit)
+    model = build_reference(args.data, args.labels, args.out, log=emit, **options)
     emit(f"model in {model.folder}")
     return 0
 
@@ -228,6 +229,9 @@ def parser() -> argparse.ArgumentParser:
     )
     reference_parser.add_argument("--folds", type=int, default=5, help="CV folds (5)")
     reference_parser.add_argument("--seed", type=int, default=0)
+    reference_parser.add_argument(
+        "--check", action="store_true", help="plan and estimate only (nothing trained or written)"
+    )
     keep_candidates_option(reference_parser)
 
     annotate_parser = commands.add_parser(

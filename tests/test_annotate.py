@@ -412,6 +412,26 @@ def test_the_gsrcl_command_answers_help_and_version():
     assert all(c in done.stdout for c in ("run", "check", "report", "export", "annotate"))
 
 
+def test_reference_check_plans_and_estimates_without_training_or_writing(tmp_path):
+    import scanpy as sc
+
+    pbmc = sc.datasets.pbmc68k_reduced()
+    path = tmp_path / "pbmc.h5ad"
+    ad.AnnData(pbmc.raw.X, obs=pbmc.obs[["bulk_labels"]], var=pbmc.raw.var[[]]).write_h5ad(path)
+    command = ["reference", "--data", str(path), "--labels", "bulk_labels", "--values", "log"]
+    command += ["--out", str(tmp_path / "model"), "--results", str(tmp_path / "results")]
+    done = subprocess.run(
+        [sys.executable, "-m", "gsrcl", *command, "--epochs", "4", "--folds", "3", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "folds: 3 " in done.stdout and "6 jobs planned" in done.stdout
+    assert "estimate: the run takes ~" in done.stdout and "the export ~" in done.stdout
+    assert not (tmp_path / "model").exists() and not (tmp_path / "results").exists()
+
+
 def test_a_type_too_small_for_the_split_is_still_in_the_model_marked_not_validated(tmp_path):
     full = ad.read_h5ad(shared_file("tm_immune.h5ad"))
     kinds = full.obs["cell_type"].astype(str).to_numpy()
