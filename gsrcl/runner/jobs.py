@@ -290,8 +290,10 @@ def run_baselines(
     solvers: dict = {}  # the SVMs on the same features share kernels and fits
     for spec in evaluation.baselines:
         workers.refresh()
-        x, classifier = baseline_classifier(fold, experiment, spec, device, seed, workers, solvers)
-        prepared = classifier.prepare(x[fold.test])
+        x_test, classifier = baseline_classifier(
+            fold, experiment, spec, device, seed, workers, solvers
+        )
+        prepared = classifier.prepare(x_test)
         if spec.multiclass:  # one model; each task reads its class's column
             (model,), (choice,) = classifier.fit_and_choices([y_train], [None])
             models, choices = [model] * len(fold.tasks), [choice] * len(fold.tasks)
@@ -320,15 +322,14 @@ def baseline_classifier(
     workers: Workers,
     solvers: dict | None = None,
 ) -> tuple[np.ndarray, FoldClassifier]:
-    """A baseline's features of every cell, and its classifier on the fold's training cells
-    (`solvers`: the job's RBF solvers so far, shared by features: `FoldClassifier`)."""
+    """A baseline's features of the fold's test cells, and its classifier on its training cells
+    (`solvers`: the job's RBF solvers so far, shared by features: `FoldClassifier`). Each part
+    is prepared on its own: the dataset's dense matrix is never made whole."""
     evaluation = experiment.evaluation
-    x = preprocess.fit_features(spec.features, fold.adata[fold.train], fold.values).transform(
-        fold.adata
-    )
+    fitted = preprocess.fit_features(spec.features, fold.adata[fold.train], fold.values)
     classifier = FoldClassifier(
         spec,
-        x[fold.train],
+        fitted.transform(fold.adata[fold.train]),
         inner_folds=evaluation.inner_folds,
         metric=evaluation.metric,
         device=device,
@@ -338,7 +339,7 @@ def baseline_classifier(
         approximation=evaluation.approximation,
         shared=solvers,
     )
-    return x, classifier
+    return fitted.transform(fold.adata[fold.test]), classifier
 
 
 def run_contrastive(
