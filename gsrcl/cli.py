@@ -102,6 +102,7 @@ def export(args: argparse.Namespace) -> int:
 def reference(args: argparse.Namespace) -> int:
     startup.import_worker_modules()
     from gsrcl.api import build_reference, reference_experiment
+    from gsrcl.reference.model import check_replaceable
     from gsrcl.runner import pipeline
 
     options = dict(
@@ -116,6 +117,7 @@ def reference(args: argparse.Namespace) -> int:
         keep_candidates=args.keep_candidates,
     )
     if args.check:
+        check_replaceable(args.out)  # as the real command would, before planning
         experiment = reference_experiment(args.data, args.labels, args.out, **options)
         return pipeline.check(experiment, emit)
     model = build_reference(args.data, args.labels, args.out, log=emit, **options)

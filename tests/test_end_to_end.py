@@ -198,6 +198,22 @@ def test_check_prints_the_plan_without_training(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_only_an_experiment_with_a_non_rbf_classifier_marks_its_sampled_search(tmp_path):
+    """Past exact_max_cells a logistic regression's grid is now searched on a sample: such an
+    experiment's jobs are redone rather than mixed with an older runner's; one of RBF SVCs alone
+    keeps its fingerprint."""
+    from gsrcl.config.presets import LOGISTIC
+
+    svms = tiny_experiment(tmp_path)
+    job = jobs.plan(svms)[0]
+    assert jobs._sampled_search_inputs(svms) == {}
+    evaluation = replace(svms.evaluation, baselines=(*svms.evaluation.baselines, LOGISTIC))
+    logistic = replace(svms, evaluation=evaluation)
+    assert jobs._sampled_search_inputs(logistic)
+    fingerprint = jobs.fingerprint(logistic, job)
+    assert jobs.fingerprint(logistic, job) == fingerprint  # and stable
+
+
 def test_the_disk_estimate_has_the_paper_encoders_size_and_bound():
     from gsrcl.config.presets import PAPER
     from gsrcl.config.settings import Experiment

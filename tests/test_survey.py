@@ -122,3 +122,5 @@ def test_a_survey_cache_gives_values_to_the_cells_asked_for(tmp_path, monkeypatc
     sample = cache.with_values(spec, cells[[3, 17, 30]])  # a view, as the report's sample is
     assert np.array_equal(sample.X.toarray(), load_dataset(spec)[[3, 17, 30]].X.toarray())
     assert dataset.DatasetCache().with_values(spec, cells) is cells
+    with pytest.raises(KeyError, match="cells not in dataset"):
+        cache.surveys[spec].values(pd.Index(["cell003", "no such cell"]))

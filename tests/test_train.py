@@ -212,7 +212,7 @@ def test_a_killed_training_resumes_to_the_uninterrupted_result():
 
 def test_a_step_budget_cuts_the_epochs_of_large_data_only():
     from gsrcl.config.presets import PBMC68K, cpu_reference
-    from gsrcl.model.train import batches_per_epoch, epochs_for
+    from gsrcl.model.train import batches_per_epoch, epochs_for, validate_every_for
 
     generator = torch.Generator().manual_seed(0)
     for cells in (5, 8192, 8193, 16385, 40000):
@@ -224,3 +224,7 @@ def test_a_step_budget_cuts_the_epochs_of_large_data_only():
     assert epochs_for(Contrastive(epochs=100), "simclr", 10**6) == 100  # no budget
     reference = cpu_reference(PBMC68K, "results", epochs=30).contrastive
     assert reference.max_steps == 30 and epochs_for(reference, "simclr", 700) == 30
+    # a cut training is validated at the same points of its course
+    paper = Contrastive(epochs=100, validate_every=50, max_steps=100)
+    assert validate_every_for(paper, "simclr", 8192) == 50
+    assert validate_every_for(paper, "simclr", 40000) == 10  # 20 epochs: 0, 10, 20

@@ -115,7 +115,7 @@ def cpu_reference(
             epochs=epochs,
             validate_every=min(50, epochs),
             lr=1e-3,
-            max_steps=steps or epochs,
+            max_steps=epochs if steps is None else steps,
         ),
         split=replace(PAPER.split, folds=folds),
         evaluation=STRONG_EVALUATION,

@@ -1,10 +1,13 @@
-"""A large dataset checked a block of cells at a time, for `--check`: every check and message of
-`load_dataset`, the cells' ids, labels and batches and the genes with a count, in memory that
-does not grow with the matrix; the values of the few cells a timing samples are read afterwards
-(`Survey.values`). A run's workers still read the dataset whole (`load_dataset`)."""
+"""A large dataset checked a block of cells at a time, for `--check` and a run's own process:
+every check and message of `load_dataset`, the cells' ids, labels and batches and the genes with
+a count, in memory that does not grow with the matrix; the values of the few cells a timing or a
+figure samples are read afterwards (`Survey.values`). A run's workers still read the dataset
+whole (`load_dataset`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anndata as ad
@@ -26,6 +29,7 @@ from gsrcl.data.dataset import (
     unique_names,
 )
 from gsrcl.data.readers import Rows, read_rows
+from gsrcl.errors import UserError
 
 # datasets of more cells are surveyed by --check; fewer are read whole, as a run reads them
 SURVEY_CELLS = 20_000
@@ -46,9 +50,12 @@ class Survey:
     def values(self, names: pd.Index) -> np.ndarray | sp.csr_matrix:
         """The checked float32 values of the cells named `names`, in that order (as stored:
         dense or CSR), read a block of the file at a time."""
-        wanted = self.rows[self.cells.obs_names.get_indexer(names)]
+        index = self.cells.obs_names.get_indexer(names)
+        if (index < 0).any():
+            raise KeyError(f"cells not in dataset {self.spec.name}: {list(names[index < 0][:3])}")
+        wanted = self.rows[index]
         found = {}
-        with _open(self.spec) as rows:
+        with _open(self.spec) as rows, _reading(self.spec):
             for start, stop in _blocks(rows):
                 inside = wanted[(wanted >= start) & (wanted < stop)]
                 if len(inside):
@@ -59,8 +66,9 @@ class Survey:
 
 
 class SurveyCache(DatasetCache):
-    """`--check`'s datasets: a large one surveyed (`survey_dataset`), its cells without values
-    until `with_values` reads those of the cells asked for; others read whole."""
+    """The datasets of `--check` and of a run's own process: a large one surveyed
+    (`survey_dataset`), its cells without values until `with_values` reads those of the cells
+    asked for; others read whole."""
 
     def __init__(self, size: int = 4) -> None:
         super().__init__(size)
@@ -89,7 +97,7 @@ def survey_dataset(spec: Dataset, most_cells: int | None = None) -> Survey | Non
     rows = read_rows(spec)
     if rows is None:
         return None
-    with rows:
+    with rows, _reading(spec):
         if rows.cells.n_obs <= (SURVEY_CELLS if most_cells is None else most_cells):
             return None
         return _surveyed(spec, rows)
@@ -126,6 +134,15 @@ def _blocks(rows: Rows) -> list[tuple[int, int]]:
 def _rows_of(block) -> list:
     """A block's rows, each a 1-row CSR matrix or a 1-d array."""
     return [block[i] for i in range(block.shape[0])]
+
+
+@contextmanager
+def _reading(spec: Dataset) -> Iterator[None]:
+    """A file that fails to read part-way says so as `read_matrix` does, naming it."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise UserError(f"dataset {spec.name}: cannot read {spec.path}: {error}") from None
 
 
 def _open(spec: Dataset) -> Rows:

@@ -31,14 +31,27 @@ import numpy as np
 import torch
 from sklearn.model_selection import ParameterGrid
 
-from gsrcl.config.settings import BASELINE, Compute, Evaluation, Experiment, Method, Split
+from gsrcl.config.settings import (
+    BASELINE,
+    Compute,
+    Contrastive,
+    Evaluation,
+    Experiment,
+    Method,
+    Split,
+)
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
 from gsrcl.evaluate.classifiers import resolve_solver, uses_precomputed_kernel
 from gsrcl.evaluate.nystroem_svm import search_cells
 from gsrcl.model.encoder import ContrastiveModel
 from gsrcl.model.losses import similarity_bytes
-from gsrcl.model.train import epochs_for, overlap_validation, validation_epochs
+from gsrcl.model.train import (
+    epochs_for,
+    overlap_validation,
+    validate_every_for,
+    validation_epochs,
+)
 from gsrcl.runner.calibrate import (
     TIMING_CELLS,
     TIMING_TASKS,
@@ -171,9 +184,14 @@ def _snapshots(experiment: Experiment, method: Method, shape: Shape) -> int:
     """The distinct snapshots a training keeps at most: one per scored step for SimCLR's
     tasks, one for SupCon's single task."""
     contrastive = experiment.contrastive
-    epochs = epochs_for(contrastive, method.loss, shape.train)
-    steps = len(validation_epochs(epochs, contrastive.validate_every))
+    steps = len(_validation_steps(contrastive, method.loss, shape.train))
     return min(shape.tasks, steps) if method.loss == "simclr" else 1
+
+
+def _validation_steps(contrastive: Contrastive, loss: str, train: int) -> list[int]:
+    """The epochs a training of `loss` on `train` cells is scored at (its budget applied)."""
+    epochs = epochs_for(contrastive, loss, train)
+    return validation_epochs(epochs, validate_every_for(contrastive, loss, train))
 
 
 def encoder_bytes(n_inputs: int, method: Method, precision: str) -> int:
@@ -234,7 +252,7 @@ def job_needs(
     contrastive = experiment.contrastive
     inputs = _inputs(method, shape.genes)
     epochs = epochs_for(contrastive, method.loss, shape.train)
-    steps = len(validation_epochs(epochs, contrastive.validate_every))
+    steps = len(_validation_steps(contrastive, method.loss, shape.train))
     trainings = shape.tasks if method.loss == "supcon" else 1
     training = trainings * epochs * timing.epoch
     scoring = steps * timing.step  # SupCon scores one task per training: all tasks once a step

@@ -12,7 +12,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import anndata as ad
@@ -99,10 +99,23 @@ def fingerprint(experiment: Experiment, job: Job) -> str:
         "evaluation": asdict(experiment.evaluation),
         "seed": experiment.seed,
         "scoring_version": SCORING_VERSION,
+        **_sampled_search_inputs(experiment),
         "file_naming": FILE_NAMING,
         "encoder_precision": experiment.storage.encoder_precision,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sampled_search_inputs(experiment: Experiment) -> dict:
+    """Past exact_max_cells training cells, a classifier other than an RBF SVC searches its grid
+    on a sample (since 2026-12-06; before, on every cell): an experiment with one gets a key of
+    its own, so a job of the older runner is redone rather than mixed with new ones. An
+    experiment of RBF SVCs alone keeps its fingerprint."""
+    evaluation = experiment.evaluation
+    specs = (evaluation.classifier, *evaluation.baselines)
+    if all(uses_precomputed_kernel(spec) for spec in specs):
+        return {}
+    return {"non_rbf_search": "sampled past exact_max_cells"}
 
 
 def _contrastive_inputs(contrastive: Contrastive) -> dict:
@@ -484,6 +497,8 @@ def _train_group(
     labels = supcon_labels(method, fold, tasks[0], x.train.device)
     scorer = validation_scorer(experiment, fold, x, tasks, seed, workers)
     epochs = train.epochs_for(contrastive, method.loss, len(fold.train))
+    every = train.validate_every_for(contrastive, method.loss, len(fold.train))
+    contrastive = replace(contrastive, validate_every=every)
     augment = augmentation(method, generator)
     return model, train.train(
         model, x.train, augment, contrastive, epochs, scorer, generator, labels, progress
