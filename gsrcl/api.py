@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 
@@ -48,41 +49,16 @@ def build_reference(
     labels: str,
     out: str | Path,
     *,
-    values: str = "counts",
-    method: str = "best",
-    results_dir: str | Path = "results",
-    epochs: int = 100,
-    folds: int = 5,
-    seed: int = 0,
-    batch: str | None = None,
     log: Callable[[str], None] = print,
-    keep_candidates: bool = False,
-    steps: int | None = None,
+    **options: Any,
 ) -> ReferenceModel:
     """From a labelled file to a reference model, without a config: the runner's own plan, jobs
-    and checkpoint selection (`presets.cpu_reference`), then export of `method` to `out`
-    (`export.after_run`: the run's estimate counts it). The
-    run's results stay in `results_dir` (a rerun resumes). `batch`: the obs column of each
-    cell's batch (donor, sample); the Unassigned rule and "best" are then judged on each batch
-    predicted without it, as a new batch will be. `keep_candidates`: with "best", every other
-    method's model is written too, as `<out>-<method>`. `steps`: SimCLR's budget of batches
-    (default `epochs`: a dataset of one batch trains its epochs, a larger one as many whole
-    epochs as fit)."""
+    and checkpoint selection (`presets.cpu_reference`), then export to `out`
+    (`export.after_run`: the run's estimate counts it). `options`: `reference_experiment`'s
+    (values, method, results_dir, epochs, steps, folds, seed, batch, keep_candidates). The
+    run's results stay in `results_dir` (a rerun resumes)."""
     check_replaceable(Path(out))  # before the run, not after it
-    experiment = reference_experiment(
-        data,
-        labels,
-        out,
-        values=values,
-        method=method,
-        results_dir=results_dir,
-        epochs=epochs,
-        folds=folds,
-        seed=seed,
-        batch=batch,
-        keep_candidates=keep_candidates,
-        steps=steps,
-    )
+    experiment = reference_experiment(data, labels, out, **options)
     result = execute_experiment(experiment, "resume", log)
     if result.status != 0:
         raise UserError(f"the reference was not made; see the errors above and {result.folder}")
@@ -104,7 +80,12 @@ def reference_experiment(
     keep_candidates: bool = False,
     steps: int | None = None,
 ) -> Experiment:
-    """The experiment `build_reference` runs (`gsrcl reference --check` plans it)."""
+    """The experiment `build_reference` runs (`gsrcl reference --check` plans it). `batch`: the
+    obs column of each cell's batch (donor, sample); the Unassigned rule and "best" are then
+    judged on each batch predicted without it, as a new batch will be. `keep_candidates`: with
+    "best", every other method's model is written too, as `<out>-<method>`. `steps`: SimCLR's
+    budget of batches (default `epochs`: a dataset of one batch trains its epochs, a larger one
+    as many whole epochs as fit)."""
     dataset = Dataset(
         name=Path(data).name.split(".")[0],
         path=str(data),
