@@ -190,13 +190,17 @@ def test_a_hundred_landmarks_score_close_to_the_exact_svm(pbmc):
     assert np.abs(exact[1] - approximate[1]).mean() < 0.05 and mcc_gap < 0.1
     # the fitted model on features (what export refits and saves) decides as it does
     model = fold.fit(pbmc[1][train] == "CD19+ B")
-    pipe = Pipeline([("nystroem", model.nystroem), ("svm", model.svm)])
     x = pbmc[0][-50:]
     decisions = model.decision_function(fold.prepare(x).features)
-    assert np.allclose(pipe.decision_function(x), decisions, atol=1e-4)
+    on_features = model.nystroem.transform(x) - model.mean  # centred on the training cells
+    assert np.allclose(model.svm.decision_function(on_features), decisions, atol=1e-4)
     refit = model.on_features()
-    assert isinstance(refit.named_steps["nystroem"], Nystroem)
+    assert nystroem_svm.is_pipeline(refit)
     assert refit.named_steps["nystroem"].gamma == model.gamma
+    refit.fit(pbmc[0][train], pbmc[1][train] == "CD19+ B")  # the same model, refit whole
+    centre = refit.named_steps["centre"].mean_  # its landmarks the same, in its own order
+    assert np.allclose(np.sort(centre), np.sort(model.mean), atol=1e-4)
+    assert np.allclose(refit.decision_function(x), decisions, atol=0.05)
 
 
 def test_the_approximate_path_holds_no_cells_by_cells_array(pbmc, monkeypatch):
@@ -230,8 +234,8 @@ def test_the_approximate_path_holds_no_cells_by_cells_array(pbmc, monkeypatch):
     # what the solver made and holds (not the cells it was given) is cells × m or m × m
     held = {k: v for k, v in vars(fold.rbf_solver).items() if k != "x"}
     arrays = [v for v in held.values() if isinstance(v, np.ndarray)]
-    arrays += [a for _, a in [fold.rbf_solver._features or (0, np.empty((0, m)))]]
-    arrays += [model.weights for model in models]
+    arrays += list((fold.rbf_solver._features or (0, np.empty((0, m))))[1:])
+    arrays += [a for model in models for a in (model.weights, model.mean)]
     assert len(arrays) >= 4 and all(m in a.shape for a in arrays), [a.shape for a in arrays]
     # every numpy array made on the way, together, stayed under one float32 cells × cells
     assert peak < n * n * 4, peak
@@ -337,3 +341,47 @@ def test_export_calibrates_and_saves_an_approximate_classifier(tmp_path):
     every = multiclass_classifier(multiclass, x, types, **settings)
     assert every.params["solver"] == "nystroem" and every.held_out.shape == (240, 3)
     assert every.model().predict_proba(query).shape == (30, 3)
+
+
+def test_export_past_exact_max_cells_fits_on_a_sample_and_saves_a_loadable_model(
+    pbmc, tmp_path, monkeypatch
+):
+    """Export's calibration and held-out fits run on the search's sample, every cell still
+    held out; the model is fitted on every cell and annotate's loader takes it."""
+    import skops.io
+
+    from gsrcl.evaluate.classifiers import calibrated_classifiers
+    from gsrcl.reference import model as reference_model
+
+    x, labels = pbmc
+    rows_fitted = []
+    real_fit = Pipeline.fit
+
+    def watched(self, x_fit, y, **kwargs):
+        rows_fitted.append(x_fit.shape[0])
+        return real_fit(self, x_fit, y, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "fit", watched)
+    batches = np.arange(len(x)) % 2
+    held_out_splits = [(np.flatnonzero(batches != b), np.flatnonzero(batches == b)) for b in (0, 1)]
+    approximation = Approximation(exact_max_cells=300, components=40, search_max_cells=200)
+    tasks = [labels == t for t in TASKS[:2]]
+    calibrated = calibrated_classifiers(
+        svm(True),
+        x,
+        tasks,
+        inner_folds=3,
+        metric="mcc",
+        seed=0,
+        held_out_splits=held_out_splits,
+        approximation=approximation,
+    )
+    assert all(c.held_out.shape == (len(x),) and np.isfinite(c.held_out).all() for c in calibrated)
+    assert rows_fitted and max(rows_fitted) < 300, rows_fitted  # samples, not the 700 cells
+    positive = calibrated[1].held_out[tasks[1]].mean()
+    assert positive > 2 * calibrated[1].held_out[~tasks[1]].mean()  # held out, it still knows B
+    model = calibrated[1].model()
+    assert rows_fitted[-1] == len(x)  # the model itself on every cell
+    skops.io.dump(model, tmp_path / "b.skops")
+    loaded = reference_model._classifier(tmp_path / "b.skops")
+    assert np.allclose(loaded.predict_proba(x[:20]), model.predict_proba(x[:20]))

@@ -54,6 +54,11 @@ class Approximation:
 EXACT = Approximation()  # what a classifier is fitted by unless told otherwise
 
 
+def past_exact(cells: int | None, exact_max_cells: int | None) -> bool:
+    """Whether `cells` training cells are more than `exact_max_cells` (None: never)."""
+    return None not in (cells, exact_max_cells) and cells > exact_max_cells
+
+
 @dataclass(frozen=True)
 class Dataset:
     """One labelled dataset: where it is, where its labels are, and what its values are."""

@@ -171,11 +171,35 @@ def sampled_splits(
     splits. A grid searched on them costs the same at any size; its choice is refit on all."""
     if cells >= len(y):
         return splits
-    rng = np.random.default_rng(seed)
-    rows = stratified_sample(np.arange(len(y)), y, cells / len(y), rng, 2 * len(splits))
-    kept = np.zeros(len(y), dtype=bool)
-    kept[rows] = True
+    kept = _sample_mask(y, cells, seed, 2 * len(splits))
     return [(train[kept[train]], test[kept[test]]) for train, test in splits]
+
+
+def sampled_training(
+    y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], cells: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`splits` with only their training cells cut to the stratified sample `sampled_splits`
+    draws: a fit on them costs the same at any size, and every held-out cell is predicted."""
+    if cells >= len(y):
+        return splits
+    kept = _sample_mask(y, cells, seed, 2 * len(splits))
+    return [(train[kept[train]], test) for train, test in splits]
+
+
+def within_sample(
+    splits: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The cells `splits` use (sorted) and the splits as positions among them: what a
+    cross-validation over those cells alone takes."""
+    rows = np.unique(np.concatenate([np.concatenate(split) for split in splits]))
+    return rows, [(np.searchsorted(rows, a), np.searchsorted(rows, b)) for a, b in splits]
+
+
+def _sample_mask(y: np.ndarray, cells: int, seed: int, floor: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    kept = np.zeros(len(y), dtype=bool)
+    kept[stratified_sample(np.arange(len(y)), y, cells / len(y), rng, floor)] = True
+    return kept
 
 
 def folds_record(folds: Folds, meta: dict) -> dict:

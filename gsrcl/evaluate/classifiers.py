@@ -27,8 +27,8 @@ from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from gsrcl.config.settings import EXACT, Approximation, Classifier
-from gsrcl.data.splits import sampled_splits
+from gsrcl.config.settings import EXACT, Approximation, Classifier, past_exact
+from gsrcl.data.splits import sampled_splits, sampled_training, within_sample
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, unsupported_params
 from gsrcl.evaluate.kernel_svm import (
@@ -98,8 +98,7 @@ def resolve_solver(
             f"classifier {spec.name}: evaluation.solver='device' does not support {what}; "
             "set evaluation.solver='libsvm' or 'auto'"
         )
-    too_many = None not in (cells, exact_max_cells) and cells > exact_max_cells
-    if solver == "nystroem" or too_many:
+    if solver == "nystroem" or past_exact(cells, exact_max_cells):
         return "nystroem"
     on_gpu = str(device).startswith("cuda")
     if solver == "device" or (solver == "auto" and on_gpu and not odd and not spec.multiclass):
@@ -124,8 +123,7 @@ def grid_search_cells(spec: Classifier, cells: int, approximation: Approximation
     """The cells of `cells` training cells that the grid's inner CV of an estimator other than
     an RBF SVC runs on: every one up to `exact_max_cells`, past it `search_max_cells` (as the
     approximate SVM's search), the choice refit on every cell. An exact SVM searches on all."""
-    too_many = approximation.exact_max_cells is not None and cells > approximation.exact_max_cells
-    if uses_precomputed_kernel(spec) or not too_many:
+    if uses_precomputed_kernel(spec) or not past_exact(cells, approximation.exact_max_cells):
         return cells
     return search_cells(cells, approximation)
 
@@ -191,8 +189,10 @@ class FoldClassifier:
             self.search_cells = grid_search_cells(spec, cells, approximation)
             return
         self.solver = resolve_solver(solver, spec, device, cells, approximation.exact_max_cells)
+        self.search_cells = cells
         if self.solver == "nystroem":
             self.x_train = x_train  # export's pipelines refit on the features
+            self.search_cells = search_cells(cells, approximation)
         key = (spec.features, self.solver)
         if shared is not None and key in shared:
             self.rbf_solver = shared[key]
@@ -331,17 +331,18 @@ def calibrated_classifiers(
     )
     splits = [fold.inner_splits(y) for y in labels]
     settings = _settings(fold, labels, splits, choices or [None] * len(labels))
-    if not isinstance(fold.rbf_solver, PrecomputedRBF):
-        return [
-            _calibrated_on_features(fold, y, s, given, held_out_splits)
-            for y, s, given in zip(labels, splits, settings, strict=True)
-        ]
+    on_kernel = isinstance(fold.rbf_solver, PrecomputedRBF)
 
     def calibrate(i: int) -> Calibrated:
         start = time.perf_counter()
-        calibrated = _calibrated_on_kernel(
-            fold.rbf_solver, labels[i], splits[i], settings[i], held_out_splits
-        )
+        if on_kernel:
+            calibrated = _calibrated_on_kernel(
+                fold.rbf_solver, labels[i], splits[i], settings[i], held_out_splits
+            )
+        else:
+            calibrated = _calibrated_on_features(
+                fold, labels[i], splits[i], settings[i], held_out_splits
+            )
         calibrated.seconds = time.perf_counter() - start
         return calibrated
 
@@ -402,15 +403,30 @@ def _calibrated_on_features(
     fold: FoldClassifier, y: np.ndarray, splits: Splits, settings: dict[str, Any], held_out_splits
 ) -> Calibrated:
     """Any estimator but an RBF SVC on its kernel: its calibration and held-out decision
-    values on the features, with `settings`."""
-    estimator = fold.estimator(settings)
-    calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
+    values on the features, with `settings`. Past exact_max_cells (`fold.search_cells` fewer
+    than the cells) the calibration's inner CV runs on the search's stratified sample and each
+    held-out split's fit on that sample's cells of its training cells, every held-out cell
+    predicted: export then costs the same at any size but for the model itself, fitted on
+    every cell when asked for."""
+    estimator, x, cells = fold.estimator(settings), fold.x_train, fold.search_cells
+    rows, inner = within_sample(sampled_splits(y, splits, cells, fold.seed))
+    calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=inner, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        calibrated.fit(fold.x_train, y)
-        decisions = _held_out_decisions(estimator, fold.x_train, y, held_out_splits or splits)
+        calibrated.fit(x[rows], y[rows])
+        held = sampled_training(y, held_out_splits or splits, cells, fold.seed)
+        decisions = _held_out_decisions(estimator, x, y, held)
     held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
-    return Calibrated(held_out, plain_params(estimator), lambda: calibrated)
+    sampled = len(rows) < len(y)
+
+    def model() -> CalibratedClassifierCV:
+        inner_model = calibrated.calibrated_classifiers_[0]
+        if sampled and getattr(inner_model, "fitted_on", 0) < len(y):  # once, on every cell
+            inner_model.estimator = _fit_on_all(estimator, x, y)()
+            inner_model.fitted_on = len(y)
+        return calibrated
+
+    return Calibrated(held_out, plain_params(estimator), model)
 
 
 def plain_params(estimator: Any) -> dict[str, Any]:
@@ -454,6 +470,10 @@ def multiclass_classifier(
     estimator = estimator_for(spec)
     x = sparse_if_worth_it(estimator, x)
     splits = held_out_splits or inner_splits(labels, inner_folds, seed)
+    # past exact_max_cells each split's fits run on a sample of its training cells, as the
+    # jobs' search does; every held-out cell is predicted
+    sample = grid_search_cells(spec, len(labels), approximation)
+    splits = sampled_training(labels, splits, sample, seed)
     classes = list(np.unique(labels))
     if not hasattr(estimator, "predict_proba"):
         return _calibrated_multiclass(

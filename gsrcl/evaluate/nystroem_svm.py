@@ -6,7 +6,12 @@ its kernel values to m landmark cells whitened by the landmarks' own kernel, who
 approximate the RBF kernel (exactly when every training cell is a landmark), and a linear SVM on
 them. The linear SVM is `LinearSVC(loss="hinge")`: SVC's own objective, ½|w|² + C Σ class
 weight × hinge loss, so C and class_weight mean what they mean to SVC; unlike libsvm, liblinear
-penalises the intercept (as the weight of a constant feature, `intercept_scaling` = 1). With
+penalises the intercept (as the weight of a constant feature, `intercept_scaling` = 1). The
+features are centred on the training cells' mean first: SVC is unchanged by centring its kernel
+(its dual's Σ yᵢαᵢ = 0 cancels the terms centring adds), liblinear is not, and on centred
+features its penalised intercept is the smaller one centring leaves, while a small gamma's
+nearly constant features no longer make one direction dominate the dual its coordinate descent
+solves (2× faster on untrained embeddings, the same MCCs to ±0.01: docs/approximate-svm.md). With
 every training cell a landmark it chose libsvm's settings for 6 of pbmc68k_reduced's 7 types
 (mean |ΔMCC| 0.009); `SGDClassifier(loss="hinge")` with alpha = 1 / (C n), the same objective
 with an unpenalised intercept, is faster but far noisier (6 of 7 choices moved, |ΔMCC| 0.135).
@@ -39,6 +44,7 @@ from scipy import sparse
 from sklearn.base import clone
 from sklearn.kernel_approximation import Nystroem
 from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils import check_random_state
 
@@ -62,6 +68,12 @@ BLOCK_VALUES = 1 << 22
 # near 0 (1e-2 on 2000 genes) keeps every cell active; 300 passes gave the same inner MCC to
 # ±0.03 at 0.48× the time on 8000 tiled Baron Mouse cells (docs/approximate-svm.md)
 LIBLINEAR_PASSES = 300
+# liblinear's stopping tolerance (the largest projected-gradient gap of its dual solver; its own
+# default 0.1, scikit-learn's 1e-4, which these fits rarely reach before the pass cap): on
+# centred features of untrained embeddings (4500 Baron Mouse cells) the paper's grid took 0.64×
+# the time at 1e-2 with test MCCs as close to libsvm's; at 0.1 (0.52×) the inner-CV scores with
+# every cell a landmark moved up to 0.014 from libsvm's, at 1e-2 under 0.01 (tests)
+LIBLINEAR_TOLERANCE = 1e-2
 
 
 def blocks(cells: int, width: int) -> list[slice]:
@@ -99,14 +111,35 @@ def landmark_weights(nystroem: Nystroem) -> np.ndarray:
     return weights
 
 
+def centred(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Features less their mean (in place), and the mean (float32, summed in float64)."""
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    x -= mean
+    return x, mean
+
+
+def pipeline(nystroem: Nystroem, svm: LinearSVC) -> Pipeline:
+    """The model on features: the map, centring on the training cells' features, the SVM."""
+    return Pipeline(
+        [("nystroem", nystroem), ("centre", StandardScaler(with_std=False)), ("svm", svm)]
+    )
+
+
+def is_pipeline(model: Any) -> bool:
+    """Whether `model` is, step for step, what `pipeline` makes (a model file may hold it)."""
+    kinds = [type(step) for _, step in getattr(model, "steps", [])]
+    return type(model) is Pipeline and kinds == [Nystroem, StandardScaler, LinearSVC]
+
+
 @dataclass
 class NystroemSVM:
-    """A fitted linear SVM on one gamma's Nystroem features; it predicts from the cells'
-    squared distances to the landmarks (`NystroemRBF.distances`)."""
+    """A fitted linear SVM on one gamma's centred Nystroem features; it predicts from the
+    cells' squared distances to the landmarks (`NystroemRBF.distances`)."""
 
     svm: LinearSVC
     nystroem: Nystroem
     weights: np.ndarray  # landmark_weights(nystroem)
+    mean: np.ndarray  # the training cells' features' mean, taken from every cell's
 
     @property
     def classes_(self) -> np.ndarray:
@@ -117,22 +150,27 @@ class NystroemSVM:
         return self.nystroem.gamma
 
     def decision_function(self, distances: np.ndarray) -> np.ndarray:
-        return self.svm.decision_function(features(distances, self.gamma, self.weights))
+        return self.svm.decision_function(self._features(distances))
 
     def predict(self, distances: np.ndarray) -> np.ndarray:
-        return self.svm.predict(features(distances, self.gamma, self.weights))
+        return self.svm.predict(self._features(distances))
+
+    def _features(self, distances: np.ndarray) -> np.ndarray:
+        x = features(distances, self.gamma, self.weights)
+        x -= self.mean
+        return x
 
     def on_features(self) -> Pipeline:
         """The same settings, unfitted, as a pipeline on features (to refit and export)."""
-        return Pipeline([("nystroem", clone(self.nystroem)), ("svm", clone(self.svm))])
+        return pipeline(clone(self.nystroem), clone(self.svm))
 
 
-def svc_params(pipeline: Pipeline) -> dict[str, Any]:
+def svc_params(model: Pipeline) -> dict[str, Any]:
     """An approximate model's settings under SVC's names, with what approximated it."""
-    nystroem, svm = pipeline.named_steps["nystroem"], pipeline.named_steps["svm"]
+    nystroem, svm = model.named_steps["nystroem"], model.named_steps["svm"]
     return {
         "C": svm.C,
-        "gamma": nystroem.gamma,
+        "gamma": float(nystroem.gamma),
         "class_weight": svm.class_weight,
         "solver": "nystroem",
         "n_components": nystroem.n_components,
@@ -163,7 +201,8 @@ class NystroemRBF(RBFSolver):
         self.landmarks = _dense(x_train[np.sort(drawn)])
         self.train_distances = self.distances(x_train)
         self._maps: dict[float, Nystroem] = {}
-        self._features: tuple[float, np.ndarray] | None = None  # the last gamma's, reused
+        # the last gamma's centred features and their mean, reused
+        self._features: tuple[float, np.ndarray, np.ndarray] | None = None
 
     def distances(self, x: np.ndarray) -> np.ndarray:
         """Squared distances from cells (rows) to the landmarks (columns), float32, computed
@@ -197,18 +236,21 @@ class NystroemRBF(RBFSolver):
             ).fit(self.landmarks)
         return self._maps[gamma]
 
-    def train_features(self, gamma: float) -> np.ndarray:
-        """The training cells' features of one gamma (the last gamma's are kept, not more)."""
+    def train_features(self, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        """The training cells' centred features of one gamma and their mean (the last
+        gamma's are kept, not more)."""
         if self._features is None or self._features[0] != gamma:
             self._features = None  # freed before the next are made
             weights = landmark_weights(self.nystroem(gamma))
-            self._features = (gamma, features(self.train_distances, gamma, weights))
-        return self._features[1]
+            x, mean = centred(features(self.train_distances, gamma, weights))
+            self._features = (gamma, x, mean)
+        return self._features[1], self._features[2]
 
     def linear_svm(self, params: dict[str, Any]) -> LinearSVC:
         return LinearSVC(
             loss="hinge",
             max_iter=LIBLINEAR_PASSES,
+            tol=LIBLINEAR_TOLERANCE,
             C=params.get("C", 1.0),
             class_weight=params.get("class_weight"),
             random_state=self.seed,
@@ -219,7 +261,7 @@ class NystroemRBF(RBFSolver):
         training cells): what export calibrates and refits."""
         gamma = self.gamma(params.get("gamma", "scale"))
         map_ = Nystroem(gamma=gamma, n_components=self.components, random_state=self.seed)
-        return Pipeline([("nystroem", map_), ("svm", self.linear_svm(params))])
+        return pipeline(map_, self.linear_svm(params))
 
     def _search(
         self, labels: list[np.ndarray], splits: list[Splits], candidates: list[dict], metric: str
@@ -232,7 +274,7 @@ class NystroemRBF(RBFSolver):
         units = [(p, s) for p, (_, task) in enumerate(problems) for s in range(len(task))]
         score = partial(_inner_score, metric)
         for gamma, members in by_gamma.items():
-            x = self.train_features(gamma)
+            x, _ = self.train_features(gamma)
 
             def run(unit: tuple[int, int], x=x, members=members) -> list[float]:
                 y, (train, test) = problems[unit[0]][0], problems[unit[0]][1][unit[1]]
@@ -257,7 +299,7 @@ class NystroemRBF(RBFSolver):
         held = self._features[0] if self._features else None
         models: list[Any] = [None] * len(labels)
         for gamma in sorted(tasks, key=lambda g: g != held):
-            x = self.train_features(gamma)
+            x, mean = self.train_features(gamma)
             fits = self.workers.map(
                 lambda t, x=x: self._fit(x, labels[t], candidates[chosen[t]]), tasks[gamma]
             )
@@ -266,7 +308,7 @@ class NystroemRBF(RBFSolver):
             for t, svm in zip(tasks[gamma], fits, strict=True):
                 if svm is None:
                     raise ValueError("the training cells hold a single class")
-                models[t] = NystroemSVM(svm, nystroem, weights)
+                models[t] = NystroemSVM(svm, nystroem, weights, mean)
         return models
 
     def _fit(self, x: np.ndarray, y: np.ndarray, params: dict) -> LinearSVC | None:

@@ -40,6 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 from gsrcl.errors import UserError
+from gsrcl.evaluate import nystroem_svm
 from gsrcl.evaluate.balanced import BalancedLogisticRegression
 from gsrcl.files import sha256
 from gsrcl.model.checkpoints import EncoderInput, load_encoder
@@ -341,15 +342,20 @@ def _classifier(path: Path) -> Any:
 
 
 def _is_gsrcl_classifier(model: Any) -> bool:
-    """A Platt-calibrated SVC (one type against the rest, or multi-class), or a multi-class
-    LogisticRegression (balanced with a floor, or plain): nothing else."""
+    """A Platt-calibrated SVC, exact or approximate (one type against the rest, or
+    multi-class), or a multi-class LogisticRegression (balanced with a floor, or plain):
+    nothing else."""
     if type(model) in (BalancedLogisticRegression, LogisticRegression):
         return _is_multiclass(model)
     if type(model) is not CalibratedClassifierCV:
         return False
     inner = getattr(model, "calibrated_classifiers_", [])
     classes_ok = _is_binary(model) or _is_multiclass(model)
-    return bool(inner) and classes_ok and all(type(c.estimator) is SVC for c in inner)
+    return bool(inner) and classes_ok and all(_is_svm(c.estimator) for c in inner)
+
+
+def _is_svm(model: Any) -> bool:
+    return type(model) is SVC or nystroem_svm.is_pipeline(model)
 
 
 def _is_binary(model: Any) -> bool:

@@ -39,6 +39,7 @@ from gsrcl.config.settings import (
     Experiment,
     Method,
     Split,
+    past_exact,
 )
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
@@ -277,8 +278,7 @@ def job_needs(
 
 def approximate(evaluation: Evaluation, train: int) -> bool:
     """Whether an RBF SVC on `train` cells is fitted on the Nystroem approximation."""
-    limit = evaluation.exact_max_cells
-    return evaluation.solver == "nystroem" or (limit is not None and train > limit)
+    return evaluation.solver == "nystroem" or past_exact(train, evaluation.exact_max_cells)
 
 
 # the approximation's fits: its features (float32) and liblinear's copy of a fit's rows as
