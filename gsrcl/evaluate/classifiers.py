@@ -409,7 +409,10 @@ def _calibrated_on_features(
     predicted: export then costs the same at any size but for the model itself, fitted on
     every cell when asked for."""
     estimator, x, cells = fold.estimator(settings), fold.x_train, fold.search_cells
-    rows, inner = within_sample(sampled_splits(y, splits, cells, fold.seed))
+    sampled = cells < len(y)
+    rows, inner = slice(None), splits
+    if sampled:
+        rows, inner = within_sample(sampled_splits(y, splits, cells, fold.seed))
     calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=inner, ensemble=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -417,13 +420,14 @@ def _calibrated_on_features(
         held = sampled_training(y, held_out_splits or splits, cells, fold.seed)
         decisions = _held_out_decisions(estimator, x, y, held)
     held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
-    sampled = len(rows) < len(y)
+
+    pending = sampled  # the model on every cell, fitted once when first asked for
 
     def model() -> CalibratedClassifierCV:
-        inner_model = calibrated.calibrated_classifiers_[0]
-        if sampled and getattr(inner_model, "fitted_on", 0) < len(y):  # once, on every cell
-            inner_model.estimator = _fit_on_all(estimator, x, y)()
-            inner_model.fitted_on = len(y)
+        nonlocal pending
+        if pending:
+            calibrated.calibrated_classifiers_[0].estimator = _fit_on_all(estimator, x, y)()
+            pending = False
         return calibrated
 
     return Calibrated(held_out, plain_params(estimator), model)
