@@ -14,8 +14,8 @@ k-fold), so no classifier is scored on a sibling of a cell it was fitted on.
 Protocol: the paper's split (20 % validation, then `--folds` folds), the paper's SVM grid and
 5 inner folds scored by MCC, on the embeddings of a SimCLR encoder (random masking of the 2000
 most variable genes, encoder 256-128, full batch, lr 1e-3) trained on each fold's training
-cells. Each fold's last snapshot gives the test MCC per task; every snapshot of fold 0 (every
-`--validate-every` epochs from 0) is scored as the runner scores a validation step
+cells. Each fold's last snapshot gives the test MCC per task; every snapshot of every fold
+(every `--validate-every` epochs from 0) is scored as the runner scores a validation step
 (`ValidationScorer`: grid on the training cells, MCC on the validation cells), once with the
 exact search (libsvm on the precomputed kernel) and once with the approximation, and each
 task's kept checkpoint (the best so far, the earliest on ties) is compared step by step.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import itertools
 import statistics
 import sys
 import time
@@ -170,11 +171,10 @@ def run(args) -> dict:
             train = np.setdiff1d(rest, test)
             fitted = preprocess.fit_masking(adata[train], "counts", METHOD.n_genes)
             x = torch.as_tensor(fitted.transform(adata))
-            wanted = epochs if k == 0 else [epochs[-1]]
-            embeddings = snapshots(x, train, wanted)
+            embeddings = snapshots(x, train, epochs)
             for name, solver in (("exact", "libsvm"), ("approximate", "nystroem")):
                 steps = []
-                for epoch in wanted:
+                for epoch in epochs:
                     parts = (train, validation, test)
                     step = score(solver, embeddings[epoch], parts, labels, groups, args, workers)
                     steps.append({"epoch": epoch, **step})
@@ -221,7 +221,7 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(out: dict, args) -> dict:
-    """The figures: per task test MCC of each (mean, SE) over folds; fold 0's kept
+    """The figures: per task test MCC of each (mean, SE) over folds; each fold's kept
     checkpoints step by step; seconds and peak memory of each search."""
     results, tasks = out["results"], args.tasks
     rows = []
@@ -245,15 +245,16 @@ def summarize(out: dict, args) -> dict:
             }
         )
     checkpoints = []
-    for t in tasks:
+    for t, k in itertools.product(tasks, range(len(results["exact"]))):
         scores = {
-            name: [step["tasks"][t]["validation"] for step in results[name][0]] for name in results
+            name: [step["tasks"][t]["validation"] for step in results[name][k]] for name in results
         }
         kept_e, kept_a = kept(scores["exact"]), kept(scores["approximate"])
-        epochs = [step["epoch"] for step in results["exact"][0]]
+        epochs = [step["epoch"] for step in results["exact"][k]]
         checkpoints.append(
             {
                 "task": t,
+                "fold": k,
                 "epochs": epochs,
                 "exact": kept_e,
                 "approximate": kept_a,
@@ -334,16 +335,16 @@ def page(out: dict, figures: dict, args, command: str, wall: float, load: str) -
         "",
         f"Within the SEs (|Δ| ≤ the larger of the two SEs): **{within} of {len(rows)} tasks**.",
         "",
-        f"## Checkpoint kept (fold 0, a validation step every {args.validate_every} epochs)",
+        f"## Checkpoint kept (every fold, a validation step every {args.validate_every} epochs)",
         "",
-        "| task | epochs | kept, exact | kept, approximate | mean validation MCC gap "
+        "| task | fold | epochs | kept, exact | kept, approximate | mean validation MCC gap "
         "| largest loss of the approximate choice |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in checkpoints:
         epochs = c["epochs"]
         lines.append(
-            f"| {c['task']} | {', '.join(map(str, epochs))} | "
+            f"| {c['task']} | {c['fold']} | {', '.join(map(str, epochs))} | "
             f"{', '.join(str(epochs[i]) for i in c['exact'])} | "
             f"{', '.join(str(epochs[i]) for i in c['approximate'])} | {c['gap']:.3f} | "
             f"{max(c['lost'], default=0.0):.3f} |"
@@ -355,9 +356,10 @@ def page(out: dict, figures: dict, args, command: str, wall: float, load: str) -
         f"({sum(steps) / max(len(steps), 1):.0%}; the first step, with one candidate, not "
         f"counted); same final choice for "
         f"{sum(c['exact'][-1] == c['approximate'][-1] for c in checkpoints)} of "
-        f"{len(checkpoints)} tasks. Where they differ, the approximate choice scores at most "
-        f"{max(lost, default=0.0):.3f} below the exact one by the exact search's own validation "
-        f"MCC (the loss column; mean over every step {statistics.fmean(lost or [0.0]):.4f}).",
+        f"{len(checkpoints)} tasks and folds. Where they differ, the approximate choice scores "
+        f"at most {max(lost, default=0.0):.3f} below the exact one by the exact search's own "
+        f"validation MCC (the loss column; mean over every step "
+        f"{statistics.fmean(lost or [0.0]):.4f}).",
         "",
         "## Cost (one validation step: every task's grid search, refit and predictions)",
         "",

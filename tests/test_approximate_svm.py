@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from sklearn.kernel_approximation import Nystroem
 from sklearn.metrics import matthews_corrcoef
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -22,8 +21,10 @@ from gsrcl.evaluate import nystroem_svm
 from gsrcl.evaluate.classifiers import FoldClassifier, fitted_as, resolve_solver
 from gsrcl.evaluate.kernel_svm import PrecomputedRBF
 from gsrcl.evaluate.nystroem_svm import NystroemRBF, features, landmark_weights
-from gsrcl.runner import pipeline
+from gsrcl.runner import jobs, pipeline
 from gsrcl.runner.pipeline import run_experiment
+from gsrcl.runner.retention import job_states
+from gsrcl.runner.run_folder import RunFolder
 from tests.conftest import tiny_experiment
 
 TASKS = ["CD14+ Monocyte", "CD19+ B", "Dendritic"]
@@ -241,7 +242,7 @@ def test_the_approximate_path_holds_no_cells_by_cells_array(pbmc, monkeypatch):
     assert peak < n * n * 4, peak
 
 
-def test_results_say_which_classifiers_were_approximate(tmp_path):
+def test_results_say_which_classifiers_were_approximate(tmp_path, monkeypatch):
     experiment = tiny_experiment(tmp_path, methods=())
     folds = pipeline.dataset_folds(experiment.datasets[0], experiment, DatasetCache(), None)
     cells = [len(folds.train(k)) for k in range(experiment.split.folds)]
@@ -280,6 +281,14 @@ def test_results_say_which_classifiers_were_approximate(tmp_path):
     assert " ≈" in page and "approximate classifiers" in page  # the scores marked; the facts
     assert "Approximate classifiers" in (run / "summary.md").read_text()
     assert any(label in line and "baseline-svm" in line for line in lines)  # said before and after
+    # another version of the approximation: its jobs are redone, the exact ones kept
+    planned = jobs.plan(experiment)
+    monkeypatch.setattr(nystroem_svm, "VERSION", nystroem_svm.VERSION + 1)
+    states = {
+        job.fold: state.status
+        for job, state in job_states(experiment, RunFolder.of(experiment), planned).items()
+    }
+    assert states == {k: "stale" if k in approximate else "done" for k in range(len(cells))}
 
 
 def test_an_exact_run_says_nothing_of_approximations(tmp_path):

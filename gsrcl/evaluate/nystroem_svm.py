@@ -11,7 +11,7 @@ features are centred on the training cells' mean first: SVC is unchanged by cent
 (its dual's Σ yᵢαᵢ = 0 cancels the terms centring adds), liblinear is not, and on centred
 features its penalised intercept is the smaller one centring leaves, while a small gamma's
 nearly constant features no longer make one direction dominate the dual its coordinate descent
-solves (2× faster on untrained embeddings, the same MCCs to ±0.01: docs/approximate-svm.md). With
+solves (`python3 bench/liblinear_settings.py`: docs/approximate-svm.md). With
 every training cell a landmark it chose libsvm's settings for 6 of pbmc68k_reduced's 7 types
 (mean |ΔMCC| 0.009); `SGDClassifier(loss="hinge")` with alpha = 1 / (C n), the same objective
 with an unpenalised intercept, is faster but far noisier (6 of 7 choices moved, |ΔMCC| 0.135).
@@ -61,6 +61,9 @@ from gsrcl.evaluate.kernel_svm import (
 )
 from gsrcl.evaluate.workers import SERIAL, Workers
 
+# what a job's metrics record of this solver: a job another version fitted is redone (1: the
+# features uncentred, liblinear's tolerance 1e-4; 2: centred, 1e-2, since 2026-12-07)
+VERSION = 2
 # values (cells × genes or landmarks) computed at once in float64: 32 MB temporaries
 BLOCK_VALUES = 1 << 22
 # liblinear's passes over a fit's cells (its default 1000): on features of raw expression most
@@ -69,10 +72,10 @@ BLOCK_VALUES = 1 << 22
 # ±0.03 at 0.48× the time on 8000 tiled Baron Mouse cells (docs/approximate-svm.md)
 LIBLINEAR_PASSES = 300
 # liblinear's stopping tolerance (the largest projected-gradient gap of its dual solver; its own
-# default 0.1, scikit-learn's 1e-4, which these fits rarely reach before the pass cap): on
-# centred features of untrained embeddings (4500 Baron Mouse cells) the paper's grid took 0.64×
-# the time at 1e-2 with test MCCs as close to libsvm's; at 0.1 (0.52×) the inner-CV scores with
-# every cell a landmark moved up to 0.014 from libsvm's, at 1e-2 under 0.01 (tests)
+# default 0.1, scikit-learn's 1e-4, which these fits rarely reach before the pass cap): centred
+# and at 1e-2 the paper's grid fits faster with test MCCs as close to libsvm's
+# (bench/liblinear_settings.py); at 0.1 the inner-CV scores with every cell a landmark moved up
+# to 0.014 from libsvm's, at 1e-2 under 0.01 (tests/test_approximate_svm.py)
 LIBLINEAR_TOLERANCE = 1e-2
 
 
@@ -139,7 +142,7 @@ class NystroemSVM:
     svm: LinearSVC
     nystroem: Nystroem
     weights: np.ndarray  # landmark_weights(nystroem)
-    mean: np.ndarray  # the training cells' features' mean, taken from every cell's
+    mean: np.ndarray  # the mean of the training cells' features (`centred` took it off)
 
     @property
     def classes_(self) -> np.ndarray:

@@ -40,6 +40,7 @@ from typing import Any, Literal, Protocol
 import pandas as pd
 
 from gsrcl.errors import UserError
+from gsrcl.evaluate import nystroem_svm
 from gsrcl.files import (
     atomic_write,
     link_or_copy,
@@ -57,6 +58,7 @@ PREDICTIONS = "predictions.csv"
 LOSS = "loss.csv"
 VALIDATION = "validation.csv"
 SUMMARY = "summary.csv"
+APPROXIMATE = "nystroem"  # the solver name metrics.json gives the approximate SVM
 PROGRESS = "progress.pt"  # a running job's training state, kept until it is done
 DERIVED = ("summary.csv", "summary.md", "report.html", "figures")  # rebuilt from the jobs
 
@@ -98,8 +100,11 @@ class JobFolder:
     def write_metrics(
         self, job_id: str, rows: list[dict], seconds: dict[str, float], solvers: dict[str, str]
     ) -> None:
-        """`solvers`: which solver fitted each RBF SVC classifier of the job, by name."""
+        """`solvers`: which solver fitted each RBF SVC classifier of the job, by name; an
+        approximate one's version is recorded with them."""
         record = {"job": job_id, "rows": rows, "seconds": seconds, "solvers": solvers}
+        if APPROXIMATE in solvers.values():
+            record["approximate_svm"] = nystroem_svm.VERSION
         write_json(self.path / METRICS, record)
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
@@ -184,7 +189,17 @@ class JobFolder:
         problem = _damage(self.path, files)
         if problem:
             return JobState("corrupt", problem)
+        if self._older_approximation():
+            return JobState("stale", "fitted by an older runner's approximate SVM")
         return JobState("done", device=device, seconds=seconds)
+
+    def _older_approximation(self) -> bool:
+        """Whether another version of the approximate SVM fitted this job: the config is the
+        same, the numbers are not, so the job is redone rather than mixed with new ones (jobs
+        the exact SVM fitted keep their fingerprint-only check)."""
+        record = json.loads((self.path / METRICS).read_text())  # checked by _damage
+        approximate = APPROXIMATE in record.get("solvers", {}).values()
+        return approximate and record.get("approximate_svm") != nystroem_svm.VERSION
 
     def _unfinished(self) -> JobState:
         error = self.path / ERROR
