@@ -16,8 +16,9 @@ from typing import Any
 import anndata as ad
 
 from gsrcl.config.configfile import load_experiment
-from gsrcl.config.presets import cpu_reference
+from gsrcl.config.presets import cpu_reference, reference_folds
 from gsrcl.config.settings import Dataset, Experiment, Export
+from gsrcl.data.readers import read_rows
 from gsrcl.errors import UserError
 from gsrcl.reference.annotation import Annotation, annotate_adata_or_file
 from gsrcl.reference.model import ReferenceModel, check_replaceable
@@ -74,7 +75,7 @@ def reference_experiment(
     method: str = "best",
     results_dir: str | Path = "results",
     epochs: int = 100,
-    folds: int = 5,
+    folds: int | None = None,
     seed: int = 0,
     batch: str | None = None,
     keep_candidates: bool = False,
@@ -85,7 +86,8 @@ def reference_experiment(
     judged on each batch predicted without it, as a new batch will be. `keep_candidates`: with
     "best", every other method's model is written too, as `<out>-<method>`. `steps`: SimCLR's
     budget of batches (default `epochs`: a dataset of one batch trains its epochs, a larger one
-    as many whole epochs as fit)."""
+    as many whole epochs as fit). `folds`: the CV's (default 5, or 2 past 50 000 cells:
+    `presets.reference_folds`)."""
     dataset = Dataset(
         name=Path(data).name.split(".")[0],
         path=str(data),
@@ -94,7 +96,17 @@ def reference_experiment(
         batch=batch,
     )
     export = Export(after_run=True, method=method, out=str(out), keep_candidates=keep_candidates)
+    folds = folds if folds is not None else reference_folds(_cells_in(dataset))
     return cpu_reference(dataset, str(results_dir), epochs, folds, seed, export, steps)
+
+
+def _cells_in(dataset: Dataset) -> int | None:
+    """The cells of an .h5ad or .zarr file, from its obs alone (None for other formats)."""
+    rows = read_rows(dataset)
+    if rows is None:
+        return None
+    with rows:
+        return rows.cells.n_obs
 
 
 def annotate(

@@ -229,7 +229,9 @@ def parser() -> argparse.ArgumentParser:
         help="SimCLR's budget of batches (default: as many as --epochs): past one batch of "
         "8192 training cells, as many whole epochs as fit in it",
     )
-    reference_parser.add_argument("--folds", type=int, default=5, help="CV folds (5)")
+    reference_parser.add_argument(
+        "--folds", type=int, default=None, help="CV folds (5; 2 past 50 000 cells)"
+    )
     reference_parser.add_argument("--seed", type=int, default=0)
     reference_parser.add_argument(
         "--check", action="store_true", help="plan and estimate only (nothing trained or written)"

@@ -432,6 +432,22 @@ def test_reference_check_plans_and_estimates_without_training_or_writing(tmp_pat
     assert not (tmp_path / "model").exists() and not (tmp_path / "results").exists()
 
 
+def test_a_large_reference_gets_two_folds_unless_told(tmp_path, monkeypatch):
+    from gsrcl.api import reference_experiment
+    from gsrcl.config import presets
+
+    path = tmp_path / "cells.h5ad"
+    ad.AnnData(np.ones((30, 4), np.float32), obs=pd.DataFrame({"t": ["a"] * 30})).write_h5ad(path)
+
+    def folds(**given) -> int:
+        return reference_experiment(path, "t", tmp_path / "m", **given).split.folds
+
+    assert folds() == 5 and folds(folds=3) == 3
+    monkeypatch.setattr(presets, "LARGE_REFERENCE", 29)  # 30 cells are past it
+    assert folds() == 2 and folds(folds=4) == 4
+    assert reference_experiment(tmp_path / "cells.csv", "t", tmp_path / "m").split.folds == 5
+
+
 def test_a_type_too_small_for_the_split_is_still_in_the_model_marked_not_validated(tmp_path):
     full = ad.read_h5ad(shared_file("tm_immune.h5ad"))
     kinds = full.obs["cell_type"].astype(str).to_numpy()

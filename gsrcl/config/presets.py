@@ -91,11 +91,24 @@ STRONG_EVALUATION = Evaluation(
 )
 
 
+# gsrcl reference's CV folds: the paper's 5, or 2 past LARGE_REFERENCE cells, where each fold's
+# test part still holds 20 000 cells or more (over twice the paper's largest dataset) and each
+# further fold is one more training: a 100 000-cell reference took ~90 min at 5 folds on 2 cores
+# and fits an hour at 2 (docs/scale.md)
+REFERENCE_FOLDS, LARGE_REFERENCE_FOLDS, LARGE_REFERENCE = 5, 2, 50_000
+
+
+def reference_folds(cells: int | None) -> int:
+    """The CV folds of a reference of `cells` cells (None: not known before reading)."""
+    large = cells is not None and cells > LARGE_REFERENCE
+    return LARGE_REFERENCE_FOLDS if large else REFERENCE_FOLDS
+
+
 def cpu_reference(
     dataset: Dataset,
     results_dir: str,
     epochs: int = 100,
-    folds: int = 5,
+    folds: int = REFERENCE_FOLDS,
     seed: int = 0,
     export: Export | None = None,
     steps: int | None = None,
