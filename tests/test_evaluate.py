@@ -257,3 +257,38 @@ def test_export_reuses_the_cvs_settings_and_searches_only_where_none_are_given()
     mixed = calibrated_classifiers(svm(), x, labels, **settings, choices=[other, None])
     assert mixed[0].params["C"] == 100 and mixed[0].params["gamma"] == other["gamma"]
     assert mixed[1].params == searched[1].params
+
+
+def test_held_out_ratios_each_computed_once_are_the_ratios():
+    """Export judges candidates that mostly predict the same types: each cell's held-out ratio to
+    a type is computed once and reused, with the same values as computed afresh."""
+    import scanpy as sc
+
+    from gsrcl.reference import neighbourhood
+
+    pbmc = sc.datasets.pbmc68k_reduced().raw.to_adata()
+    labels = pbmc.obs["bulk_labels"].astype(str).to_numpy()
+    types = sorted(set(labels))
+    arrays = neighbourhood.fit(neighbourhood.fit_space(pbmc, "log", 10), labels, types)
+    fresh, regions = (
+        neighbourhood.Neighbourhoods(arrays, list(pbmc.var_names), "log") for _ in range(2)
+    )
+    truth = np.repeat(np.arange(len(types)), [(labels == t).sum() for t in types])
+    rng = np.random.default_rng(0)
+    batches = np.array(["a", "b", "c"])[rng.integers(0, 3, len(truth))]
+    batches[truth == 0] = "a"  # a type one batch alone has is judged within it
+    judged = neighbourhood.HeldOutRatios(regions, truth, batches)
+    computed = []
+    real = regions.held_out_ratios_as
+
+    def counted(t, rows, *args):
+        computed.append(int(rows.sum()))
+        return real(t, rows, *args)
+
+    regions.held_out_ratios_as = counted
+    for step in range(3):
+        moved = rng.random(len(truth)) < (0.0 if step == 0 else 0.1)
+        predicted = np.where(moved, rng.integers(0, len(types), len(truth)), truth)
+        assert np.allclose(judged(predicted), fresh.held_out_ratios(predicted, truth, batches))
+        assert sum(computed) <= (len(truth) if step == 0 else moved.sum()), (step, computed)
+        computed.clear()

@@ -346,7 +346,9 @@ def calibrated_classifiers(
         calibrated.seconds = time.perf_counter() - start
         return calibrated
 
-    return workers.map(calibrate, range(len(labels)))
+    with warnings.catch_warnings():  # set here: the threads' own would restore each other's
+        warnings.simplefilter("ignore")
+        return workers.map(calibrate, range(len(labels)))
 
 
 def _settings(

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
@@ -34,7 +34,12 @@ from gsrcl.config.settings import BASELINE, Classifier, Dataset, Experiment
 from gsrcl.data import dataset as data
 from gsrcl.data import preprocess
 from gsrcl.errors import UserError
-from gsrcl.evaluate.classifiers import Calibrated, calibrated_classifiers, multiclass_classifier
+from gsrcl.evaluate.classifiers import (
+    Calibrated,
+    calibrated_classifiers,
+    grid_search_cells,
+    multiclass_classifier,
+)
 from gsrcl.evaluate.workers import Workers
 from gsrcl.files import safe_name
 from gsrcl.model.checkpoints import load_encoder
@@ -84,6 +89,10 @@ class Reference:
     space: neighbourhood.Space
     workers: Workers
     log: Callable[[str], None]
+    # by the types a candidate knows: their neighbourhoods and the held-out ratios judged so far
+    judged: dict[tuple[str, ...], tuple[dict, neighbourhood.HeldOutRatios]] = field(
+        default_factory=dict
+    )
 
     @property
     def held_out_splits(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -208,8 +217,8 @@ def _assess(ref: Reference, method: str, counter: str) -> Candidate:
         kind, encoders, classifiers = _expression_classifiers(ref, baseline, picks)
     types = list(picks)
     held_out = _held_out_matrix(ref, classifiers, types)
-    regions = neighbourhood.fit(ref.space, ref.labels, types)
-    unassigned = _unassigned_rule(ref, regions, types, held_out)
+    regions, ratios = _neighbourhoods(ref, types)
+    unassigned = _unassigned_rule(ref, ratios, types, held_out)
     if ref.batches is not None and kind["kind"] == "encoder":
         unassigned["calibrated_on"] += ENCODER_SAW_EVERY_BATCH
     ref.log(f"  {method} judged in {time.perf_counter() - start:.1f} s")
@@ -478,8 +487,11 @@ def _expression_classifiers(ref: Reference, baseline: Classifier, picks: dict[st
         approximation=evaluation.approximation,
     )
     chosen = {k: model.params.get(k) for k in baseline.grid}
+    cells = int(rows.sum())
+    sample = grid_search_cells(baseline, cells, evaluation.approximation)
+    on = f"{sample} of {cells} cells" if sample < cells else f"{cells} cells"
     ref.log(
-        f"  one model of {len(picks)} types searched on {rows.sum()} cells, chose {chosen}, "
+        f"  one model of {len(picks)} types searched and held out on {on}, chose {chosen}, "
         f"in {time.perf_counter() - start:.1f} s"
     )
     return kind, {}, dict.fromkeys(picks, model)
@@ -530,17 +542,38 @@ def _entry(task: str, pick: dict, classifier: str, cells: int, params: dict) -> 
     }
 
 
-def _unassigned_rule(ref: Reference, arrays: dict, types: list[str], held_out) -> dict:
+def _neighbourhoods(ref: Reference, types: list[str]):
+    """The types' neighbourhoods (arrays for neighbourhoods.npz) and their held-out ratios of
+    the reference's cells: made once for every candidate that knows the same types."""
+    key = tuple(types)
+    if key not in ref.judged:
+        arrays = neighbourhood.fit(ref.space, ref.labels, types)
+        genes = list(ref.adata.var_names)
+        regions = neighbourhood.Neighbourhoods(arrays, genes, ref.spec.values)
+        order = _stored_order(ref.labels, types)
+        truth = np.repeat(np.arange(len(types)), [int((ref.labels == t).sum()) for t in types])
+        batches = None if ref.batches is None else ref.batches[order]
+        ref.judged[key] = (arrays, neighbourhood.HeldOutRatios(regions, truth, batches))
+    return ref.judged[key]
+
+
+def _stored_order(labels: np.ndarray, types: list[str]) -> np.ndarray:
+    """The reference's cells of `types` in the order the neighbourhoods store them."""
+    return np.concatenate([np.flatnonzero(labels == t) for t in types])
+
+
+def _unassigned_rule(
+    ref: Reference, held_out_ratios: neighbourhood.HeldOutRatios, types: list[str], held_out
+) -> dict:
     """The Unassigned rule chosen from the held-out predictions of the reference's cells of the
     model's types, what it does to them and what it was chosen on (a dict for the manifest)."""
-    labels, batches = ref.labels, ref.batches
-    regions = neighbourhood.Neighbourhoods(arrays, list(ref.adata.var_names), ref.spec.values)
-    order = np.concatenate([np.flatnonzero(labels == t) for t in types])  # the regions' order
-    truth = np.repeat(np.arange(len(types)), [int((labels == t).sum()) for t in types])
+    batches = ref.batches
+    order = _stored_order(ref.labels, types)
+    truth = held_out_ratios.truth
     probabilities = rule.shares(held_out[order])  # as annotate reports them
     predicted = probabilities.argmax(axis=1)
     best = probabilities[np.arange(len(order)), predicted]
-    ratios = regions.held_out_ratios(predicted, truth, None if batches is None else batches[order])
+    ratios = held_out_ratios(predicted)
     chosen = rule.choose(best, ratios, predicted == truth)
     rates = rule.held_out_rates(chosen, best, ratios, predicted, truth)
     ref.log(
