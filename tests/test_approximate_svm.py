@@ -394,3 +394,27 @@ def test_export_past_exact_max_cells_fits_on_a_sample_and_saves_a_loadable_model
     skops.io.dump(model, tmp_path / "b.skops")
     loaded = reference_model._classifier(tmp_path / "b.skops")
     assert np.allclose(loaded.predict_proba(x[:20]), model.predict_proba(x[:20]))
+
+
+def test_the_approximate_search_is_the_same_on_two_threads_run_after_run(pbmc):
+    """liblinear seeds C's process-wide rand() at each fit: fits side by side drew from each
+    other's sequence and the same seed gave other scores run to run."""
+    from gsrcl.evaluate.workers import Workers
+
+    x, labels = pbmc
+    tasks = [labels == t for t in TASKS]
+    tables = []
+    for _ in range(2):
+        with Workers(2) as workers:
+            fold = FoldClassifier(
+                svm(),
+                x,
+                inner_folds=3,
+                metric="mcc",
+                solver="nystroem",
+                workers=workers,
+                approximation=Approximation(components=60),
+            )
+            search = fold.search(tasks, [fold.inner_splits(y) for y in tasks])
+        tables.append(np.stack(search.scores))
+    assert np.array_equal(tables[0], tables[1], equal_nan=True)

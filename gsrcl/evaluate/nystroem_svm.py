@@ -32,6 +32,7 @@ are on the CPU.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -64,6 +65,10 @@ from gsrcl.evaluate.workers import SERIAL, Workers
 # what a job's metrics record of this solver: a job another version fitted is redone (1: the
 # features uncentred, liblinear's tolerance 1e-4; 2: centred, 1e-2, since 2026-12-07)
 VERSION = 2
+# liblinear draws its coordinate order from C's one process-wide rand(), seeded at each fit's
+# start: two fits at once on two threads draw from each other's sequence, and the same seed
+# gave different fits run to run (bench/approximate_svm.py, 2 threads). One fit at a time.
+LIBLINEAR_LOCK = threading.Lock()
 # values (cells × genes or landmarks) computed at once in float64: 32 MB temporaries
 BLOCK_VALUES = 1 << 22
 # liblinear's passes over a fit's cells (its default 1000): on features of raw expression most
@@ -182,8 +187,9 @@ def svc_params(model: Pipeline) -> dict[str, Any]:
 
 class NystroemRBF(RBFSolver):
     """The training cells of one fold and their squared distances to the approximation's
-    landmark cells, drawn among them with the job's seed; fits by liblinear on `workers`'
-    threads (it releases the GIL). Only C, gamma and class_weight of the SVC settings carry
+    landmark cells, drawn among them with the job's seed; its fits' slicing and scoring on
+    `workers`' threads, liblinear itself one fit at a time (`LIBLINEAR_LOCK`). Only C, gamma
+    and class_weight of the SVC settings carry
     over (the others tune libsvm itself). Past `search_max_cells` the inner CV runs on a
     stratified sample of that many cells per label vector; the choice is refit on all."""
 
@@ -322,7 +328,8 @@ class NystroemRBF(RBFSolver):
             sklearn.config_context(assume_finite=True, skip_parameter_validation=True),
         ):
             warnings.simplefilter("ignore")  # liblinear's iteration cap, as libsvm's warnings
-            return self.linear_svm(params).fit(x, y)
+            with LIBLINEAR_LOCK:
+                return self.linear_svm(params).fit(x, y)
 
 
 def _dense(rows: Any) -> np.ndarray:
