@@ -157,23 +157,22 @@ class Neighbourhoods:
         self, t: int, rows: np.ndarray, truth: np.ndarray, batches: np.ndarray | None
     ) -> np.ndarray:
         """`held_out_ratios` of the stored cells `rows` (a mask), all predicted type `t`."""
-        coordinates = self.stored
-        ratios = np.zeros(int(rows.sum()))
-        within = np.ones(len(ratios), dtype=bool)  # judged among the type's own stored cells
+        judged = self.stored[rows]
+        ratios = np.zeros(len(judged))
+        within = np.ones(len(judged), dtype=bool)  # judged among the type's own stored cells
         if batches is not None:
             for batch in np.unique(batches[rows]):
-                others = coordinates[(truth == t) & (batches != batch)]
+                others = self.stored[(truth == t) & (batches != batch)]
                 if len(others) == 0:
                     continue
                 inside = batches[rows] == batch
                 k = min(NEIGHBOURS, len(others))
                 index = NearestNeighbors(n_neighbors=k, metric="cosine").fit(others)
-                cells = coordinates[rows][inside]
-                ratios[inside] = index.kneighbors(cells)[0][:, -1] / self.radius[t]
+                ratios[inside] = index.kneighbors(judged[inside])[0][:, -1] / self.radius[t]
                 within &= ~inside
         if within.any():
             own = truth[rows][within] == t
-            ratios[within] = self._ratios_as(t, coordinates[rows][within], own)
+            ratios[within] = self._ratios_as(t, judged[within], own)
         return ratios
 
     def _ratios(self, coordinates: np.ndarray, predicted: np.ndarray, own: np.ndarray):
