@@ -396,6 +396,42 @@ def test_export_past_exact_max_cells_fits_on_a_sample_and_saves_a_loadable_model
     assert np.allclose(loaded.predict_proba(x[:20]), model.predict_proba(x[:20]))
 
 
+def test_export_holds_out_on_the_calibrations_sample(pbmc, monkeypatch):
+    """Past exact_max_cells each held-out split's fit runs on the calibration's sample of its
+    training cells, also where the held-out splits (batches) are fewer than the inner folds:
+    a rare type's sample is not drawn again with another floor."""
+    from gsrcl.evaluate.classifiers import calibrated_classifiers
+
+    x, labels = pbmc
+    row_of = {row.tobytes(): i for i, row in enumerate(x)}
+    assert len(row_of) == len(x)
+    fits: list[set[int]] = []
+    real_fit = Pipeline.fit
+
+    def watched(self, x_fit, y, **kwargs):
+        fits.append({row_of[row.tobytes()] for row in x_fit})
+        return real_fit(self, x_fit, y, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "fit", watched)
+    batches = np.arange(len(x)) % 2
+    held_out_splits = [(np.flatnonzero(batches != b), np.flatnonzero(batches == b)) for b in (0, 1)]
+    rare = labels == "CD4+/CD45RA+/CD25- Naive T"  # 8 cells: the floor decides its sample
+    calibrated_classifiers(
+        svm(True),
+        x,
+        [rare],
+        inner_folds=3,
+        metric="mcc",
+        seed=0,
+        held_out_splits=held_out_splits,
+        approximation=Approximation(exact_max_cells=300, components=40, search_max_cells=200),
+    )
+    sample = max(fits[:-2], key=len)  # the calibration's fit on its whole sample
+    assert len(sample) < len(x)
+    # each batch's training part is the sample's cells of the other batch: together the sample
+    assert fits[-2] | fits[-1] == sample, len(sample ^ (fits[-2] | fits[-1]))
+
+
 def test_the_approximate_search_is_the_same_on_two_threads_run_after_run(pbmc):
     """liblinear seeds C's process-wide rand() at each fit: fits side by side drew from each
     other's sequence and the same seed gave other scores run to run."""

@@ -295,10 +295,11 @@ def test_a_large_dataset_is_timed_on_a_sample_and_carried_to_its_size(tmp_path, 
 def test_past_exact_max_cells_the_estimate_counts_the_approximation():
     """Memory and time of an approximate SVM grow with the cells, not their square."""
     from gsrcl.config.settings import Evaluation
-    from gsrcl.runner.estimate import approximate, scaled, svm_bytes
+    from gsrcl.runner.estimate import scaled, svm_bytes
 
     exact, capped = Evaluation(exact_max_cells=None), Evaluation(exact_max_cells=9000)
-    assert not approximate(capped, 9000) and approximate(capped, 9001)
+    assert not capped.approximates(9000) and capped.approximates(9001)
+    assert Evaluation(solver="nystroem").approximates(10)
     assert svm_bytes(exact, 40_000) == 40_000**2 * 24  # 38 GB of kernels
     assert svm_bytes(capped, 40_000) == 40_000 * capped.nystroem_components * 26  # 0.2 GB
     small, large = Shape(1250, 2000, 3, 1000), Shape(50_000, 2000, 3, 40_000)

@@ -54,9 +54,19 @@ class Approximation:
 EXACT = Approximation()  # what a classifier is fitted by unless told otherwise
 
 
+# the solver name of the approximation, in `Evaluation.solver` and in results
+APPROXIMATE_SOLVER = "nystroem"
+
+
 def past_exact(cells: int | None, exact_max_cells: int | None) -> bool:
     """Whether `cells` training cells are more than `exact_max_cells` (None: never)."""
     return None not in (cells, exact_max_cells) and cells > exact_max_cells
+
+
+def approximates(solver: str, cells: int | None, exact_max_cells: int | None) -> bool:
+    """Whether an RBF SVC on `cells` training cells is fitted on the approximation: when
+    `solver` asks for it or past `exact_max_cells`."""
+    return solver == APPROXIMATE_SOLVER or past_exact(cells, exact_max_cells)
 
 
 @dataclass(frozen=True)
@@ -254,6 +264,10 @@ class Evaluation:
     @property
     def approximation(self) -> Approximation:
         return Approximation(self.exact_max_cells, self.nystroem_components, self.search_max_cells)
+
+    def approximates(self, cells: int) -> bool:
+        """Whether an RBF SVC on `cells` training cells is fitted on the approximation."""
+        return approximates(self.solver, cells, self.exact_max_cells)
 
     def check(self) -> list[str]:
         problems = []

@@ -176,13 +176,19 @@ def sampled_splits(
 
 
 def sampled_training(
-    y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], cells: int, seed: int
+    y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    cells: int,
+    seed: int,
+    like: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """`splits` with only their training cells cut to the stratified sample `sampled_splits`
-    draws: a fit on them costs the same at any size, and every held-out cell is predicted."""
+    draws for them (or for the splits `like`: the same cells, as a sample of another
+    cross-validation of `y`): a fit on them costs the same at any size, and every held-out cell
+    is predicted."""
     if cells >= len(y):
         return splits
-    kept = _sample_mask(y, cells, seed, 2 * len(splits))
+    kept = _sample_mask(y, cells, seed, 2 * len(like or splits))
     return [(train[kept[train]], test) for train, test in splits]
 
 

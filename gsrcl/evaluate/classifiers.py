@@ -27,7 +27,14 @@ from sklearn.metrics import get_scorer
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from gsrcl.config.settings import EXACT, Approximation, Classifier, past_exact
+from gsrcl.config.settings import (
+    APPROXIMATE_SOLVER,
+    EXACT,
+    Approximation,
+    Classifier,
+    approximates,
+    past_exact,
+)
 from gsrcl.data.splits import sampled_splits, sampled_training, within_sample
 from gsrcl.errors import UserError
 from gsrcl.evaluate.device_svm import DeviceRBF, unsupported_params
@@ -98,8 +105,8 @@ def resolve_solver(
             f"classifier {spec.name}: evaluation.solver='device' does not support {what}; "
             "set evaluation.solver='libsvm' or 'auto'"
         )
-    if solver == "nystroem" or past_exact(cells, exact_max_cells):
-        return "nystroem"
+    if approximates(solver, cells, exact_max_cells):
+        return APPROXIMATE_SOLVER
     on_gpu = str(device).startswith("cuda")
     if solver == "device" or (solver == "auto" and on_gpu and not odd and not spec.multiclass):
         return "device"
@@ -113,7 +120,7 @@ def fitted_as(spec: Classifier, solver: str, cells: int, approximation: Approxim
     """How results name a classifier's fit on `cells` training cells: an RBF SVC's
     approximation by `solver` with its m (and its search's sample), another estimator's grid
     searched on a sample, or "" for the exact fit searched on every cell."""
-    if solver == "nystroem":
+    if solver == APPROXIMATE_SOLVER:
         return describe(cells, approximation)
     searched = grid_search_cells(spec, cells, approximation)
     return f"grid searched on {searched} of {cells} cells" if searched < cells else ""
@@ -190,13 +197,13 @@ class FoldClassifier:
             return
         self.solver = resolve_solver(solver, spec, device, cells, approximation.exact_max_cells)
         self.search_cells = cells
-        if self.solver == "nystroem":
+        if self.solver == APPROXIMATE_SOLVER:
             self.x_train = x_train  # export's pipelines refit on the features
             self.search_cells = search_cells(cells, approximation)
         key = (spec.features, self.solver)
         if shared is not None and key in shared:
             self.rbf_solver = shared[key]
-        elif self.solver == "nystroem":
+        elif self.solver == APPROXIMATE_SOLVER:
             self.rbf_solver = NystroemRBF(x_train, approximation, device, seed, workers)
         elif self.solver == "device":
             self.rbf_solver = DeviceRBF(x_train, device)
@@ -419,7 +426,8 @@ def _calibrated_on_features(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         calibrated.fit(x[rows], y[rows])
-        held = sampled_training(y, held_out_splits or splits, cells, fold.seed)
+        # the held-out fits on the calibration's sample (its cells of each training part)
+        held = sampled_training(y, held_out_splits or splits, cells, fold.seed, like=splits)
         decisions = _held_out_decisions(estimator, x, y, held)
     held_out = calibrated.calibrated_classifiers_[0].calibrators[0].predict(decisions)
 

@@ -49,7 +49,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils import check_random_state
 
-from gsrcl.config.settings import Approximation
+from gsrcl.config.settings import APPROXIMATE_SOLVER, Approximation
 from gsrcl.data.splits import sampled_splits
 from gsrcl.evaluate.kernel_svm import (
     RBFSolver,
@@ -180,7 +180,7 @@ def svc_params(model: Pipeline) -> dict[str, Any]:
         "C": svm.C,
         "gamma": float(nystroem.gamma),
         "class_weight": svm.class_weight,
-        "solver": "nystroem",
+        "solver": APPROXIMATE_SOLVER,
         "n_components": nystroem.n_components,
     }
 

@@ -32,6 +32,7 @@ import torch
 from sklearn.model_selection import ParameterGrid
 
 from gsrcl.config.settings import (
+    APPROXIMATE_SOLVER,
     BASELINE,
     Compute,
     Contrastive,
@@ -39,7 +40,6 @@ from gsrcl.config.settings import (
     Experiment,
     Method,
     Split,
-    past_exact,
 )
 from gsrcl.data.dataset import DatasetCache
 from gsrcl.data.splits import Folds
@@ -276,11 +276,6 @@ def job_needs(
     return Needs(False, seconds, data + network + kept + svm)
 
 
-def approximate(evaluation: Evaluation, train: int) -> bool:
-    """Whether an RBF SVC on `train` cells is fitted on the Nystroem approximation."""
-    return evaluation.solver == "nystroem" or past_exact(train, evaluation.exact_max_cells)
-
-
 # the approximation's fits: its features (float32) and liblinear's copy of a fit's rows as
 # 16-byte nodes (gsrcl.config.settings: about 22 bytes a cell and landmark a fit thread)
 NYSTROEM_BYTES = 4 + 22
@@ -289,7 +284,7 @@ NYSTROEM_BYTES = 4 + 22
 def svm_bytes(evaluation: Evaluation, train: int) -> int:
     """An RBF SVC grid's memory on `train` cells: the distances, a kernel and a fit's copy
     (float64, cells²), or the approximation's cells × landmarks."""
-    if approximate(evaluation, train):
+    if evaluation.approximates(train):
         return train * min(train, evaluation.nystroem_components) * NYSTROEM_BYTES
     return train**2 * 8 * 3
 
@@ -405,7 +400,7 @@ def memory_warnings(
             continue
         train = shapes[job.dataset].train
         if need.host_bytes > machine.host_bytes:
-            exact = evaluation is None or not approximate(evaluation, train)
+            exact = evaluation is None or not evaluation.approximates(train)
             why = (
                 f"the SVM's cell-by-cell matrices at {train} training cells: "
                 f"{_gb(train**2 * 24)}); lower evaluation.exact_max_cells (past it the SVMs "
@@ -603,7 +598,7 @@ def _timings(
     for dataset, method in pairs:
         fold = timed_folds.get(dataset, substitute)
         # a dataset whose SVMs will be approximate is timed with the approximation
-        linear = approximate(experiment.evaluation, shapes[dataset].train)
+        linear = experiment.evaluation.approximates(shapes[dataset].train)
         key = (id(fold), method, linear)
         searched = None
         if linear:
@@ -625,7 +620,7 @@ def _timings(
 
 
 def _approximated(experiment: Experiment) -> Experiment:
-    return replace(experiment, evaluation=replace(experiment.evaluation, solver="nystroem"))
+    return replace(experiment, evaluation=replace(experiment.evaluation, solver=APPROXIMATE_SOLVER))
 
 
 def _timed(

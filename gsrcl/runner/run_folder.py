@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol
 
 import pandas as pd
 
+from gsrcl.config.settings import APPROXIMATE_SOLVER
 from gsrcl.errors import UserError
 from gsrcl.evaluate import nystroem_svm
 from gsrcl.files import (
@@ -58,7 +59,6 @@ PREDICTIONS = "predictions.csv"
 LOSS = "loss.csv"
 VALIDATION = "validation.csv"
 SUMMARY = "summary.csv"
-APPROXIMATE = "nystroem"  # the solver name metrics.json gives the approximate SVM
 PROGRESS = "progress.pt"  # a running job's training state, kept until it is done
 DERIVED = ("summary.csv", "summary.md", "report.html", "figures")  # rebuilt from the jobs
 
@@ -103,7 +103,7 @@ class JobFolder:
         """`solvers`: which solver fitted each RBF SVC classifier of the job, by name; an
         approximate one's version is recorded with them."""
         record = {"job": job_id, "rows": rows, "seconds": seconds, "solvers": solvers}
-        if APPROXIMATE in solvers.values():
+        if APPROXIMATE_SOLVER in solvers.values():
             record["approximate_svm"] = nystroem_svm.VERSION
         write_json(self.path / METRICS, record)
 
@@ -198,7 +198,7 @@ class JobFolder:
         same, the numbers are not, so the job is redone rather than mixed with new ones (jobs
         the exact SVM fitted keep their fingerprint-only check)."""
         record = json.loads((self.path / METRICS).read_text())  # checked by _damage
-        approximate = APPROXIMATE in record.get("solvers", {}).values()
+        approximate = APPROXIMATE_SOLVER in record.get("solvers", {}).values()
         return approximate and record.get("approximate_svm") != nystroem_svm.VERSION
 
     def _unfinished(self) -> JobState:
