@@ -147,11 +147,7 @@ class Neighbourhoods:
         indexes in that order. With `batches` (each stored cell's), a cell is judged against
         the cells of other batches only, as a new batch's cell would be (a type no other batch
         has is judged within)."""
-        ratios = np.zeros(len(predicted))
-        for t in np.unique(predicted):
-            rows = predicted == t
-            ratios[rows] = self.held_out_ratios_as(t, rows, truth, batches)
-        return ratios
+        return HeldOutRatios(self, truth, batches)(predicted)
 
     def held_out_ratios_as(
         self, t: int, rows: np.ndarray, truth: np.ndarray, batches: np.ndarray | None
