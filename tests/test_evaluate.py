@@ -210,6 +210,25 @@ def test_held_out_probabilities_of_an_exported_classifier_are_its_own_cross_vali
     assert np.abs(held_out - y).mean() > np.abs(fitted - y).mean()
 
 
+def test_calibrations_on_threads_leave_the_warning_filters_as_they_were():
+    """Fits silence their warnings with catch_warnings, which saves and restores the process's
+    one filter list: side by side on threads they restored each other's, and a process could be
+    left ignoring every warning after an export (Workers.map puts the caller's list back)."""
+    from gsrcl.evaluate.classifiers import calibrated_classifiers
+    from gsrcl.evaluate.workers import Workers
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 20))
+    labels = [(x[:, i] + rng.normal(size=300) * 0.5) > 0.8 for i in range(6)]
+    before = list(warnings.filters)
+    with Workers(2) as workers:
+        for _ in range(4):
+            calibrated_classifiers(
+                svm(True), x, labels, inner_folds=3, metric="mcc", seed=0, workers=workers
+            )
+    assert warnings.filters == before
+
+
 def test_the_unassigned_rule_keeps_its_budget_and_gives_the_neighbourhood_priority():
     from gsrcl.reference import rule
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
@@ -54,7 +55,10 @@ class Workers:
         outer call would hold the threads the inner one waits for."""
         if self._pool is None:
             return [function(item) for item in items]
-        with _blas_threads(1):
+        # the fits silence their warnings with catch_warnings, which saves and restores the
+        # process's one filter list: on threads they restore each other's, so the caller's
+        # list is put back here once they are done
+        with _blas_threads(1), warnings.catch_warnings():
             return self._pool.map(function, items)
 
     def close(self) -> None:
